@@ -1,0 +1,109 @@
+"""The exception hierarchy of dramatiq_shared.
+
+Everything the library raises on purpose derives from :class:`DramatiqSharedError`,
+so ``except DramatiqSharedError`` catches the library's own errors and nothing else.
+Actors raise :class:`PermanentError`, :class:`TransientError` and :class:`Defer`
+to tell the retry middleware what to do with a failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+__all__ = [
+    "CircuitOpenError",
+    "ConfigError",
+    "Defer",
+    "DramatiqSharedError",
+    "PermanentError",
+    "TransientError",
+    "ValidationError",
+]
+
+_E = TypeVar("_E", bound="_InvalidValueError")
+
+
+class DramatiqSharedError(Exception):
+    """Base class of every error dramatiq_shared raises on purpose."""
+
+
+class PermanentError(DramatiqSharedError):
+    """A failure that no retry can fix: the message is never retried."""
+
+
+class TransientError(DramatiqSharedError):
+    """A failure worth retrying: always retryable, within ``max_attempts``."""
+
+
+class _InvalidValueError(DramatiqSharedError, ValueError):
+    """A value refused because of what it is, naming the field it came from.
+
+    Parameters:
+      message: The whole message shown to the user.
+      field: The name of the offending field, when there is one.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    @classmethod
+    def invalid(cls: type[_E], field: str, value: Any, allowed: str) -> _E:
+        """Build the error for one bad field value.
+
+        Parameters:
+          field: The field's name, as the user wrote it.
+          value: The value that was refused.
+          allowed: What the field accepts, phrased to follow "must be".
+
+        Returns:
+          An error whose message reads ``"<field> must be <allowed>, got <value>"``.
+        """
+        return cls(f"{field} must be {allowed}, got {_shorten(value)}", field=field)
+
+
+class ConfigError(_InvalidValueError):
+    """A configuration value was refused; raised at construction, never mid-message."""
+
+
+class ValidationError(_InvalidValueError, PermanentError):
+    """Input data was refused. Bad input stays bad, so it is also a :class:`PermanentError`."""
+
+
+class CircuitOpenError(DramatiqSharedError):
+    """A call was refused because the named circuit breaker is open.
+
+    Parameters:
+      breaker: The breaker's name.
+      remaining: Milliseconds until the breaker lets a trial call through.
+    """
+
+    def __init__(self, breaker: str, remaining: int) -> None:
+        super().__init__(f"circuit breaker {breaker!r} is open for another {remaining} ms")
+        self.breaker = breaker
+        self.remaining = remaining
+
+
+class Defer(DramatiqSharedError):  # noqa: N818 - an instruction, named like dramatiq.Retry
+    """Raised by an actor to run the message again later without consuming an attempt.
+
+    Parameters:
+      delay: Milliseconds to wait before the message runs again; an int >= 0.
+      reason: Why the work is deferred, shown in logs and status events.
+
+    Raises:
+      ValidationError: When ``delay`` is not an int >= 0.
+    """
+
+    def __init__(self, delay: int, reason: str = "deferred") -> None:
+        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+            raise ValidationError.invalid("delay", delay, "an int >= 0 (milliseconds)")
+        super().__init__(f"{reason} for {delay} ms")
+        self.delay = delay
+        self.reason = reason
+
+
+def _shorten(value: Any, limit: int = 80) -> str:
+    """Return ``repr(value)``, cut to ``limit`` characters so huge inputs keep messages short."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
