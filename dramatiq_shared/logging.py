@@ -1,0 +1,138 @@
+"""Logging on loguru: one stream for the library, Dramatiq and the user's code.
+
+:func:`configure_logging` installs a single loguru sink, human-readable or one JSON
+object a line, and routes the standard library's ``logging`` (which Dramatiq logs
+through) into it. :func:`message_context` binds the fields that identify a message
+to every record logged while it is processed, whichever logger emits it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, TextIO
+
+from loguru import logger
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import dramatiq
+    from loguru import Record
+
+__all__ = ["InterceptHandler", "configure_logging", "message_context"]
+
+#: The message fields :func:`message_context` binds, in the order the human format shows them.
+CONTEXT_FIELDS = ("message_id", "actor", "queue", "import_id", "note_id")
+
+_HUMAN = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
+    "<cyan>{name}</cyan>:<cyan>{line}</cyan> - <level>{message}</level>"
+)
+
+
+class InterceptHandler(logging.Handler):
+    """A standard-library handler that passes every record on to loguru.
+
+    The record keeps its level, exception and the caller's location, so Dramatiq's own
+    log lines look like any other in the loguru stream.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Forward ``record`` to loguru."""
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        # Walk out of the logging module so loguru reports the real caller.
+        frame, depth = inspect.currentframe(), 0
+        while frame is not None and (depth == 0 or frame.f_code.co_filename == logging.__file__):
+            frame = frame.f_back
+            depth += 1
+        logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
+
+
+def _human_format(record: Record) -> str:
+    # Extras are referenced, not inlined: loguru formats the returned string once more,
+    # and a value holding braces would break it.
+    extras = " ".join(f"{key}={{extra[{key}]}}" for key in _ordered(record["extra"]))
+    return _HUMAN + (f" | {extras}" if extras else "") + "\n{exception}"
+
+
+def _ordered(extra: Mapping[str, Any]) -> list[str]:
+    known = [key for key in CONTEXT_FIELDS if key in extra]
+    return known + sorted(key for key in extra if key not in CONTEXT_FIELDS and key.isidentifier())
+
+
+def configure_logging(
+    level: str | int = "INFO", *, json: bool = False, sink: TextIO | None = None
+) -> int:
+    """Send all logging to one loguru sink.
+
+    Removes loguru's existing handlers, adds one for ``sink``, and makes the standard
+    library's root logger forward to loguru at the same level, so Dramatiq's records
+    join the stream and records below ``level`` are not even built.
+
+    Parameters:
+      level: The lowest level written: a loguru level name (``"DEBUG"``, ``"INFO"``,
+        ...) or number. Default ``"INFO"``.
+      json: Write one JSON object a line (loguru's ``serialize``), with bound context
+        under ``record.extra``, instead of human-readable lines. Default False.
+      sink: Where lines go. Default ``sys.stderr``.
+
+    Returns:
+      The loguru handler id, for ``logger.remove()``.
+
+    Raises:
+      ConfigError: When ``level`` is not a known level.
+    """
+    try:
+        levelno = level if isinstance(level, int) else logger.level(str(level).upper()).no
+    except ValueError:
+        raise ConfigError.invalid("level", level, "a loguru level name or number") from None
+    logger.remove()
+    handler_id = logger.add(
+        sys.stderr if sink is None else sink,
+        level=levelno,
+        format="{message}" if json else _human_format,
+        serialize=json,
+        colorize=False if json else None,
+        backtrace=False,
+        diagnose=False,
+    )
+    logging.basicConfig(handlers=[InterceptHandler()], level=levelno, force=True)
+    return handler_id
+
+
+def message_context(message: dramatiq.Message[Any], **extra: Any) -> AbstractContextManager[None]:
+    """Bind a message's identity to every record logged in its scope.
+
+    Binds ``message_id``, ``actor``, ``queue`` and, when the message carries them as
+    keyword arguments or options, ``import_id`` and ``note_id``. The binding lives in a
+    context variable, so each worker thread sees only its own message.
+
+    Use it as ``with message_context(message): ...``; middleware that spans two hooks
+    can call ``__enter__`` in ``before_process_message`` and ``__exit__`` after it.
+
+    Parameters:
+      message: The message being processed.
+      **extra: Further fields to bind.
+
+    Returns:
+      A context manager that binds the fields while it is entered.
+    """
+    fields: dict[str, Any] = {
+        "message_id": message.message_id,
+        "actor": message.actor_name,
+        "queue": message.queue_name,
+    }
+    kwargs = message.kwargs if isinstance(message.kwargs, Mapping) else {}
+    for key in ("import_id", "note_id"):
+        value = kwargs.get(key, message.options.get(key))
+        if value is not None:
+            fields[key] = value
+    fields.update(extra)
+    return logger.contextualize(**fields)
