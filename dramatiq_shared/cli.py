@@ -1,0 +1,68 @@
+"""The ``dramatiq-shared`` command.
+
+Each subcommand is one function taking the parsed arguments and returning an exit
+status. A user mistake (a bad setting, a missing server) is one line on stderr and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
+from .errors import DramatiqSharedError
+
+__all__ = ["main"]
+
+
+def _show_config(args: argparse.Namespace) -> int:
+    configs = {
+        "retry": RetryConfig.from_env(),
+        "circuit_breaker": CircuitBreakerConfig.from_env(),
+        "database": DatabaseConfig.from_env(),
+        "status": StatusConfig.from_env(),
+    }
+    print(json.dumps({name: config.as_dict() for name, config in configs.items()}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``dramatiq-shared`` command."""
+    parser = argparse.ArgumentParser(
+        prog="dramatiq-shared",
+        description="Tools for workers built on dramatiq-shared.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    config = commands.add_parser(
+        "config",
+        help="print the effective configuration read from DRAMATIQ_SHARED_* variables",
+        description="Validate the DRAMATIQ_SHARED_* and DATABASE_URL variables and print"
+        " the configuration they give, as JSON (passwords hidden).",
+    )
+    config.set_defaults(run=_show_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (``sys.argv[1:]`` when omitted).
+
+    Returns:
+      The exit status: 0 on success, 2 on a user error.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.run(args)
+    except DramatiqSharedError as error:
+        print(f"dramatiq-shared: error: {error}", file=sys.stderr)
+        return 2
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Fixtures every test module may use: real Redis, real PostgreSQL, SQLite, brokers, workers.
+
+Services are found through ``TEST_REDIS_URL`` and ``TEST_POSTGRES_URL`` (``scripts/test.sh``
+sets both and starts the servers). A test that needs a service it cannot reach is skipped
+on a developer's machine and fails under ``CI=true``: CI must never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import dramatiq
+import psycopg2
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql://dramatiq_shared:dramatiq_shared@127.0.0.1:5432/postgres"
+)
+CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Markers follow from the fixtures a test uses, so `-m "not postgres"` works without
+# anybody remembering to mark tests by hand.
+_SERVICE_FIXTURES = {
+    "redis": {"redis_client", "redis_broker", "redis_worker"},
+    "postgres": {"postgres_url"},
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("database_url") if callspec else None
+        for marker, fixtures in _SERVICE_FIXTURES.items():
+            if names & fixtures or backend == marker:
+                item.add_marker(marker)
+
+
+def service_missing(name: str, error: BaseException) -> NoReturn:
+    """Fail under CI, skip elsewhere: a test that needs ``name`` cannot run."""
+    message = f"{name} is not reachable ({type(error).__name__}: {error})"
+    if CI:
+        pytest.fail(f"{message}; CI=true, so this fails instead of skipping", pytrace=False)
+    pytest.skip(message)
+
+
+def shared_data(name: str) -> Path:
+    """The path of a file in ../shared/data; fails under CI when it is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        service_missing("shared test data", FileNotFoundError(str(path)))
+    return path
+
+
+# --- Redis -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client on the test database, flushed before and after each test."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushdb()
+    except redis.RedisError as error:
+        service_missing(f"Redis at {redis_url}", error)
+    yield client
+    client.flushdb()
+    client.close()
+
+
+# --- PostgreSQL and SQLite ---------------------------------------------------
+
+
+def _with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def _postgres_server() -> Iterator[str]:
+    """A database created for this test session and dropped at its end."""
+    name = f"dramatiq_shared_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg2.connect(POSTGRES_URL, connect_timeout=5)
+    except psycopg2.OperationalError as error:
+        service_missing(f"PostgreSQL at {POSTGRES_URL}", error)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(POSTGRES_URL, name)
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def postgres_url(_postgres_server: str) -> Iterator[str]:
+    """The session's PostgreSQL database, with an empty public schema for each test."""
+    yield _postgres_server
+    connection = psycopg2.connect(_postgres_server)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    connection.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite database file of this test's own."""
+    return f"sqlite:///{tmp_path / 'test.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty database, once on SQLite and once on PostgreSQL."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+# --- Brokers and workers (after Dramatiq's own test fixtures) -----------------
+
+
+@pytest.fixture
+def stub_broker() -> Iterator[StubBroker]:
+    broker = StubBroker()
+    broker.emit_after("process_boot")
+    dramatiq.set_broker(broker)
+    yield broker
+    broker.flush_all()
+    broker.emit_before("process_stop")
+    broker.close()
+
+
+@pytest.fixture
+def stub_worker(stub_broker: StubBroker) -> Iterator[dramatiq.Worker]:
+    worker = dramatiq.Worker(stub_broker, worker_timeout=100, worker_threads=8)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def redis_broker(redis_client: redis.Redis, redis_url: str) -> Iterator[RedisBroker]:
+    """A RedisBroker on the flushed test database."""
+    broker = RedisBroker(url=redis_url)
+    broker.emit_after("process_boot")
+    dramatiq.set_broker(broker)
+    yield broker
+    broker.flush_all()
+    broker.emit_before("process_stop")
+    broker.close()
+
+
+@pytest.fixture
+def redis_worker(redis_broker: RedisBroker) -> Iterator[dramatiq.Worker]:
+    worker = dramatiq.Worker(redis_broker, worker_timeout=100, worker_threads=8)
+    worker.start()
+    yield worker
+    worker.stop()

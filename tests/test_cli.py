@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dramatiq_shared import __version__
+from dramatiq_shared.cli import main
+
+
+def test_config_prints_the_effective_configuration(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DRAMATIQ_SHARED_RETRY_MAX_ATTEMPTS", "4")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:secret@db/app")
+    assert main(["config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["retry"]["max_attempts"] == 4
+    assert shown["database"]["url"] == "postgresql://app:***@db/app"
+    assert shown["status"]["broadcast_interval"] == 250
+    assert shown["circuit_breaker"]["failure_threshold"] == 5
+
+
+def test_a_bad_setting_is_one_line_and_exit_status_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DRAMATIQ_SHARED_STATUS_TIMEOUT", "soon")
+    assert main(["config"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "dramatiq-shared: error: DRAMATIQ_SHARED_STATUS_TIMEOUT must be an integer, got 'soon'\n"
+    )
+
+
+def test_the_console_script_is_installed() -> None:
+    scripts = subprocess.run(
+        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_path('scripts'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    done = subprocess.run(
+        [f"{scripts}/dramatiq-shared", "--version"], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == f"dramatiq-shared {__version__}"
