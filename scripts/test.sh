@@ -49,7 +49,7 @@ if ! listening "$PG_PORT"; then
   wait_for PostgreSQL "$PG_PORT"
 fi
 # The role the tests log in as; the local socket admits the postgres user (peer or trust).
-as_root runuser -u postgres -- psql -qAt -v ON_ERROR_STOP=1 -d postgres <<'SQL'
+(cd / && as_root runuser -u postgres -- psql -qAt -v ON_ERROR_STOP=1 -d postgres) <<'SQL'
 SELECT 'CREATE ROLE dramatiq_shared LOGIN SUPERUSER PASSWORD ''dramatiq_shared'''
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dramatiq_shared')\gexec
 SQL

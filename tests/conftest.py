@@ -39,11 +39,29 @@ _SERVICE_FIXTURES = {
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
+        # Fixtures picked by parameter (request.getfixturevalue) count too.
         callspec = getattr(item, "callspec", None)
-        backend = callspec.params.get("database_url") if callspec else None
+        names.update(
+            v for v in (callspec.params.values() if callspec else ()) if isinstance(v, str)
+        )
         for marker, fixtures in _SERVICE_FIXTURES.items():
-            if names & fixtures or backend == marker:
+            if names & fixtures:
                 item.add_marker(marker)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Say outright which services the run exercised, so a green run that quietly
+    # skipped Redis or PostgreSQL cannot pass for a full one.
+    counts = []
+    for marker, name in (("redis", "Redis"), ("postgres", "PostgreSQL")):
+        ran = dict.fromkeys(("passed", "failed", "skipped"), 0)
+        for outcome in ran:
+            for report in terminalreporter.stats.get(outcome, []):
+                if marker in getattr(report, "keywords", {}):
+                    ran[outcome] += 1
+        counts.append(", ".join(f"{n} {outcome}" for outcome, n in ran.items()) + f" on {name}")
+    terminalreporter.write_sep("-", "tests against real services")
+    terminalreporter.write_line("; ".join(counts))
 
 
 def service_missing(name: str, error: BaseException) -> NoReturn:
@@ -126,11 +144,10 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'test.db'}"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite_url", "postgres_url"], ids=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest) -> str:
     """The URL of an empty database, once on SQLite and once on PostgreSQL."""
-    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
-    url: str = request.getfixturevalue(fixture)
+    url: str = request.getfixturevalue(request.param)
     return url
 
 
