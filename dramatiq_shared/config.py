@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from ._checks import check_int
 from .errors import ConfigError
 
 __all__ = [
@@ -118,18 +119,6 @@ def _named(name: str, mro: tuple[type, ...]) -> bool:
 
 def _snake_case(key: str) -> str:
     return _CAMEL_HUMP.sub(r"_\1", key).lower()
-
-
-def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
-    # bool is an int to Python, never to a user who wrote `maxAttempts: true`.
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < minimum
-        or (maximum is not None and value > maximum)
-    ):
-        allowed = f"an int >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-        raise ConfigError.invalid(name, value, allowed)
 
 
 def _parse_int(text: str) -> int:
@@ -279,9 +268,9 @@ class CircuitBreakerConfig(_Config):
     )
 
     def __post_init__(self) -> None:
-        _check_int("failure_threshold", self.failure_threshold, minimum=1)
-        _check_int("reset_timeout", self.reset_timeout, minimum=1)
-        _check_int("success_threshold", self.success_threshold, minimum=1)
+        check_int("failure_threshold", self.failure_threshold, minimum=1, error=ConfigError)
+        check_int("reset_timeout", self.reset_timeout, minimum=1, error=ConfigError)
+        check_int("success_threshold", self.success_threshold, minimum=1, error=ConfigError)
         specs = resolve_error_specs("excluded_errors", self.excluded_errors)
         object.__setattr__(self, "excluded_errors", specs)
 
@@ -330,9 +319,9 @@ class RetryConfig(_Config):
     )
 
     def __post_init__(self) -> None:
-        _check_int("max_attempts", self.max_attempts, minimum=1)
-        _check_int("base_delay", self.base_delay, minimum=0)
-        _check_int("max_delay", self.max_delay, minimum=0)
+        check_int("max_attempts", self.max_attempts, minimum=1, error=ConfigError)
+        check_int("base_delay", self.base_delay, minimum=0, error=ConfigError)
+        check_int("max_delay", self.max_delay, minimum=0, error=ConfigError)
         if self.max_delay < self.base_delay:
             raise ConfigError.invalid(
                 "max_delay", self.max_delay, f">= base_delay ({self.base_delay})"
@@ -431,10 +420,10 @@ class DatabaseConfig(_Config):
         if scheme not in _DATABASE_SCHEMES:
             shown = _redact(self.url) if isinstance(self.url, str) else self.url
             raise ConfigError.invalid("url", shown, "a sqlite:/// or postgresql:// URL")
-        _check_int("connection_limit", self.connection_limit, minimum=1)
-        _check_int("timeout", self.timeout, minimum=1)
-        _check_int("retry_attempts", self.retry_attempts, minimum=0)
-        _check_int("batch_size", self.batch_size, minimum=1)
+        check_int("connection_limit", self.connection_limit, minimum=1, error=ConfigError)
+        check_int("timeout", self.timeout, minimum=1, error=ConfigError)
+        check_int("retry_attempts", self.retry_attempts, minimum=0, error=ConfigError)
+        check_int("batch_size", self.batch_size, minimum=1, error=ConfigError)
 
     @property
     def redacted_url(self) -> str:
@@ -478,7 +467,7 @@ class StatusConfig(_Config):
     )
 
     def __post_init__(self) -> None:
-        _check_int("broadcast_interval", self.broadcast_interval, minimum=0)
-        _check_int("max_retries", self.max_retries, minimum=0)
-        _check_int("timeout", self.timeout, minimum=1)
-        _check_int("batch_size", self.batch_size, minimum=1)
+        check_int("broadcast_interval", self.broadcast_interval, minimum=0, error=ConfigError)
+        check_int("max_retries", self.max_retries, minimum=0, error=ConfigError)
+        check_int("timeout", self.timeout, minimum=1, error=ConfigError)
+        check_int("batch_size", self.batch_size, minimum=1, error=ConfigError)
