@@ -1,0 +1,90 @@
+"""Multi-row INSERT statements for the batch operations, built without the per-value ORM cost.
+
+Peewee builds a node per value: for 500 rows of 6 columns that is most of a batch's
+time (profiled: 2.2 s of 3.1 s for 10,000 lines with 30,000 segments, against 0.6 s in
+the driver). The statements here have one fixed shape, so they are put together as
+text with the driver's placeholders, the same SQL on SQLite (3.24+) and PostgreSQL.
+Values pass as parameters, never as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+import peewee
+
+__all__ = ["MAX_PARAMETERS", "chunks", "insert_rows", "upsert_clause"]
+
+_T = TypeVar("_T")
+
+#: Parameters per statement, below SQLite's default limit (32,766) and PostgreSQL's (65,535).
+MAX_PARAMETERS = 30_000
+
+
+def _quote(database: peewee.Database, name: str) -> str:
+    # Names are the models' own column names, never input, so no escaping is needed.
+    quotes: str = database.quote
+    return f"{quotes[0]}{name}{quotes[1]}"
+
+
+def insert_rows(
+    model: type[peewee.Model],
+    fields: Sequence[peewee.Field[Any]],
+    rows: Sequence[Sequence[Any]],
+    *,
+    batch_size: int,
+    suffix: str = "",
+) -> None:
+    """Insert ``rows`` (values in the order of ``fields``), ``batch_size`` rows a statement.
+
+    Parameters:
+      model: The table's model; its database runs the statements.
+      fields: The columns written.
+      rows: One sequence of plain values per row.
+      batch_size: Rows per statement; fewer when that would pass :data:`MAX_PARAMETERS`.
+      suffix: SQL appended to each statement, such as an ``ON CONFLICT`` clause.
+    """
+    database = model._meta.database
+    head = "INSERT INTO {} ({}) VALUES ".format(
+        _quote(database, model._meta.table_name),
+        ", ".join(_quote(database, field.column_name) for field in fields),
+    )
+    placeholders = "({})".format(", ".join([database.param] * len(fields)))
+    size = max(1, min(batch_size, MAX_PARAMETERS // len(fields)))
+    for chunk in chunks(rows, size):
+        sql = head + ", ".join([placeholders] * len(chunk)) + suffix
+        database.execute_sql(sql, [value for row in chunk for value in row])
+
+
+def upsert_clause(
+    model: type[peewee.Model],
+    key: peewee.Field[Any],
+    compared: Sequence[peewee.Field[Any]],
+    stamp: peewee.Field[Any],
+) -> str:
+    """An ``ON CONFLICT (key)`` clause that updates a row only when it changed.
+
+    ``compared`` and ``stamp`` take the new row's values when one of ``compared``
+    differs, so a redelivered identical row is left as it was, ``stamp`` (an
+    ``updated_at``) included. IS DISTINCT FROM, not ``!=``, so that a NULL turning
+    into a value counts as a change.
+    """
+    database = model._meta.database
+    table = _quote(database, model._meta.table_name)
+    columns = [_quote(database, field.column_name) for field in compared]
+    assignments = ", ".join(
+        f"{column} = EXCLUDED.{column}"
+        for column in [*columns, _quote(database, stamp.column_name)]
+    )
+    changed = " OR ".join(
+        f"{table}.{column} IS DISTINCT FROM EXCLUDED.{column}" for column in columns
+    )
+    target = _quote(database, key.column_name)
+    return f" ON CONFLICT ({target}) DO UPDATE SET {assignments} WHERE {changed}"
+
+
+def chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    """Consecutive slices of ``items``, ``size`` long (the last may be shorter)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
