@@ -15,11 +15,16 @@ from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
+import peewee
 import psycopg2
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+from playhouse.pool import PooledDatabase
+
+from dramatiq_shared import DatabaseConfig
+from dramatiq_shared.db import create_tables, init_database
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.environ.get(
@@ -32,7 +37,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # anybody remembering to mark tests by hand.
 _SERVICE_FIXTURES = {
     "redis": {"redis_client", "redis_broker", "redis_worker"},
-    "postgres": {"postgres_url"},
+    "postgres": {"postgres_url", "_postgres_server"},
 }
 
 
@@ -149,6 +154,18 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """The URL of an empty database, once on SQLite and once on PostgreSQL."""
     url: str = request.getfixturevalue(request.param)
     return url
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[peewee.Database]:
+    """An initialised database with every table, once on SQLite and once on PostgreSQL."""
+    db = init_database(DatabaseConfig(url=database_url, connection_limit=16))
+    create_tables(db)
+    yield db
+    if isinstance(db, PooledDatabase):
+        db.close_all()
+    else:
+        db.close()
 
 
 # --- Brokers and workers (after Dramatiq's own test fixtures) -----------------

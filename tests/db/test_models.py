@@ -1,0 +1,43 @@
+"""init_database and create_tables on the real engines."""
+
+from __future__ import annotations
+
+import peewee
+import pytest
+
+from dramatiq_shared import ConfigError, DatabaseConfig
+from dramatiq_shared.db import MODELS, create_tables, database_config, init_database
+from dramatiq_shared.db.models import database_proxy
+
+
+def test_create_tables_is_safe_to_run_twice(database: peewee.Database) -> None:
+    create_tables(database)
+    create_tables()
+    assert set(database.get_tables()) >= {m._meta.table_name for m in MODELS}
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys_and_a_busy_timeout(sqlite_url: str) -> None:
+    database = init_database(DatabaseConfig(url=sqlite_url, timeout=2500))
+    with database.connection_context():
+        pragma = lambda name: database.execute_sql(f"PRAGMA {name}").fetchone()[0]  # noqa: E731
+        assert pragma("journal_mode") == "wal"
+        assert pragma("foreign_keys") == 1
+        assert pragma("busy_timeout") == 2500
+    assert database_proxy.obj is database
+    assert database_config(database).timeout == 2500
+
+
+def test_postgres_url_parts_are_decoded(postgres_url: str) -> None:
+    # Same server and database, the user spelled with percent-encoding.
+    encoded = postgres_url.replace("//dramatiq_shared:", "//dramatiq%5Fshared:")
+    database = init_database(encoded)
+    try:
+        with database.connection_context():
+            assert database.execute_sql("SELECT current_user").fetchone() == ("dramatiq_shared",)
+    finally:
+        database.close_all()
+
+
+def test_a_bad_url_is_refused_at_construction() -> None:
+    with pytest.raises(ConfigError, match="url must be a sqlite:/// or postgresql:// URL"):
+        init_database("mongodb://localhost/x")
