@@ -8,12 +8,16 @@ exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 
+import peewee
+
 from . import __version__
 from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
+from .db.models import MODELS, create_tables, init_database
 from .errors import DramatiqSharedError
 
 __all__ = ["main"]
@@ -27,6 +31,25 @@ def _show_config(args: argparse.Namespace) -> int:
         "status": StatusConfig.from_env(),
     }
     print(json.dumps({name: config.as_dict() for name, config in configs.items()}, indent=2))
+    return 0
+
+
+def _init_db(args: argparse.Namespace) -> int:
+    config = DatabaseConfig.from_env()
+    if args.database:
+        config = dataclasses.replace(config, url=args.database)
+    database = init_database(config)
+    try:
+        create_tables(database)
+    except peewee.DatabaseError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(
+            f"dramatiq-shared: error: cannot create tables in {config.redacted_url}:"
+            f" {type(error).__name__}: {first_line}",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"{len(MODELS)} tables ready in {config.redacted_url}")
     return 0
 
 
@@ -46,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
         " the configuration they give, as JSON (passwords hidden).",
     )
     config.set_defaults(run=_show_config)
+
+    init_db = commands.add_parser(
+        "init-db",
+        help="create the tables (safe to run again)",
+        description="Create every table and index that does not exist yet.",
+    )
+    init_db.add_argument(
+        "--database",
+        metavar="URL",
+        help="sqlite:///path or postgresql://...; default DRAMATIQ_SHARED_DB_URL, DATABASE_URL,"
+        " else sqlite:///dramatiq_shared.db",
+    )
+    init_db.set_defaults(run=_init_db)
     return parser
 
 

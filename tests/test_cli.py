@@ -8,6 +8,7 @@ import pytest
 
 from dramatiq_shared import __version__
 from dramatiq_shared.cli import main
+from dramatiq_shared.db import MODELS, init_database
 
 
 def test_config_prints_the_effective_configuration(
@@ -46,3 +47,33 @@ def test_the_console_script_is_installed() -> None:
         [f"{scripts}/dramatiq-shared", "--version"], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == f"dramatiq-shared {__version__}"
+
+
+def test_init_db_creates_the_tables_and_is_safe_to_rerun(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for _ in range(2):
+        assert main(["init-db", "--database", postgres_url]) == 0
+        assert capsys.readouterr().out == (
+            f"{len(MODELS)} tables ready in {postgres_url.replace(':dramatiq_shared@', ':***@')}\n"
+        )
+    database = init_database(postgres_url)
+    try:
+        assert set(database.get_tables()) == {m._meta.table_name for m in MODELS}
+    finally:
+        database.close_all()
+
+
+def test_init_db_reads_the_database_from_the_environment(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    assert main(["init-db"]) == 0
+    assert capsys.readouterr().out == f"{len(MODELS)} tables ready in {sqlite_url}\n"
+
+
+def test_init_db_on_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init-db", "--database", "postgresql://u:pw@127.0.0.1:1/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dramatiq-shared: error: cannot create tables in postgresql://u:***@")
+    assert err.count("\n") == 1

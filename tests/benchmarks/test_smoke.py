@@ -1,0 +1,31 @@
+"""Each benchmark runs end to end on a tiny input, so none of them rots. No timing is asserted."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import POSTGRES_URL, shared_data
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def run_benchmark(name: str, *args: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
+    assert done.value.code == 0
+
+
+@pytest.mark.usefixtures("_postgres_server")  # fails under CI when PostgreSQL is missing
+def test_db_batch(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TEST_POSTGRES_URL", POSTGRES_URL)
+    data = shared_data("labelled_lines.jsonl")
+    run_benchmark("db_batch.py", "--lines", "40", "--data", str(data), monkeypatch=monkeypatch)
+    out = capsys.readouterr().out
+    for engine in ("postgres", "sqlite"):
+        for way in ("per-row ", "per-row, 1 tx", "batch "):
+            assert f"{engine:<10} {way}" in out
