@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+
 from ._checks import check_int
-from .errors import ConfigError
+from .errors import ConfigError, PermanentError, TransientError
 
 __all__ = [
     "JITTER_MODES",
@@ -45,6 +47,9 @@ JITTER_MODES = ("decorrelated", "full", "equal", "none")
 ErrorSpec = type[BaseException] | str
 
 ENV_PREFIX = "DRAMATIQ_SHARED_"
+
+#: The longest delay Dramatiq's brokers accept (7 days, in milliseconds).
+MAX_DELAY = 7 * 24 * 3600 * 1000
 
 _C = TypeVar("_C", bound="_Config")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -291,7 +296,8 @@ class RetryConfig(_Config):
     Parameters:
       max_attempts: Executions in all, the first included. Default 3.
       base_delay: Milliseconds before the first retry. Default 1000.
-      max_delay: Upper bound of any retry delay, in milliseconds. Default 30000.
+      max_delay: Upper bound of any retry delay, in milliseconds, at most 7 days (what
+        Dramatiq's brokers accept). Default 30000.
       retryable_errors: ``None`` retries every ``Exception``; otherwise exception
         classes or names (subclasses included). Default None.
       jitter: One of :data:`JITTER_MODES`; ``True`` is stored as ``"decorrelated"``
@@ -321,7 +327,7 @@ class RetryConfig(_Config):
     def __post_init__(self) -> None:
         check_int("max_attempts", self.max_attempts, minimum=1, error=ConfigError)
         check_int("base_delay", self.base_delay, minimum=0, error=ConfigError)
-        check_int("max_delay", self.max_delay, minimum=0, error=ConfigError)
+        check_int("max_delay", self.max_delay, minimum=0, maximum=MAX_DELAY, error=ConfigError)
         if self.max_delay < self.base_delay:
             raise ConfigError.invalid(
                 "max_delay", self.max_delay, f">= base_delay ({self.base_delay})"
@@ -350,9 +356,19 @@ class RetryConfig(_Config):
         return {}
 
     def is_retryable(self, error: BaseException) -> bool:
-        """Tell whether ``error`` passes the ``retryable_errors`` filter of this config."""
+        """Tell whether a failure with ``error`` may be retried under this config.
+
+        A :class:`~dramatiq_shared.errors.PermanentError` never is and a
+        :class:`~dramatiq_shared.errors.TransientError` always is. Otherwise the
+        ``retryable_errors`` filter decides; ``None`` admits every ``Exception`` and
+        Dramatiq's ``TimeLimitExceeded`` (a ``BaseException``, but a failure like any other).
+        """
+        if isinstance(error, PermanentError):
+            return False
+        if isinstance(error, TransientError):
+            return True
         if self.retryable_errors is None:
-            return isinstance(error, Exception)
+            return isinstance(error, (Exception, TimeLimitExceeded))
         return error_matches(error, self.retryable_errors)
 
 

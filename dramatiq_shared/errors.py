@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import dramatiq
+from dramatiq.middleware import MiddlewareError
+
 __all__ = [
     "CircuitOpenError",
     "ConfigError",
@@ -62,8 +65,13 @@ class _InvalidValueError(DramatiqSharedError, ValueError):
         return cls(f"{field} must be {allowed}, got {_shorten(value)}", field=field)
 
 
-class ConfigError(_InvalidValueError):
-    """A configuration value was refused; raised at construction, never mid-message."""
+class ConfigError(_InvalidValueError, MiddlewareError):
+    """A configuration value was refused; raised at construction, never mid-message.
+
+    It is also a Dramatiq ``MiddlewareError``: Dramatiq logs and swallows any other
+    exception a middleware hook raises, but lets these through, so a bad actor option
+    stops ``@dramatiq.actor`` and a conflicting middleware stops the worker's boot.
+    """
 
 
 class ValidationError(_InvalidValueError, PermanentError):
@@ -84,8 +92,12 @@ class CircuitOpenError(DramatiqSharedError):
         self.remaining = remaining
 
 
-class Defer(DramatiqSharedError):  # noqa: N818 - an instruction, named like dramatiq.Retry
+class Defer(DramatiqSharedError, dramatiq.Retry):  # noqa: N818 - an instruction, like Retry
     """Raised by an actor to run the message again later without consuming an attempt.
+
+    It is a ``dramatiq.Retry`` too, so Dramatiq's worker does not log it as an
+    unhandled error; the :class:`~dramatiq_shared.middleware.Retry` middleware bounds
+    how often one message may defer (``max_defers``).
 
     Parameters:
       delay: Milliseconds to wait before the message runs again; an int >= 0.
@@ -99,7 +111,7 @@ class Defer(DramatiqSharedError):  # noqa: N818 - an instruction, named like dra
         if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
             raise ValidationError.invalid("delay", delay, "an int >= 0 (milliseconds)")
         super().__init__(f"{reason} for {delay} ms")
-        self.delay = delay
+        self.delay: int = delay
         self.reason = reason
 
 

@@ -6,13 +6,17 @@ import re
 from typing import Any
 
 import pytest
+from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from dramatiq_shared import (
     CircuitBreakerConfig,
     ConfigError,
     DatabaseConfig,
+    PermanentError,
     RetryConfig,
     StatusConfig,
+    TransientError,
+    ValidationError,
 )
 from dramatiq_shared.config import error_matches, resolve_error_specs
 
@@ -24,6 +28,7 @@ BAD_VALUES: list[tuple[type[Any], str, Any, str]] = [
     (RetryConfig, "max_attempts", 2.5, "an int >= 1"),
     (RetryConfig, "base_delay", -1, "an int >= 0"),
     (RetryConfig, "max_delay", -5, "an int >= 0"),
+    (RetryConfig, "max_delay", 7 * 24 * 3600 * 1000 + 1, "an int >= 0 and <= 604800000"),
     (RetryConfig, "retryable_errors", "TimeoutError", "a list of exception classes or names"),
     (RetryConfig, "retryable_errors", [42], "an exception class or its name"),
     (RetryConfig, "retryable_errors", [int], "an exception class or its name"),
@@ -288,12 +293,20 @@ def test_error_specs_match_classes_names_and_subclasses(
     assert error_matches(error, resolve_error_specs("retryable_errors", specs)) is expected
 
 
-def test_retryable_errors_none_means_every_exception_but_not_base_exceptions() -> None:
+def test_retryable_errors_none_means_every_exception_and_time_limits() -> None:
     config = RetryConfig()
     assert config.is_retryable(ValueError())
+    assert config.is_retryable(TimeLimitExceeded())
     assert not config.is_retryable(KeyboardInterrupt())
     assert RetryConfig(retryable_errors=["TimeoutError"]).is_retryable(TimeoutError())
     assert not RetryConfig(retryable_errors=[]).is_retryable(ValueError())
+
+
+def test_permanent_errors_never_retry_and_transient_errors_always_may() -> None:
+    everything, nothing = RetryConfig(), RetryConfig(retryable_errors=[])
+    assert not everything.is_retryable(PermanentError("bad"))
+    assert not everything.is_retryable(ValidationError("bad input"))
+    assert nothing.is_retryable(TransientError("try again"))
 
 
 def test_breaker_exclusions() -> None:
