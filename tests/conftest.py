@@ -178,7 +178,6 @@ def stub_broker() -> Iterator[StubBroker]:
     dramatiq.set_broker(broker)
     yield broker
     broker.flush_all()
-    broker.emit_before("process_stop")
     broker.close()
 
 
@@ -198,7 +197,6 @@ def redis_broker(redis_client: redis.Redis, redis_url: str) -> Iterator[RedisBro
     dramatiq.set_broker(broker)
     yield broker
     broker.flush_all()
-    broker.emit_before("process_stop")
     broker.close()
 
 

@@ -1,0 +1,376 @@
+"""Retries with exponential backoff and jitter, in place of Dramatiq's ``Retries``.
+
+After a failed attempt the middleware decides, records the decision in
+``message.options["retry_decision"]`` for the middleware after it (status
+broadcasting, error handling), and re-enqueues a copy of the message with a delay:
+
+=================  =================================================================
+``retry``          a retryable failure with attempts left; the copy runs after a delay
+``exhausted``      ``max_attempts`` executions failed; the message is failed
+``not_retryable``  a ``PermanentError``, an actor's ``throws``, or outside
+                   ``retryable_errors``; the message is failed
+``deferred``       the actor raised ``Defer(delay)``; runs again without using an attempt
+``requeued``       the worker shut down mid-message (Dramatiq's ``Shutdown``); runs
+                   again at once without using an attempt
+``enqueue_failed`` the copy could not be enqueued; the message is failed, so the broker
+                   dead-letters it instead of acking it away (Dramatiq issue #545)
+=================  =================================================================
+
+Options resolve message option → actor option → middleware default (the
+:class:`~dramatiq_shared.config.RetryConfig`): ``max_attempts`` (or Dramatiq's
+``max_retries``, one less), ``base_delay``, ``max_delay``, ``retryable_errors``,
+``jitter``, and ``max_defers``. Dramatiq's ``throws`` is honoured.
+
+Delays, for the n-th retry (n >= 1), ``cap = min(max_delay, base_delay * 2**(n-1))``:
+
+=================  =================================================================
+``none``           ``cap``
+``full``           uniform in [0, cap]
+``equal``          uniform in [cap / 2, cap]
+``decorrelated``   uniform in [base_delay, min(max_delay, 3 * previous delay)], the
+                   previous delay kept in ``message.options["retry_delay"]`` (the
+                   default: spreads retries of many messages apart and never waits
+                   less than ``base_delay`` nor more than ``max_delay``)
+=================  =================================================================
+
+An exception with a ``retry_after`` attribute (seconds, as HTTP's header) or a
+``dramatiq.Retry(delay=ms)`` sets the delay instead, clamped to ``max_delay``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import MessageProxy
+from dramatiq.middleware import Middleware, Retries
+from dramatiq.middleware.shutdown import Shutdown
+from loguru import logger
+
+from .._checks import check_int
+from ..config import MAX_DELAY, RetryConfig
+from ..errors import ConfigError, Defer
+
+__all__ = [
+    "Retry",
+    "backoff_delay",
+    "qualified_name",
+    "record_failure",
+    "requeue",
+    "resolve_settings",
+]
+
+#: Retry options an actor or a message may set, besides ``max_retries`` and ``max_defers``.
+RETRY_OPTIONS = ("max_attempts", "base_delay", "max_delay", "retryable_errors", "jitter")
+_MESSAGE_KEYS = frozenset((*RETRY_OPTIONS, "max_retries", "max_defers"))
+#: Entries of ``message.options["error_history"]`` kept; the total is in ``error_count``.
+HISTORY_LIMIT = 10
+#: Characters of an error message kept in the history.
+MESSAGE_LIMIT = 500
+
+
+def qualified_name(kind: type) -> str:
+    """``module.QualName`` of a class, without the module for builtins."""
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def record_failure(message: MessageProxy, error: BaseException, attempt: int) -> None:
+    """Append a failed attempt to the message's capped error history.
+
+    The history travels in ``message.options`` with every retry, so the last delivery
+    and any dead letter tell the whole story.
+    """
+    history = message.options.setdefault("error_history", [])
+    history.append(
+        {
+            "attempt": attempt,
+            "error_type": qualified_name(type(error)),
+            "message": str(error)[:MESSAGE_LIMIT],
+            "time": int(time.time() * 1000),
+        }
+    )
+    del history[:-HISTORY_LIMIT]
+    message.options["error_count"] = message.options.get("error_count", 0) + 1
+
+
+def backoff_delay(
+    mode: str, retry: int, config: RetryConfig, previous: int | None, rng: random.Random
+) -> int:
+    """The delay in milliseconds before the ``retry``-th retry (1-based), per jitter ``mode``."""
+    cap = min(config.max_delay, config.base_delay << min(retry - 1, 62))
+    if mode == "none":
+        return cap
+    if mode == "full":
+        return round(rng.uniform(0, cap))
+    if mode == "equal":
+        return round(rng.uniform(cap / 2, cap))
+    upper = min(config.max_delay, 3 * (previous or config.base_delay))
+    return round(rng.uniform(config.base_delay, max(config.base_delay, upper)))
+
+
+def requeue(
+    broker: dramatiq.Broker,
+    message: MessageProxy,
+    delay: int | None,
+    *,
+    attempts: int = 3,
+    backoff: int = 100,
+) -> bool:
+    """Enqueue ``message`` again, trying ``attempts`` times; fail it if all of them fail.
+
+    Dramatiq acks the current delivery once the middleware is done with it, so a copy
+    that was never enqueued would be lost. Failing the message makes the worker nack
+    it instead, and the broker keeps it in its dead-letter queue.
+
+    Returns:
+      True when the copy was enqueued.
+    """
+    for number in range(1, attempts + 1):
+        try:
+            broker.enqueue(message.copy(), delay=delay or None)
+        except Exception as error:
+            logger.warning(
+                "Enqueueing message {} again failed (try {} of {}): {}: {}",
+                message.message_id,
+                number,
+                attempts,
+                type(error).__name__,
+                error,
+            )
+            if number < attempts:
+                time.sleep(backoff * 2 ** (number - 1) / 1000)
+        else:
+            return True
+    logger.error("Message {} could not be enqueued again; failing it", message.message_id)
+    message.fail()
+    return False
+
+
+def resolve_settings(
+    config: RetryConfig, max_defers: int, options: Mapping[str, Any], where: str
+) -> tuple[RetryConfig, int]:
+    """Apply the retry options of an actor or a message over ``config`` and ``max_defers``.
+
+    Raises:
+      ConfigError: Naming ``where`` and the option, when one is invalid.
+    """
+    overrides = {key: options[key] for key in RETRY_OPTIONS if key in options}
+    try:
+        if "max_retries" in options and "max_attempts" not in options:
+            retries = check_int("max_retries", options["max_retries"], minimum=0, error=ConfigError)
+            overrides["max_attempts"] = retries + 1
+        if "max_defers" in options:
+            max_defers = check_int(
+                "max_defers", options["max_defers"], minimum=0, error=ConfigError
+            )
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}", field=error.field) from None
+    return config, max_defers
+
+
+class Retry(Middleware):
+    """Retries failed messages with backoff and jitter; replaces Dramatiq's ``Retries``.
+
+    Installing both would retry every failure twice over, so a broker that has both
+    refuses to declare actors or boot a worker (:class:`ConfigError`).
+
+    Parameters:
+      config: Defaults for every actor. Default ``RetryConfig()``.
+      max_defers: Times one message may ``Defer`` before it is failed, so nothing
+        defers forever; actors may override it. Default 20.
+      enqueue_attempts: Tries at enqueueing a retry before the message is failed
+        (dead-lettered by the broker). Default 3.
+      seed: Seed of the jitter's random numbers, for reproducible runs. Default None.
+
+    Raises:
+      ConfigError: When an argument is invalid.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: RetryConfig | None = None,
+        max_defers: int = 20,
+        enqueue_attempts: int = 3,
+        seed: int | None = None,
+    ) -> None:
+        self.config = config or RetryConfig()
+        if not isinstance(self.config, RetryConfig):
+            raise ConfigError.invalid("config", config, "a RetryConfig")
+        self.max_defers = check_int("max_defers", max_defers, minimum=0, error=ConfigError)
+        self.enqueue_attempts = check_int(
+            "enqueue_attempts", enqueue_attempts, minimum=1, error=ConfigError
+        )
+        self._random = random.Random(seed)
+        self._actors: dict[str, tuple[RetryConfig, int]] = {}
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, str, str]] = Counter()
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {*RETRY_OPTIONS, "max_retries", "max_defers", "throws"}
+
+    # --- configuration, checked when actors are declared and workers boot --------
+
+    def before_declare_actor(
+        self, broker: dramatiq.Broker, actor: dramatiq.Actor[..., Any]
+    ) -> None:
+        self._refuse_second_retry_layer(broker)
+        self._actors[actor.actor_name] = resolve_settings(
+            self.config, self.max_defers, actor.options, f"actor {actor.actor_name!r}"
+        )
+
+    def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[..., Any]) -> None:
+        # Reached for actors declared before this middleware was added.
+        if actor.actor_name not in self._actors:
+            self.before_declare_actor(broker, actor)
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._refuse_second_retry_layer(broker)
+
+    def _refuse_second_retry_layer(self, broker: dramatiq.Broker) -> None:
+        if any(isinstance(m, Retries) for m in broker.middleware):
+            raise ConfigError(
+                "the broker has both dramatiq's Retries and dramatiq_shared's Retry, so every"
+                " failure would be retried twice; remove Retries first (broker.middleware ="
+                " [m for m in broker.middleware if not isinstance(m, Retries)]) or use"
+                " dramatiq_shared.setup_broker(), which replaces it"
+            )
+
+    def _settings(self, broker: dramatiq.Broker, message: MessageProxy) -> tuple[RetryConfig, int]:
+        settings = self._actors.get(message.actor_name)
+        if settings is None:
+            # An actor this process does not know (its message failed with
+            # ActorNotFound): the middleware's defaults apply.
+            actor = broker.actors.get(message.actor_name)
+            if actor is None:
+                return self.config, self.max_defers
+            settings = self._actors[message.actor_name] = resolve_settings(
+                self.config, self.max_defers, actor.options, f"actor {message.actor_name!r}"
+            )
+        if not _MESSAGE_KEYS.intersection(message.options):
+            return settings
+        try:
+            return resolve_settings(*settings, message.options, f"message {message.message_id}")
+        except ConfigError as error:
+            logger.error("Ignoring the message's retry options: {}", error)
+            return settings
+
+    # --- the decision ---------------------------------------------------------------
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is None:
+            return
+        config, max_defers = self._settings(broker, message)
+        options = message.options
+        attempt = options.get("retries", 0) + 1
+        error_type = qualified_name(type(exception))
+        decision: dict[str, Any] = {
+            "attempt": attempt,
+            "max_attempts": config.max_attempts,
+            "delay": None,
+            "error_type": error_type,
+        }
+
+        if isinstance(exception, Shutdown):
+            action, delay, reason = "requeued", 0, "the worker shut down"
+        elif isinstance(exception, Defer):
+            defers = options.get("defers", 0)
+            if defers >= max_defers:
+                record_failure(message, exception, attempt)
+                action, delay = "exhausted", None
+                reason = f"deferred {defers} times, max_defers is {max_defers}"
+            else:
+                options["defers"] = defers + 1
+                action, delay, reason = (
+                    "deferred",
+                    min(exception.delay, MAX_DELAY),
+                    exception.reason,
+                )
+        else:
+            record_failure(message, exception, attempt)
+            options["retries"] = attempt
+            action, delay, reason = self._decide(broker, message, exception, config, attempt)
+
+        if delay is not None:
+            decision["delay"] = delay
+            if not requeue(broker, message, delay, attempts=self.enqueue_attempts):
+                action, reason = "enqueue_failed", "the retry could not be enqueued"
+        else:
+            message.fail()
+        decision.update(action=action, reason=reason)
+        # Set after the enqueue, so the copy does not carry this delivery's decision.
+        options["retry_decision"] = decision
+        self._count(action, message.actor_name, error_type)
+        log = logger.bind(retry_decision=decision)
+        if delay is None or action == "enqueue_failed":
+            log.warning("Message {} failed for good: {}", message.message_id, reason)
+        else:
+            log.info("Message {} {} in {} ms: {}", message.message_id, action, delay, reason)
+
+    def _decide(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        exception: BaseException,
+        config: RetryConfig,
+        attempt: int,
+    ) -> tuple[str, int | None, str]:
+        actor = broker.actors.get(message.actor_name)
+        throws = message.options.get("throws") or (actor and actor.options.get("throws"))
+        if throws and isinstance(exception, throws):
+            return "not_retryable", None, f"{type(exception).__name__} is in the actor's throws"
+        if not config.is_retryable(exception):
+            return "not_retryable", None, f"{type(exception).__name__} is not retryable"
+        if attempt >= config.max_attempts:
+            return "exhausted", None, f"all {config.max_attempts} attempts failed"
+        delay = self._delay(message, exception, config, attempt)
+        return "retry", delay, f"attempt {attempt} of {config.max_attempts} failed"
+
+    def _delay(
+        self,
+        message: MessageProxy,
+        exception: BaseException,
+        config: RetryConfig,
+        retry: int,
+    ) -> int:
+        asked = getattr(exception, "retry_after", None)
+        if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked >= 0:
+            delay = round(asked * 1000)
+        elif isinstance(exception, dramatiq.Retry) and exception.delay is not None:
+            delay = exception.delay
+        else:
+            previous = message.options.get("retry_delay")
+            with self._lock:  # random.Random is not safe to share between threads
+                delay = backoff_delay(str(config.jitter), retry, config, previous, self._random)
+        delay = max(0, min(delay, config.max_delay))
+        message.options["retry_delay"] = delay
+        return delay
+
+    # --- counters for the metrics ----------------------------------------------------
+
+    def _count(self, action: str, actor: str, error_type: str) -> None:
+        with self._lock:
+            self._counts[(action, actor, error_type)] += 1
+
+    def counts(self) -> dict[tuple[str, str, str], int]:
+        """Decisions taken in this process, by (action, actor name, error type)."""
+        with self._lock:
+            return dict(self._counts)

@@ -1,0 +1,71 @@
+"""Brokers with the retry and error-handling middleware in place of Dramatiq's Retries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Retries
+from loguru import logger
+
+from dramatiq_shared import RetryConfig
+from dramatiq_shared.middleware import ErrorHandling, Retry
+
+Install = Callable[..., Retry]
+
+
+def install(
+    broker: dramatiq.Broker,
+    *,
+    config: RetryConfig | None = None,
+    database: Any = None,
+    **options: Any,
+) -> Retry:
+    """Swap Dramatiq's Retries for Retry and add ErrorHandling after it."""
+    broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, Retries)]
+    retry = Retry(config=config or RetryConfig(base_delay=10, max_delay=100), seed=1, **options)
+    broker.add_middleware(retry)
+    broker.add_middleware(ErrorHandling(database=database))
+    return retry
+
+
+@pytest.fixture(params=["stub_broker", "redis_broker"], ids=["stub", "redis"])
+def broker(request: pytest.FixtureRequest) -> dramatiq.Broker:
+    """Each test runs on the StubBroker and on a real RedisBroker."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def run_worker(broker: dramatiq.Broker) -> Iterator[Callable[..., None]]:
+    """Start a worker with real threads, wait until ``queue`` drains, keep it for the test."""
+    workers: list[dramatiq.Worker] = []
+
+    def run(queue: str = "default", *, threads: int = 4, timeout: int = 20_000) -> None:
+        if not workers:
+            worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=threads)
+            worker.start()
+            workers.append(worker)
+        if isinstance(broker, StubBroker):
+            broker.join(queue, timeout=timeout, fail_fast=False)
+        else:
+            broker.join(queue, timeout=timeout)
+        workers[0].join()
+
+    yield run
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def records() -> Iterator[list[dict[str, Any]]]:
+    """Every loguru record logged during the test, as loguru's JSON form gives it."""
+    collected: list[dict[str, Any]] = []
+    handler = logger.add(
+        lambda line: collected.append(json.loads(line)["record"]), serialize=True, level="DEBUG"
+    )
+    yield collected
+    logger.remove(handler)

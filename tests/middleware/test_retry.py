@@ -1,0 +1,494 @@
+"""The Retry middleware, its logic on the StubBroker and on RedisBroker with real worker threads."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+import peewee
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Retries
+from dramatiq.middleware.shutdown import Shutdown
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+
+from dramatiq_shared import ConfigError, Defer, PermanentError, RetryConfig, TransientError
+from dramatiq_shared.db.dead_letters import DeadLetterStore
+from dramatiq_shared.middleware import Retry
+from dramatiq_shared.middleware.retry import backoff_delay
+
+from .conftest import install
+
+
+def decisions(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The retry decisions taken, in order, from the middleware's log records."""
+    return [r["extra"]["retry_decision"] for r in records if "retry_decision" in r["extra"]]
+
+
+def dead_lettered(broker: dramatiq.Broker, queue: str = "default") -> list[dict[str, Any]]:
+    """The messages the broker itself dead-lettered (Dramatiq's dead-letter queue)."""
+    if isinstance(broker, StubBroker):
+        return [m.asdict() for m in broker.dead_letters_by_queue[queue]]
+    assert isinstance(broker, RedisBroker)
+    raw = broker.client.hvals(f"{broker.namespace}:{queue}.XQ.msgs")
+    return [dramatiq.Message.decode(body).asdict() for body in raw]
+
+
+class Calls:
+    """Records when an actor ran, thread-safely."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.options: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        message = dramatiq.middleware.CurrentMessage.get_current_message()
+        with self._lock:
+            self.times.append(time.monotonic())
+            self.options.append(dict(message.options) if message else {})
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+@pytest.fixture
+def calls(broker: dramatiq.Broker) -> Calls:
+    broker.add_middleware(dramatiq.middleware.CurrentMessage())
+    return Calls()
+
+
+def test_max_attempts_3_means_3_executions_a_dead_letter_row_and_the_dead_letter_queue(
+    broker: dramatiq.Broker,
+    run_worker: Callable[..., None],
+    calls: Calls,
+    database: peewee.Database,
+) -> None:
+    retry = install(broker, database=database)
+
+    @dramatiq.actor(broker=broker, max_attempts=3)
+    def always_fails(import_id: str) -> None:
+        calls()
+        raise RuntimeError("broken")
+
+    message = always_fails.send(import_id="imp-7")
+    run_worker()
+    assert len(calls) == 3
+
+    (row,) = DeadLetterStore(database).list()
+    assert row.message_id == message.message_id
+    assert [(h["attempt"], h["error_type"], h["message"]) for h in row.error_history] == [
+        (n, "RuntimeError", "broken") for n in (1, 2, 3)
+    ]
+    assert (row.actor_name, row.queue_name) == ("always_fails", "default")
+    assert row.error_type == "RuntimeError"
+    assert row.message["kwargs"] == {"import_id": "imp-7"}
+    assert row.message["options"]["error_count"] == 3
+    assert row.reason == "all 3 attempts failed"
+
+    # Dramatiq's own dead-letter queue has it too (Redis keeps the options of the
+    # last delivery as they were enqueued, before its failure was recorded).
+    (dead,) = dead_lettered(broker)
+    assert dead["message_id"] == message.message_id
+    assert retry.counts() == {
+        ("retry", "always_fails", "RuntimeError"): 2,
+        ("exhausted", "always_fails", "RuntimeError"): 1,
+    }
+
+
+def test_the_second_execution_waits_at_least_base_delay(
+    broker: dramatiq.Broker, run_worker: Callable[..., None], calls: Calls
+) -> None:
+    install(broker, config=RetryConfig(base_delay=100, max_delay=1000))
+
+    @dramatiq.actor(broker=broker, max_attempts=2)
+    def fails() -> None:
+        calls()
+        raise RuntimeError("again")
+
+    fails.send()
+    run_worker()
+    first, second = calls.times
+    assert second - first >= 0.100
+
+
+def test_a_success_after_failures_is_not_dead_lettered(
+    broker: dramatiq.Broker, run_worker: Callable[..., None], calls: Calls
+) -> None:
+    install(broker)
+
+    @dramatiq.actor(broker=broker, max_attempts=5)
+    def flaky() -> None:
+        calls()
+        if len(calls) < 3:
+            raise ConnectionError("blip")
+
+    flaky.send()
+    run_worker()
+    assert len(calls) == 3
+    assert dead_lettered(broker) == []
+    # The third delivery carried the story of the first two.
+    assert [h["attempt"] for h in calls.options[2]["error_history"]] == [1, 2]
+    assert calls.options[2]["retries"] == 2
+
+
+class ServiceTimeoutError(TimeoutError):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("error", "retryable_errors", "executions"),
+    [
+        (ValueError("bad"), ["TimeoutError"], 1),  # not in the filter
+        (ServiceTimeoutError("slow"), ["TimeoutError"], 3),  # a subclass, by name
+        (ServiceTimeoutError("slow"), [TimeoutError], 3),  # a subclass, by class
+        (PermanentError("never"), None, 1),
+        (TransientError("always"), [], 3),  # retryable whatever the filter
+        (TimeLimitExceeded(), None, 3),  # a failure like any other
+    ],
+)
+def test_what_is_retried(
+    broker: dramatiq.Broker,
+    run_worker: Callable[..., None],
+    calls: Calls,
+    error: BaseException,
+    retryable_errors: list[Any] | None,
+    executions: int,
+    records: list[dict[str, Any]],
+) -> None:
+    install(broker)
+
+    @dramatiq.actor(broker=broker, max_attempts=3, retryable_errors=retryable_errors)
+    def fails() -> None:
+        calls()
+        raise error
+
+    fails.send()
+    run_worker()
+    assert len(calls) == executions
+    assert len(dead_lettered(broker)) == 1
+    expected = "not_retryable" if executions == 1 else "exhausted"
+    assert decisions(records)[-1]["action"] == expected
+
+
+def test_throws_is_honoured(
+    broker: dramatiq.Broker,
+    run_worker: Callable[..., None],
+    calls: Calls,
+    records: list[dict[str, Any]],
+) -> None:
+    install(broker)
+
+    @dramatiq.actor(broker=broker, max_attempts=5, throws=(KeyError,))
+    def expected_failure() -> None:
+        calls()
+        raise KeyError("missing")
+
+    expected_failure.send()
+    run_worker()
+    assert len(calls) == 1
+    assert len(dead_lettered(broker)) == 1
+    assert "throws" in decisions(records)[-1]["reason"]
+
+
+def test_retry_after_sets_the_delay(
+    broker: dramatiq.Broker, run_worker: Callable[..., None], calls: Calls
+) -> None:
+    install(broker, config=RetryConfig(base_delay=1, max_delay=5000))
+
+    class RateLimitedError(Exception):
+        retry_after = 0.3  # seconds, as HTTP's Retry-After
+
+    @dramatiq.actor(broker=broker, max_attempts=2)
+    def limited() -> None:
+        calls()
+        if len(calls) == 1:
+            raise RateLimitedError("429")
+
+    limited.send()
+    run_worker()
+    assert calls.times[1] - calls.times[0] >= 0.3
+    assert calls.options[1]["retry_delay"] == 300
+
+
+def test_a_dramatiq_retry_delay_is_clamped_to_max_delay(stub_broker: StubBroker) -> None:
+    retry = install(stub_broker, config=RetryConfig(base_delay=1, max_delay=50))
+
+    @dramatiq.actor(broker=stub_broker)
+    def asks() -> None:
+        raise dramatiq.Retry(delay=10_000)
+
+    message = stub_broker.enqueue(asks.message())
+    proxy = dramatiq.broker.MessageProxy(message)
+    retry.after_process_message(stub_broker, proxy, exception=dramatiq.Retry(delay=10_000))
+    assert proxy.options["retry_decision"]["delay"] == 50
+
+
+def test_defer_consumes_no_attempt_and_stops_at_max_defers(
+    broker: dramatiq.Broker,
+    run_worker: Callable[..., None],
+    calls: Calls,
+    records: list[dict[str, Any]],
+) -> None:
+    retry = install(broker, max_defers=4)
+
+    @dramatiq.actor(broker=broker, max_attempts=2)
+    def waits() -> None:
+        calls()
+        raise Defer(5, reason="upstream busy")
+
+    waits.send()
+    run_worker()
+    assert len(calls) == 5  # the first run and 4 deferrals
+    assert [o.get("retries", 0) for o in calls.options] == [0] * 5
+    assert [o.get("defers", 0) for o in calls.options] == [0, 1, 2, 3, 4]
+    (dead,) = dead_lettered(broker)
+    assert dead["message_id"]
+    assert decisions(records)[-1]["reason"] == "deferred 4 times, max_defers is 4"
+    assert retry.counts()[("deferred", "waits", "dramatiq_shared.errors.Defer")] == 4
+
+
+def test_a_shutdown_requeues_without_consuming_an_attempt(
+    broker: dramatiq.Broker, run_worker: Callable[..., None], calls: Calls
+) -> None:
+    install(broker)
+
+    @dramatiq.actor(broker=broker, max_attempts=1)
+    def interrupted() -> None:
+        calls()
+        if len(calls) == 1:
+            raise Shutdown("worker stopping")
+
+    interrupted.send()
+    run_worker()
+    assert len(calls) == 2
+    assert calls.options[1].get("retries", 0) == 0
+    assert dead_lettered(broker) == []
+
+
+def test_a_message_option_overrides_the_actor_option(
+    broker: dramatiq.Broker, run_worker: Callable[..., None], calls: Calls
+) -> None:
+    install(broker)
+
+    @dramatiq.actor(broker=broker, max_attempts=5)
+    def fails() -> None:
+        calls()
+        raise RuntimeError("x")
+
+    fails.send_with_options(max_attempts=2)
+    run_worker()
+    assert len(calls) == 2
+
+
+def test_dramatiq_max_retries_is_understood(
+    broker: dramatiq.Broker, run_worker: Callable[..., None], calls: Calls
+) -> None:
+    install(broker)
+
+    @dramatiq.actor(broker=broker, max_retries=1)
+    def fails() -> None:
+        calls()
+        raise RuntimeError("x")
+
+    fails.send()
+    run_worker()
+    assert len(calls) == 2
+
+
+class EnqueueFailsBroker(RedisBroker):
+    """A RedisBroker whose enqueues fail while ``broken`` is set, as during a Redis blip."""
+
+    broken = False
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> Any:
+        if self.broken:
+            raise redis.ConnectionError("Connection refused (injected)")
+        return super().enqueue(message, delay=delay)
+
+
+def test_a_retry_that_cannot_be_enqueued_is_dead_lettered_not_acked(
+    redis_client: redis.Redis, redis_url: str, records: list[dict[str, Any]]
+) -> None:
+    broker = EnqueueFailsBroker(url=redis_url)
+    broker.emit_after("process_boot")
+    install(broker)
+    ran = threading.Event()
+
+    @dramatiq.actor(broker=broker, max_attempts=3)
+    def fails() -> None:
+        broker.broken = True  # Redis goes away while the actor runs
+        ran.set()
+        raise RuntimeError("boom")
+
+    message = fails.send()
+    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=1)
+    worker.start()
+    try:
+        assert ran.wait(10)
+        broker.join("default", timeout=10_000)
+        worker.join()
+    finally:
+        worker.stop()
+        broker.close()
+    (dead,) = dead_lettered(broker)
+    assert dead["message_id"] == message.message_id
+    assert decisions(records)[-1]["action"] == "enqueue_failed"
+    tries = [r for r in records if r["message"].startswith("Enqueueing message")]
+    assert len(tries) == 3
+
+
+def test_installing_both_retry_layers_is_refused(stub_broker: StubBroker) -> None:
+    stub_broker.add_middleware(Retry())
+    assert any(isinstance(m, Retries) for m in stub_broker.middleware)
+    with pytest.raises(ConfigError, match="remove Retries first"):
+
+        @dramatiq.actor(broker=stub_broker)
+        def anything() -> None:
+            pass
+
+    with pytest.raises(ConfigError, match="every failure would be retried twice"):
+        dramatiq.Worker(stub_broker).start()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_attempts": 0}, "actor 'bad': max_attempts must be an int >= 1, got 0"),
+        ({"max_retries": -1}, "actor 'bad': max_retries must be an int >= 0, got -1"),
+        ({"jitter": "wild"}, "actor 'bad': jitter must be True, False or one of"),
+        ({"retryable_errors": ["nope.Error"]}, "retryable_errors\\[0\\] must name an importable"),
+        ({"max_defers": "x"}, "actor 'bad': max_defers must be an int >= 0"),
+        ({"on_error": "cleanup"}, "actor 'bad': on_error must be a callable"),
+    ],
+)
+def test_bad_actor_options_are_refused_at_declaration(
+    stub_broker: StubBroker, options: dict[str, Any], message: str
+) -> None:
+    install(stub_broker)
+    with pytest.raises(ConfigError, match=message):
+        dramatiq.actor(broker=stub_broker, actor_name="bad", **options)(lambda: None)
+
+
+def test_a_bad_message_option_is_logged_and_the_actor_option_used(
+    stub_broker: StubBroker, records: list[dict[str, Any]]
+) -> None:
+    install(stub_broker)
+    seen = []
+
+    @dramatiq.actor(broker=stub_broker, max_attempts=2)
+    def fails() -> None:
+        seen.append(1)
+        raise RuntimeError("x")
+
+    fails.send_with_options(max_attempts="lots")
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50)
+    worker.start()
+    stub_broker.join("default", fail_fast=False)
+    worker.join()
+    worker.stop()
+    assert len(seen) == 2
+    assert any("max_attempts must be an int >= 1, got 'lots'" in r["message"] for r in records)
+
+
+# --- the delays themselves -------------------------------------------------------------
+
+SAMPLES = 10_000
+
+
+@pytest.mark.parametrize("mode", ["none", "full", "equal", "decorrelated"])
+def test_sampled_delays_stay_within_their_documented_bounds(mode: str) -> None:
+    config = RetryConfig(base_delay=100, max_delay=5_000)
+    rng = random.Random(7)
+    for retry in (1, 2, 3, 6, 12):
+        cap = min(config.max_delay, config.base_delay * 2 ** (retry - 1))
+        previous: int | None = None
+        for _ in range(SAMPLES):
+            delay = backoff_delay(mode, retry, config, previous, rng)
+            lower, upper = {
+                "none": (cap, cap),
+                "full": (0, cap),
+                "equal": (cap // 2, cap),
+                "decorrelated": (
+                    config.base_delay,
+                    min(config.max_delay, 3 * (previous or config.base_delay)),
+                ),
+            }[mode]
+            assert lower <= delay <= upper, (mode, retry, previous, delay)
+            if mode == "decorrelated":
+                previous = delay
+
+
+@pytest.mark.parametrize("mode", ["full", "decorrelated"])
+def test_jitter_spreads_delays(mode: str) -> None:
+    # Delays are whole milliseconds: the range must be wide for no two in a row to match.
+    config = RetryConfig(base_delay=1_000, max_delay=300_000)
+    rng = random.Random(11)
+    previous = None
+    delays = []
+    for _ in range(SAMPLES):
+        previous = backoff_delay(mode, 10, config, previous, rng)
+        delays.append(previous)
+    assert all(a != b for a, b in itertools.pairwise(delays))
+    assert statistics.stdev(delays) > 0.1 * statistics.mean(delays)
+    assert min(delays) >= (0 if mode == "full" else 1_000)
+    assert max(delays) <= 300_000
+
+
+def test_without_jitter_the_delay_doubles_up_to_max_delay() -> None:
+    config = RetryConfig(base_delay=100, max_delay=1_000, jitter=False)
+    rng = random.Random()
+    assert [backoff_delay("none", n, config, None, rng) for n in range(1, 7)] == [
+        100,
+        200,
+        400,
+        800,
+        1000,
+        1000,
+    ]
+
+
+def test_the_error_history_keeps_the_last_10_attempts_and_the_total(
+    stub_broker: StubBroker, database: peewee.Database
+) -> None:
+    install(stub_broker, config=RetryConfig(base_delay=0, max_delay=0), database=database)
+
+    @dramatiq.actor(broker=stub_broker, max_attempts=12)
+    def fails() -> None:
+        raise RuntimeError("x" * 2_000)
+
+    fails.send()
+    worker = dramatiq.Worker(stub_broker, worker_timeout=20)
+    worker.start()
+    stub_broker.join("default", fail_fast=False)
+    worker.join()
+    worker.stop()
+    (row,) = DeadLetterStore(database).list()
+    assert [h["attempt"] for h in row.error_history] == list(range(3, 13))
+    assert row.message["options"]["error_count"] == 12
+    assert {len(h["message"]) for h in row.error_history} == {500}
+
+
+def test_a_real_time_limit_counts_as_a_failed_attempt(
+    broker: dramatiq.Broker, run_worker: Callable[..., None], calls: Calls
+) -> None:
+    install(broker)
+
+    @dramatiq.actor(broker=broker, max_attempts=2, time_limit=200)
+    def too_slow() -> None:
+        calls()
+        for _ in range(100):  # TimeLimit interrupts the thread between bytecodes
+            time.sleep(0.02)
+
+    too_slow.send()
+    run_worker()
+    assert len(calls) == 2
+    assert len(dead_lettered(broker)) == 1
