@@ -21,6 +21,7 @@ from .errors import ConfigError
 
 if TYPE_CHECKING:
     import dramatiq
+    from dramatiq.broker import MessageProxy
     from loguru import Record
 
 __all__ = ["InterceptHandler", "configure_logging", "message_context"]
@@ -107,7 +108,9 @@ def configure_logging(
     return handler_id
 
 
-def message_context(message: dramatiq.Message[Any], **extra: Any) -> AbstractContextManager[None]:
+def message_context(
+    message: dramatiq.Message[Any] | MessageProxy, **extra: Any
+) -> AbstractContextManager[None]:
     """Bind a message's identity to every record logged in its scope.
 
     Binds ``message_id``, ``actor``, ``queue`` and, when the message carries them as

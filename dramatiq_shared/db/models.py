@@ -235,6 +235,7 @@ class DeadLetter(_Model):
     error_history = JSONField(default=list)
     error_type = peewee.CharField(max_length=255, default="")
     error_message = peewee.TextField(default="")
+    reason = peewee.TextField(default="")
     failed_at = peewee.DateTimeField(default=utcnow)
     retried_at = peewee.DateTimeField(null=True)
 

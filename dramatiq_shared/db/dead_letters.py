@@ -1,0 +1,208 @@
+"""Dead letters: messages that failed for good, kept with their whole error history.
+
+The :class:`~dramatiq_shared.middleware.ErrorHandling` middleware records one row per
+message id (a message dead-lettered again after a retry updates its row), and the
+``dramatiq-shared dead-letters`` command lists, shows, retries and purges them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import dramatiq
+import peewee
+from dramatiq.common import q_name
+
+from .._checks import check_int
+from ..config import DatabaseConfig
+from ..errors import ValidationError
+from .models import DeadLetter, utcnow
+from .runner import OperationRunner
+
+__all__ = ["DeadLetterRecord", "DeadLetterStore", "fresh_message"]
+
+#: Options a retried dead letter starts without: the counters of its earlier attempts
+#: and the broker's bookkeeping. Its error history is kept.
+_RESET_OPTIONS = (
+    "retries",
+    "retry_delay",
+    "retry_decision",
+    "defers",
+    "eta",
+    "redis_message_id",
+    "traceback",
+    "requeue_timestamp",
+)
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    """One dead letter as stored."""
+
+    id: int
+    message_id: str
+    queue_name: str
+    actor_name: str
+    message: dict[str, Any]
+    error_history: list[dict[str, Any]]
+    error_type: str
+    error_message: str
+    reason: str
+    failed_at: datetime
+    retried_at: datetime | None
+
+
+def fresh_message(stored: Mapping[str, Any]) -> dramatiq.Message[Any]:
+    """The message of a dead letter, ready to run again with a fresh attempt count."""
+    options = {k: v for k, v in stored.get("options", {}).items() if k not in _RESET_OPTIONS}
+    return dramatiq.Message(
+        queue_name=q_name(stored["queue_name"]),
+        actor_name=stored["actor_name"],
+        args=tuple(stored.get("args", ())),
+        kwargs=dict(stored.get("kwargs", {})),
+        options=options,
+        message_id=stored["message_id"],
+        message_timestamp=stored.get("message_timestamp", 0),
+    )
+
+
+class DeadLetterStore:
+    """Reads and writes the dead-letters table.
+
+    Parameters:
+      database: A database from :func:`~dramatiq_shared.db.models.init_database`, a
+        :class:`DatabaseConfig`, or a URL.
+      config: Settings to use with a database object; by default those it was opened with.
+    """
+
+    def __init__(
+        self,
+        database: peewee.Database | DatabaseConfig | str,
+        *,
+        config: DatabaseConfig | None = None,
+    ) -> None:
+        self._runner = OperationRunner(database, config=config)
+
+    def record(
+        self, message: Mapping[str, Any], *, error_type: str, error_message: str, reason: str
+    ) -> None:
+        """Record a message that failed for good; a message id seen before is updated.
+
+        Parameters:
+          message: The message as ``Message.asdict()`` gives it, options included.
+          error_type: The qualified name of the last error.
+          error_message: Its message.
+          reason: Why it will not be retried.
+        """
+        options = message.get("options", {})
+        values = {
+            DeadLetter.queue_name: q_name(message["queue_name"]),
+            DeadLetter.actor_name: message["actor_name"],
+            DeadLetter.message: dict(message),
+            DeadLetter.error_history: list(options.get("error_history", [])),
+            DeadLetter.error_type: error_type[:255],
+            DeadLetter.error_message: error_message[:10_000],
+            DeadLetter.reason: reason[:1_000],
+            DeadLetter.failed_at: utcnow(),
+            DeadLetter.retried_at: None,
+        }
+        query = DeadLetter.insert({DeadLetter.message_id: message["message_id"], **values})
+        query = query.on_conflict(conflict_target=[DeadLetter.message_id], update=values)
+        self._runner.run(query.execute)
+
+    def list(self, *, limit: int = 100, include_retried: bool = False) -> list[DeadLetterRecord]:
+        """The newest dead letters first, at most ``limit``; retried ones only when asked."""
+        check_int("limit", limit, minimum=1)
+
+        def read() -> list[DeadLetterRecord]:
+            query = DeadLetter.select().order_by(DeadLetter.failed_at.desc(), DeadLetter.id.desc())
+            if not include_retried:
+                query = query.where(DeadLetter.retried_at.is_null())
+            return [_record(row) for row in query.limit(limit)]
+
+        return self._runner.run(read)
+
+    def get(self, dead_letter_id: int) -> DeadLetterRecord:
+        """One dead letter.
+
+        Raises:
+          ValidationError: When there is none with that id.
+        """
+        check_int("id", dead_letter_id, minimum=1)
+        row = self._runner.run(lambda: DeadLetter.get_or_none(DeadLetter.id == dead_letter_id))
+        if row is None:
+            raise ValidationError(f"id: no dead letter {dead_letter_id}", field="id")
+        return _record(row)
+
+    def retry(self, dead_letter_id: int, broker: dramatiq.Broker) -> bool:
+        """Enqueue a dead letter's message again with a fresh attempt count, once.
+
+        The row is claimed (``retried_at`` set) in the transaction that enqueues, so a
+        dead letter retried twice, even by two commands at once, is enqueued once; if the
+        enqueue fails, the claim is rolled back.
+
+        Returns:
+          True when this call enqueued it; False when it had been retried already.
+
+        Raises:
+          ValidationError: When there is no dead letter with that id.
+        """
+        stored = self.get(dead_letter_id)
+
+        def claim_and_enqueue() -> bool:
+            with self._runner.transaction():
+                claimed = (
+                    DeadLetter.update(retried_at=utcnow())
+                    .where(DeadLetter.id == dead_letter_id, DeadLetter.retried_at.is_null())
+                    .execute()
+                )
+                if not claimed:
+                    return False
+                message = fresh_message(stored.message)
+                broker.declare_queue(message.queue_name)
+                broker.enqueue(message)
+                return True
+
+        return self._runner.run(claim_and_enqueue)
+
+    def purge(
+        self, *, ids: Sequence[int] = (), retried: bool = False, everything: bool = False
+    ) -> int:
+        """Delete dead letters: by id, those already retried, or all of them.
+
+        Returns:
+          How many rows were deleted.
+
+        Raises:
+          ValidationError: When none of ``ids``, ``retried`` and ``everything`` is given.
+        """
+        for n, dead_letter_id in enumerate(ids):
+            check_int(f"ids[{n}]", dead_letter_id, minimum=1)
+        if not (ids or retried or everything):
+            raise ValidationError("purge needs ids, retried=True or everything=True", field="ids")
+        query = DeadLetter.delete()
+        if not everything:
+            condition = DeadLetter.id.in_(list(ids))
+            if retried:
+                condition |= DeadLetter.retried_at.is_null(False)
+            query = query.where(condition)
+        return int(self._runner.run(query.execute))
+
+
+def _record(row: DeadLetter) -> DeadLetterRecord:
+    return DeadLetterRecord(
+        id=row.id,
+        message_id=row.message_id,
+        queue_name=row.queue_name,
+        actor_name=row.actor_name,
+        message=row.message,
+        error_history=row.error_history,
+        error_type=row.error_type,
+        error_message=row.error_message,
+        reason=row.reason,
+        failed_at=row.failed_at,
+        retried_at=row.retried_at,
+    )

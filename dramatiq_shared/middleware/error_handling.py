@@ -1,0 +1,195 @@
+"""Error handling: every failed attempt logged with its context, clean-up hooks, dead letters.
+
+For each message the middleware binds the message's identity (id, actor, queue,
+import and note ids) to every log record while it runs. When an attempt fails it
+
+* runs the actor's ``on_error(message, exception)`` hook, in the worker thread, for
+  clean-up; a hook that raises is logged and changes nothing else;
+* logs one record at ERROR, ``"Action execution failed"``, once the retry decision is
+  known (it is emitted as the broker acks or nacks the delivery), bound with
+  ``message_id``, ``actor``, ``queue``, ``attempt``, ``max_attempts``, ``will_retry``,
+  ``error_type``, ``error_message``, ``duration_ms``, the import and note ids when the
+  message carries them, and the traceback. A deferral or a shutdown re-queue, which
+  consume no attempt, is logged at INFO instead;
+* on a final failure writes the message, its options and its error history to the
+  dead-letters table, when it was given a database.
+
+It works with :class:`~dramatiq_shared.middleware.Retry`, which keeps the error history
+in the message, or alone (then it keeps the history itself).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import peewee
+from dramatiq.broker import MessageProxy
+from dramatiq.middleware import Middleware
+from loguru import logger
+
+from ..config import DatabaseConfig
+from ..db.dead_letters import DeadLetterStore
+from ..errors import ConfigError
+from ..logging import message_context
+from .retry import Retry, qualified_name, record_failure
+
+__all__ = ["ErrorHandling"]
+
+#: Decisions after which the message runs again.
+_RUNS_AGAIN = frozenset(("retry", "deferred", "requeued"))
+#: Decisions that consumed no attempt: not failures, logged at INFO.
+_NOT_FAILURES = frozenset(("deferred", "requeued"))
+#: Characters of an error message logged.
+_MESSAGE_LIMIT = 2_000
+
+
+@dataclass
+class _Delivery:
+    """What the middleware keeps about one delivery between its hooks."""
+
+    scope: AbstractContextManager[None]
+    attempt: int
+    started: float
+    exception: BaseException | None = None
+    duration_ms: float = 0.0
+
+
+class ErrorHandling(Middleware):
+    """Logs failed attempts with context, runs ``on_error`` hooks, records dead letters.
+
+    Parameters:
+      database: Where dead letters are written: a database from
+        :func:`~dramatiq_shared.db.init_database`, a :class:`DatabaseConfig`, or a URL.
+        None (the default) keeps them only in the broker's dead-letter queue.
+    """
+
+    def __init__(self, *, database: peewee.Database | DatabaseConfig | str | None = None) -> None:
+        self.dead_letters = DeadLetterStore(database) if database is not None else None
+        # Keyed by the delivery's proxy object: a message id may be in flight twice
+        # in one process when the broker redelivers it.
+        self._deliveries: dict[int, _Delivery] = {}
+        self._keeps_history: bool | None = None
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"on_error"}
+
+    def before_declare_actor(
+        self, broker: dramatiq.Broker, actor: dramatiq.Actor[..., Any]
+    ) -> None:
+        hook = actor.options.get("on_error")
+        if hook is not None and not callable(hook):
+            raise ConfigError.invalid(
+                f"actor {actor.actor_name!r}: on_error", hook, "a callable (message, exception)"
+            )
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        scope = message_context(message)
+        scope.__enter__()
+        attempt = message.options.get("retries", 0) + 1
+        self._deliveries[id(message)] = _Delivery(scope, attempt, time.monotonic())
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        delivery = self._deliveries.get(id(message))
+        if exception is None or delivery is None:
+            return
+        delivery.exception = exception
+        delivery.duration_ms = round((time.monotonic() - delivery.started) * 1000, 1)
+        if self._history_is_mine(broker):
+            record_failure(message, exception, delivery.attempt)
+        actor = broker.actors.get(message.actor_name)
+        hook = actor.options.get("on_error") if actor else None
+        if hook is not None:
+            try:
+                hook(message, exception)
+            except Exception as error:
+                logger.opt(exception=error).error(
+                    "The on_error hook of actor {} raised {}; the message's outcome stands",
+                    message.actor_name,
+                    type(error).__name__,
+                )
+
+    def before_ack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        self._finish(broker, message)
+
+    def before_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        self._finish(broker, message)
+
+    def _history_is_mine(self, broker: dramatiq.Broker) -> bool:
+        # With Retry installed, it records the history before it enqueues the retry.
+        if self._keeps_history is None:
+            self._keeps_history = not any(isinstance(m, Retry) for m in broker.middleware)
+        return self._keeps_history
+
+    def _finish(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        delivery = self._deliveries.pop(id(message), None)
+        if delivery is None:
+            return
+        try:
+            if delivery.exception is not None:
+                self._report(broker, message, delivery)
+        finally:
+            delivery.scope.__exit__(None, None, None)
+
+    def _report(self, broker: dramatiq.Broker, message: MessageProxy, delivery: _Delivery) -> None:
+        exception = delivery.exception
+        assert exception is not None
+        decision = message.options.get("retry_decision") or {}
+        if decision.get("attempt") != delivery.attempt:
+            decision = {}  # another retry layer, or none: judge by what the broker is told
+        action = decision.get("action")
+        will_retry = action in _RUNS_AGAIN if action else not message.failed
+        fields = {
+            "attempt": delivery.attempt,
+            "max_attempts": decision.get("max_attempts", _max_attempts(broker, message)),
+            "will_retry": will_retry,
+            "error_type": qualified_name(type(exception)),
+            "error_message": str(exception)[:_MESSAGE_LIMIT],
+            "duration_ms": delivery.duration_ms,
+        }
+        record = logger.bind(**fields).opt(exception=exception)
+        if action in _NOT_FAILURES:
+            record.info("Action {}: {}", action, decision.get("reason", ""))
+        else:
+            record.error("Action execution failed")
+        if message.failed and self.dead_letters is not None:
+            _bury(self.dead_letters, message, fields, decision.get("reason") or "failed")
+
+
+def _bury(
+    store: DeadLetterStore, message: MessageProxy, fields: dict[str, Any], reason: str
+) -> None:
+    try:
+        store.record(
+            message.asdict(),
+            error_type=fields["error_type"],
+            error_message=fields["error_message"],
+            reason=reason,
+        )
+    except Exception as error:
+        # The broker still dead-letters the message; only the table misses it.
+        logger.opt(exception=error).error(
+            "Could not record dead letter {}: {}", message.message_id, error
+        )
+
+
+def _max_attempts(broker: dramatiq.Broker, message: MessageProxy) -> int | None:
+    """max_attempts as Dramatiq's own options give it, when no Retry decided."""
+    actor = broker.actors.get(message.actor_name)
+    options = {**(actor.options if actor else {}), **message.options}
+    if isinstance(options.get("max_attempts"), int):
+        return int(options["max_attempts"])
+    if isinstance(options.get("max_retries"), int):
+        return int(options["max_retries"]) + 1
+    return None

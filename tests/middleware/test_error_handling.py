@@ -1,0 +1,193 @@
+"""ErrorHandling: context-rich failure records, on_error hooks, dead letters."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dramatiq
+import peewee
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Retries
+from loguru import logger
+
+from dramatiq_shared import Defer, RetryConfig, configure_logging
+from dramatiq_shared.db.dead_letters import DeadLetterStore
+from dramatiq_shared.middleware import ErrorHandling
+
+from .conftest import install
+
+
+@pytest.fixture
+def json_lines() -> Iterator[io.StringIO]:
+    """configure_logging(json=True) into a buffer; the loguru default restored after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    stream = io.StringIO()
+    configure_logging("INFO", json=True, sink=stream)
+    yield stream
+    logger.remove()
+    logger.add(sys.stderr)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def failures(stream: io.StringIO) -> list[dict[str, Any]]:
+    """The failure records, each with the text loguru wrote (the traceback included)."""
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [
+        {**line["record"], "text": line["text"]}
+        for line in lines
+        if line["record"]["message"] == "Action execution failed"
+    ]
+
+
+def test_every_failed_attempt_is_one_json_record_with_its_context(
+    broker: dramatiq.Broker, run_worker: Callable[..., None], json_lines: io.StringIO
+) -> None:
+    install(broker, config=RetryConfig(base_delay=5, max_delay=20))
+
+    @dramatiq.actor(broker=broker, max_attempts=2, queue_name="imports")
+    def parse_note(import_id: str, note_id: str) -> None:
+        raise LookupError(f"note {note_id} has no title")
+
+    message = parse_note.send(import_id="imp-1", note_id="n-9")
+    run_worker("imports")
+
+    first, second = failures(json_lines)
+    for record, attempt, will_retry in ((first, 1, True), (second, 2, False)):
+        assert record["level"]["name"] == "ERROR"
+        extra = record["extra"]
+        assert extra["message_id"] == message.message_id
+        assert (extra["actor"], extra["queue"]) == ("parse_note", "imports")
+        assert (extra["import_id"], extra["note_id"]) == ("imp-1", "n-9")
+        assert (extra["attempt"], extra["max_attempts"], extra["will_retry"]) == (
+            attempt,
+            2,
+            will_retry,
+        )
+        assert extra["error_type"] == "LookupError"
+        assert extra["error_message"] == "note n-9 has no title"
+        assert extra["duration_ms"] >= 0
+        assert record["exception"]["type"] == "LookupError"
+        assert (
+            "raise LookupError" in json.loads(json_lines.getvalue().splitlines()[0])["text"]
+            or record["exception"]["traceback"]
+        )
+
+
+def test_a_deferral_is_not_logged_as_a_failure(
+    stub_broker: StubBroker, json_lines: io.StringIO
+) -> None:
+    install(stub_broker, max_defers=1)
+    runs = []
+
+    @dramatiq.actor(broker=stub_broker)
+    def waits() -> None:
+        runs.append(1)
+        raise Defer(1, reason="busy")
+
+    waits.send()
+    worker = dramatiq.Worker(stub_broker, worker_timeout=20)
+    worker.start()
+    stub_broker.join("default", fail_fast=False)
+    worker.join()
+    worker.stop()
+    records = [json.loads(line)["record"] for line in json_lines.getvalue().splitlines()]
+    infos = [r for r in records if r["message"].startswith("Action deferred")]
+    assert [(r["level"]["name"], r["extra"]["will_retry"]) for r in infos] == [("INFO", True)]
+    (failure,) = failures(json_lines)  # the second deferral passed max_defers
+    assert failure["extra"]["will_retry"] is False
+
+
+def test_on_error_runs_after_each_failed_attempt(
+    broker: dramatiq.Broker, run_worker: Callable[..., None]
+) -> None:
+    install(broker)
+    cleaned: list[tuple[str, str]] = []
+
+    def clean_up(message: dramatiq.Message[Any], error: BaseException) -> None:
+        cleaned.append((message.message_id, str(error)))
+
+    @dramatiq.actor(broker=broker, max_attempts=3, on_error=clean_up)
+    def fails() -> None:
+        raise RuntimeError("half-done")
+
+    message = fails.send()
+    run_worker()
+    assert cleaned == [(message.message_id, "half-done")] * 3
+
+
+def test_an_on_error_hook_that_raises_is_logged_and_changes_nothing(
+    broker: dramatiq.Broker, run_worker: Callable[..., None], json_lines: io.StringIO
+) -> None:
+    install(broker)
+    runs = []
+
+    def broken_hook(message: dramatiq.Message[Any], error: BaseException) -> None:
+        raise OSError("disk full during clean-up")
+
+    @dramatiq.actor(broker=broker, max_attempts=2, on_error=broken_hook)
+    def flaky() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("first time")
+
+    flaky.send()
+    run_worker()
+    assert len(runs) == 2  # the retry still happened, and the second run succeeded
+    records = [json.loads(line)["record"] for line in json_lines.getvalue().splitlines()]
+    (hook_error,) = [r for r in records if "on_error hook" in r["message"]]
+    assert hook_error["level"]["name"] == "ERROR"
+    assert hook_error["exception"]["type"] == "OSError"
+    (failure,) = failures(json_lines)
+    assert failure["extra"]["will_retry"] is True
+
+
+def test_alone_it_keeps_the_history_and_judges_by_the_broker(
+    stub_broker: StubBroker, json_lines: io.StringIO, database: peewee.Database
+) -> None:
+    # Dramatiq's own Retries in place: ErrorHandling still logs and dead-letters.
+    stub_broker.add_middleware(ErrorHandling(database=database))
+    assert any(isinstance(m, Retries) for m in stub_broker.middleware)
+
+    @dramatiq.actor(broker=stub_broker, max_retries=0)
+    def fails() -> None:
+        raise ValueError("no retries here")
+
+    fails.send()
+    worker = dramatiq.Worker(stub_broker, worker_timeout=20)
+    worker.start()
+    stub_broker.join("default", fail_fast=False)
+    worker.join()
+    worker.stop()
+    (failure,) = failures(json_lines)
+    assert (failure["extra"]["will_retry"], failure["extra"]["max_attempts"]) == (False, 1)
+    (row,) = DeadLetterStore(database).list()
+    assert [h["error_type"] for h in row.error_history] == ["ValueError"]
+
+
+def test_a_dead_letter_that_cannot_be_written_is_logged_and_the_broker_keeps_it(
+    stub_broker: StubBroker, json_lines: io.StringIO, tmp_path: Any
+) -> None:
+    # A database with no tables: every write fails.
+    install(stub_broker, database=f"sqlite:///{tmp_path / 'empty.db'}")
+
+    @dramatiq.actor(broker=stub_broker, max_attempts=1)
+    def fails() -> None:
+        raise RuntimeError("x")
+
+    fails.send()
+    worker = dramatiq.Worker(stub_broker, worker_timeout=20)
+    worker.start()
+    stub_broker.join("default", fail_fast=False)
+    worker.join()
+    worker.stop()
+    records = [json.loads(line)["record"] for line in json_lines.getvalue().splitlines()]
+    assert any(r["message"].startswith("Could not record dead letter") for r in records)
+    assert len(stub_broker.dead_letters) == 1
