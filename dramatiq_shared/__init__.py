@@ -20,6 +20,7 @@ from .errors import (
     ValidationError,
 )
 from .logging import configure_logging, message_context
+from .middleware import ErrorHandling, Retry
 
 try:
     __version__ = version("dramatiq-shared")
@@ -41,6 +42,9 @@ __all__ = [
     "PermanentError",
     "TransientError",
     "ValidationError",
+    # Middleware, each usable alone with broker.add_middleware().
+    "ErrorHandling",
+    "Retry",
     # Logging: one loguru stream, message context bound per message.
     "configure_logging",
     "message_context",

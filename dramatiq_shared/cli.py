@@ -1,8 +1,8 @@
 """The ``dramatiq-shared`` command.
 
 Each subcommand is one function taking the parsed arguments and returning an exit
-status. A user mistake (a bad setting, a missing server) is one line on stderr and
-exit status 2, never a traceback.
+status. A user mistake (a bad setting, an unknown id, a server that does not answer)
+is one line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,17 +10,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import peewee
+import redis
+from dramatiq.brokers.redis import RedisBroker
 
 from . import __version__
 from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
+from .db.dead_letters import DeadLetterRecord, DeadLetterStore
 from .db.models import MODELS, create_tables, init_database
-from .errors import DramatiqSharedError
+from .errors import ConfigError, DramatiqSharedError
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+
+def _database(args: argparse.Namespace) -> DatabaseConfig:
+    config = DatabaseConfig.from_env()
+    return dataclasses.replace(config, url=args.database) if args.database else config
 
 
 def _show_config(args: argparse.Namespace) -> int:
@@ -35,22 +45,89 @@ def _show_config(args: argparse.Namespace) -> int:
 
 
 def _init_db(args: argparse.Namespace) -> int:
-    config = DatabaseConfig.from_env()
-    if args.database:
-        config = dataclasses.replace(config, url=args.database)
-    database = init_database(config)
-    try:
-        create_tables(database)
-    except peewee.DatabaseError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        print(
-            f"dramatiq-shared: error: cannot create tables in {config.redacted_url}:"
-            f" {type(error).__name__}: {first_line}",
-            file=sys.stderr,
-        )
-        return 2
+    config = _database(args)
+    create_tables(init_database(config))
     print(f"{len(MODELS)} tables ready in {config.redacted_url}")
     return 0
+
+
+# --- dead letters ------------------------------------------------------------------
+
+
+def _store(args: argparse.Namespace) -> DeadLetterStore:
+    return DeadLetterStore(init_database(_database(args)))
+
+
+def _dead_letters_list(args: argparse.Namespace) -> int:
+    rows = _store(args).list(limit=args.limit, include_retried=args.all)
+    if not rows:
+        print(
+            "no dead letters" if args.all else "no dead letters waiting (--all shows retried ones)"
+        )
+        return 0
+    print(
+        f"{'ID':>6}  {'FAILED AT (UTC)':<19}  {'ACTOR':<24}  {'QUEUE':<12}  ERRORS"
+        f"  {'RETRIED':<7}  ERROR"
+    )
+    for row in rows:
+        retried = "yes" if row.retried_at else "no"
+        print(
+            f"{row.id:>6}  {row.failed_at:%Y-%m-%d %H:%M:%S}  {row.actor_name[:24]:<24}"
+            f"  {row.queue_name[:12]:<12}  {_error_count(row):>6}  {retried:<7}"
+            f"  {row.error_type}: {row.error_message[:60]}"
+        )
+    return 0
+
+
+def _error_count(row: DeadLetterRecord) -> int:
+    return int(row.message.get("options", {}).get("error_count", len(row.error_history)))
+
+
+def _dead_letters_show(args: argparse.Namespace) -> int:
+    row = _store(args).get(args.id)
+    shown = dataclasses.asdict(row)
+    shown["failed_at"] = f"{row.failed_at:%Y-%m-%dT%H:%M:%S}Z"
+    shown["retried_at"] = f"{row.retried_at:%Y-%m-%dT%H:%M:%S}Z" if row.retried_at else None
+    print(json.dumps(shown, indent=2, default=str))
+    return 0
+
+
+def _dead_letters_retry(args: argparse.Namespace) -> int:
+    url = args.redis_url or os.environ.get("REDIS_URL")
+    if not url:
+        raise ConfigError("retrying needs the broker: pass --redis-url or set REDIS_URL")
+    store = _store(args)
+    broker = RedisBroker(url=url)  # type: ignore[no-untyped-call]  # dramatiq leaves it untyped
+    try:
+        for dead_letter_id in args.ids:
+            if store.retry(dead_letter_id, broker):
+                print(f"{dead_letter_id}: enqueued again with a fresh attempt count")
+            else:
+                print(f"{dead_letter_id}: already retried, not enqueued again")
+    finally:
+        broker.close()
+    return 0
+
+
+def _dead_letters_purge(args: argparse.Namespace) -> int:
+    if not (args.ids or args.retried or args.all):
+        raise ConfigError("purge what? give ids, --retried or --all")
+    purged = _store(args).purge(ids=args.ids, retried=args.retried, everything=args.all)
+    print(f"purged {purged} dead letter{'s' if purged != 1 else ''}")
+    return 0
+
+
+# --- the parser ----------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument(
+        "--database",
+        metavar="URL",
+        help="sqlite:///path or postgresql://...; default DRAMATIQ_SHARED_DB_URL, DATABASE_URL,"
+        " else sqlite:///dramatiq_shared.db",
+    )
+
     config = commands.add_parser(
         "config",
         help="print the effective configuration read from DRAMATIQ_SHARED_* variables",
@@ -72,16 +157,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     init_db = commands.add_parser(
         "init-db",
+        parents=[database],
         help="create the tables (safe to run again)",
         description="Create every table and index that does not exist yet.",
     )
-    init_db.add_argument(
-        "--database",
-        metavar="URL",
-        help="sqlite:///path or postgresql://...; default DRAMATIQ_SHARED_DB_URL, DATABASE_URL,"
-        " else sqlite:///dramatiq_shared.db",
-    )
     init_db.set_defaults(run=_init_db)
+
+    dead = commands.add_parser(
+        "dead-letters",
+        help="list, show, retry and purge messages that failed for good",
+        description="Messages that failed for good, as the ErrorHandling middleware recorded them.",
+    )
+    dead_commands = dead.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    listing = dead_commands.add_parser(
+        "list", parents=[database], help="the newest dead letters first"
+    )
+    listing.add_argument("--limit", type=_positive, default=50, help="at most this many (50)")
+    listing.add_argument("--all", action="store_true", help="include those already retried")
+    listing.set_defaults(run=_dead_letters_list)
+    show = dead_commands.add_parser(
+        "show", parents=[database], help="one dead letter as JSON, error history included"
+    )
+    show.add_argument("id", type=_positive)
+    show.set_defaults(run=_dead_letters_show)
+    retry = dead_commands.add_parser(
+        "retry",
+        parents=[database],
+        help="enqueue dead letters again with a fresh attempt count (once each)",
+    )
+    retry.add_argument("ids", type=_positive, nargs="+", metavar="ID")
+    retry.add_argument("--redis-url", metavar="URL", help="the broker; default REDIS_URL")
+    retry.set_defaults(run=_dead_letters_retry)
+    purge = dead_commands.add_parser("purge", parents=[database], help="delete dead letters")
+    purge.add_argument("ids", type=_positive, nargs="*", metavar="ID")
+    purge.add_argument("--retried", action="store_true", help="those already retried")
+    purge.add_argument("--all", action="store_true", help="every dead letter")
+    purge.set_defaults(run=_dead_letters_purge)
     return parser
 
 
@@ -95,9 +206,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.run(args)
     except DramatiqSharedError as error:
-        print(f"dramatiq-shared: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(str(error))
+    except peewee.DatabaseError as error:
+        return _fail(f"the database refused or did not answer: {_first_line(error)}")
+    except redis.RedisError as error:
+        return _fail(f"Redis did not answer: {_first_line(error)}")
     return status
+
+
+def _first_line(error: Any) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _fail(message: str) -> int:
+    print(f"dramatiq-shared: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -75,5 +75,7 @@ def test_init_db_reads_the_database_from_the_environment(
 def test_init_db_on_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["init-db", "--database", "postgresql://u:pw@127.0.0.1:1/x"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("dramatiq-shared: error: cannot create tables in postgresql://u:***@")
+    assert err.startswith(
+        "dramatiq-shared: error: the database refused or did not answer: OperationalError:"
+    )
     assert err.count("\n") == 1

@@ -1,0 +1,167 @@
+"""DeadLetterStore on SQLite and PostgreSQL, and the dead-letters command against PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import dramatiq
+import peewee
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+
+from dramatiq_shared import RetryConfig, ValidationError
+from dramatiq_shared.cli import main
+from dramatiq_shared.db.dead_letters import DeadLetterStore
+from dramatiq_shared.db.models import DeadLetter
+from tests.middleware.conftest import install
+
+
+def message(number: int = 1, **options: Any) -> dict[str, Any]:
+    return dramatiq.Message(
+        queue_name="default",
+        actor_name="parse_note",
+        args=(),
+        kwargs={"note_id": f"n-{number}"},
+        options={"retries": 3, "error_count": 3, "error_history": [{"attempt": 3}], **options},
+        message_id=f"m-{number}",
+    ).asdict()
+
+
+def test_a_message_dead_lettered_twice_has_one_row(database: peewee.Database) -> None:
+    store = DeadLetterStore(database)
+    store.record(message(), error_type="KeyError", error_message="a", reason="exhausted")
+    store.record(message(), error_type="ValueError", error_message="b", reason="not retryable")
+    (row,) = store.list()
+    assert (row.message_id, row.error_type, row.error_message) == ("m-1", "ValueError", "b")
+    assert row.error_history == [{"attempt": 3}]
+    assert store.get(row.id) == row
+
+
+def test_retry_enqueues_once_with_a_fresh_attempt_count(
+    database: peewee.Database, stub_broker: StubBroker
+) -> None:
+    store = DeadLetterStore(database)
+    store.record(
+        message(retry_delay=400, retry_decision={"action": "exhausted"}),
+        error_type="KeyError",
+        error_message="a",
+        reason="exhausted",
+    )
+    (row,) = store.list()
+    stub_broker.declare_queue("default")
+    assert store.retry(row.id, stub_broker) is True
+    assert store.retry(row.id, stub_broker) is False
+    assert stub_broker.queues["default"].qsize() == 1
+    again = dramatiq.Message.decode(stub_broker.queues["default"].get())
+    assert again.message_id == "m-1"
+    assert again.kwargs == {"note_id": "n-1"}
+    assert "retries" not in again.options
+    assert "retry_decision" not in again.options
+    assert again.options["error_history"] == [{"attempt": 3}]  # the story is kept
+    assert store.list() == []
+    assert [r.id for r in store.list(include_retried=True)] == [row.id]
+
+
+def test_a_failed_enqueue_leaves_the_dead_letter_unclaimed(database: peewee.Database) -> None:
+    class DownBroker(StubBroker):
+        def enqueue(self, message: Any, *, delay: Any = None) -> Any:
+            raise redis.ConnectionError("down")
+
+    store = DeadLetterStore(database)
+    store.record(message(), error_type="E", error_message="", reason="r")
+    (row,) = store.list()
+    with pytest.raises(redis.ConnectionError):
+        store.retry(row.id, DownBroker())
+    assert store.get(row.id).retried_at is None
+
+
+def test_purge(database: peewee.Database, stub_broker: StubBroker) -> None:
+    store = DeadLetterStore(database)
+    for n in range(1, 5):
+        store.record(message(n), error_type="E", error_message="", reason="r")
+    ids = sorted(r.id for r in store.list())
+    stub_broker.declare_queue("default")
+    store.retry(ids[0], stub_broker)
+    assert store.purge(retried=True) == 1
+    assert store.purge(ids=[ids[1]]) == 1
+    assert store.purge(everything=True) == 2
+    assert DeadLetter.select().count() == 0
+    with pytest.raises(ValidationError, match="purge needs ids"):
+        store.purge()
+    with pytest.raises(ValidationError, match="id: no dead letter 999"):
+        store.get(999)
+
+
+def test_the_dead_letters_command_against_postgres_and_redis(
+    postgres_url: str,
+    redis_broker: RedisBroker,
+    redis_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["init-db", "--database", postgres_url]) == 0
+    install(redis_broker, config=RetryConfig(base_delay=1, max_delay=5), database=postgres_url)
+    healed = threading.Event()
+    runs: list[str] = []
+
+    @dramatiq.actor(broker=redis_broker, max_attempts=2)
+    def import_recipe(url: str) -> None:
+        runs.append(url)
+        if not healed.is_set():
+            raise ConnectionError(f"cannot fetch {url}")
+
+    import_recipe.send("https://example.test/soup")
+    worker = dramatiq.Worker(redis_broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+    try:
+        redis_broker.join("default", timeout=10_000)
+        worker.join()
+        assert len(runs) == 2
+        capsys.readouterr()
+
+        assert main(["dead-letters", "list", "--database", postgres_url]) == 0
+        listing = capsys.readouterr().out.splitlines()
+        assert len(listing) == 2
+        assert "import_recipe" in listing[1]
+        assert "ConnectionError: cannot fetch https://example.test/soup" in listing[1]
+        dead_id = listing[1].split()[0]
+
+        assert main(["dead-letters", "show", dead_id, "--database", postgres_url]) == 0
+        assert '"error_type": "ConnectionError"' in capsys.readouterr().out
+
+        healed.set()
+        retry = ["dead-letters", "retry", dead_id, "--database", postgres_url]
+        assert main([*retry, "--redis-url", redis_url]) == 0
+        assert main([*retry, "--redis-url", redis_url]) == 0
+        assert capsys.readouterr().out.splitlines() == [
+            f"{dead_id}: enqueued again with a fresh attempt count",
+            f"{dead_id}: already retried, not enqueued again",
+        ]
+        redis_broker.join("default", timeout=10_000)
+        worker.join()
+        assert len(runs) == 3  # enqueued once, and it succeeded
+    finally:
+        worker.stop()
+
+    assert main(["dead-letters", "list", "--database", postgres_url]) == 0
+    assert "no dead letters waiting" in capsys.readouterr().out
+    assert main(["dead-letters", "purge", "--retried", "--database", postgres_url]) == 0
+    assert capsys.readouterr().out == "purged 1 dead letter\n"
+
+
+def test_the_dead_letters_command_refuses_mistakes_in_one_line(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    main(["init-db", "--database", sqlite_url])
+    capsys.readouterr()
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    cases = [
+        (["show", "7"], "id: no dead letter 7"),
+        (["retry", "7"], "retrying needs the broker: pass --redis-url or set REDIS_URL"),
+        (["purge"], "purge what? give ids, --retried or --all"),
+    ]
+    for args, expected in cases:
+        assert main(["dead-letters", *args, "--database", sqlite_url]) == 2
+        assert capsys.readouterr().err == f"dramatiq-shared: error: {expected}\n"
