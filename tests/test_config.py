@@ -44,6 +44,8 @@ BAD_VALUES: list[tuple[type[Any], str, Any, str]] = [
     (CircuitBreakerConfig, "success_threshold", None, "an int >= 1"),
     (CircuitBreakerConfig, "excluded_errors", None, "a list of exception classes or names"),
     (CircuitBreakerConfig, "excluded_errors", [object], "an exception class or its name"),
+    (CircuitBreakerConfig, "trial_timeout", 0, "an int >= 1"),
+    (CircuitBreakerConfig, "max_reset_timeout", 59_999, "an int >= 60000"),
     (DatabaseConfig, "url", "mysql://db/x", "a sqlite:/// or postgresql:// URL"),
     (DatabaseConfig, "url", 5432, "a sqlite:/// or postgresql:// URL"),
     (DatabaseConfig, "connection_limit", 0, "an int >= 1"),
@@ -103,7 +105,12 @@ def test_defaults_are_those_of_the_design() -> None:
     )
     assert RetryConfig().retryable_errors is None
     assert CircuitBreakerConfig() == CircuitBreakerConfig(
-        failure_threshold=5, reset_timeout=60000, success_threshold=1, excluded_errors=()
+        failure_threshold=5,
+        reset_timeout=60000,
+        success_threshold=1,
+        excluded_errors=(),
+        trial_timeout=30000,
+        max_reset_timeout=480000,
     )
     assert DatabaseConfig() == DatabaseConfig(
         url="sqlite:///dramatiq_shared.db",
@@ -331,5 +338,7 @@ def test_as_dict_is_json_ready() -> None:
             "reset_timeout": 60000,
             "success_threshold": 1,
             "excluded_errors": [],
+            "trial_timeout": 30000,
+            "max_reset_timeout": 480000,
         },
     }

@@ -1,0 +1,64 @@
+"""One process of the breaker tests: ``python breaker_trials.py REDIS_URL MODE THREADS START``.
+
+``trials``: THREADS threads compete for half-open trials of the breaker "svc" until it
+closes; each trial lasts 50 ms and succeeds. Prints the [start, end] wall-clock times
+of the trials this process ran, as JSON.
+``hold``: takes the trial lease, prints "trial", and sleeps (the test kills it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+import redis
+
+from dramatiq_shared import CircuitBreakerConfig, CircuitOpenError
+from dramatiq_shared.breakers import SharedCircuitBreaker
+
+CONFIGS = {
+    "trials": CircuitBreakerConfig(
+        failure_threshold=1, reset_timeout=200, success_threshold=6, trial_timeout=5_000
+    ),
+    "hold": CircuitBreakerConfig(failure_threshold=1, reset_timeout=100, trial_timeout=1_500),
+}
+
+
+def main(url: str, mode: str, threads: str, start: str) -> None:
+    breaker = SharedCircuitBreaker("svc", CONFIGS[mode], redis.Redis.from_url(url))
+    if mode == "hold":
+        breaker.acquire()
+        print("trial", flush=True)
+        time.sleep(60)
+        return
+    trials: list[tuple[float, float]] = []
+    ready = threading.Barrier(int(threads))
+    time.sleep(max(0.0, float(start) - time.time()))
+
+    def compete() -> None:
+        ready.wait()
+        while breaker.current_state != "closed":
+            try:
+                ticket = breaker.acquire()
+            except CircuitOpenError:
+                time.sleep(0.005)
+                continue
+            if ticket.trial is None:
+                return  # closed in the meantime
+            began = time.time()
+            time.sleep(0.05)
+            trials.append((began, time.time()))
+            breaker.record_success(ticket)
+
+    pool = [threading.Thread(target=compete) for _ in range(int(threads))]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    json.dump(trials, sys.stdout)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

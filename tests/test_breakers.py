@@ -1,0 +1,348 @@
+"""SharedCircuitBreaker against real Redis: atomic transitions, one trial at a time, fallback."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pybreaker
+import pytest
+import redis
+from dramatiq.middleware.shutdown import Shutdown
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+from loguru import logger
+
+from dramatiq_shared import CircuitBreakerConfig, CircuitOpenError, PermanentError, ValidationError
+from dramatiq_shared.breakers import Breakers, SharedCircuitBreaker
+
+FAST = CircuitBreakerConfig(failure_threshold=3, reset_timeout=300, trial_timeout=2_000)
+
+
+class Recorder(pybreaker.CircuitBreakerListener):
+    """A pybreaker listener, as users write them."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, str]] = []
+        self.failures = 0
+        self.successes = 0
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        self.changes.append((old_state.name, new_state.name))
+
+    def failure(self, cb: Any, exc: BaseException) -> None:
+        self.failures += 1
+
+    def success(self, cb: Any) -> None:
+        self.successes += 1
+
+
+def breaker(
+    client: redis.Redis, config: CircuitBreakerConfig = FAST, **kwargs: Any
+) -> SharedCircuitBreaker:
+    return SharedCircuitBreaker("svc", config, client, **kwargs)
+
+
+def fail(cb: SharedCircuitBreaker, error: BaseException | None = None) -> None:
+    with pytest.raises(type(error) if error else RuntimeError), cb:
+        raise error or RuntimeError("down")
+
+
+def events(client: redis.Redis) -> list[str]:
+    return [
+        fields[b"event"].decode()
+        for _, fields in client.xrange("dramatiq_shared:breaker-events")
+        if fields[b"event"] != b"rejected"
+    ]
+
+
+def test_it_opens_once_at_the_threshold_and_refuses_calls(redis_client: redis.Redis) -> None:
+    recorder = Recorder()
+    cb = breaker(redis_client, listeners=[recorder])
+    fail(cb)
+    fail(cb)
+    assert cb.current_state == "closed"
+    assert cb.fail_counter == 2
+    fail(cb)
+    assert cb.current_state == "open"
+    with pytest.raises(CircuitOpenError) as refused:
+        cb.call(lambda: "never runs")
+    assert 0 < refused.value.remaining <= 300
+    assert recorder.changes == [("closed", "open")]
+    assert recorder.failures == 3
+    assert events(redis_client) == ["opened"]
+
+
+def test_a_success_resets_the_count(redis_client: redis.Redis) -> None:
+    cb = breaker(redis_client)
+    fail(cb)
+    fail(cb)
+    assert cb.call(lambda: 42) == 42
+    assert cb.fail_counter == 0
+    fail(cb)
+    fail(cb)
+    assert cb.current_state == "closed"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [KeyError("excluded"), PermanentError("bad input"), ValidationError("bad"), Shutdown()],
+)
+def test_excluded_and_never_counted_errors_neither_trip_nor_reset(
+    redis_client: redis.Redis, error: BaseException
+) -> None:
+    cb = breaker(
+        redis_client, CircuitBreakerConfig(failure_threshold=3, excluded_errors=["KeyError"])
+    )
+    fail(cb)
+    fail(cb)
+    for _ in range(5):
+        fail(cb, error)
+    assert (cb.current_state, cb.fail_counter) == ("closed", 2)  # not tripped, not reset
+    fail(cb)
+    assert cb.current_state == "open"
+
+
+def test_a_time_limit_counts(redis_client: redis.Redis) -> None:
+    cb = breaker(redis_client)
+    for _ in range(3):
+        fail(cb, TimeLimitExceeded())
+    assert cb.current_state == "open"
+
+
+def test_half_open_lets_one_trial_through_and_closes_on_its_success(
+    redis_client: redis.Redis,
+) -> None:
+    recorder = Recorder()
+    cb = breaker(redis_client, listeners=[recorder])
+    for _ in range(3):
+        fail(cb)
+    time.sleep(0.35)
+    trial = cb.acquire()
+    assert trial.trial is not None
+    assert cb.current_state == "half-open"
+    with pytest.raises(CircuitOpenError):
+        cb.acquire()  # another caller while the trial runs
+    cb.record_success(trial)
+    assert cb.current_state == "closed"
+    assert recorder.changes == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
+    assert events(redis_client) == ["opened", "half-open", "closed"]
+
+
+def test_a_failed_trial_reopens_for_longer_up_to_the_cap(redis_client: redis.Redis) -> None:
+    config = CircuitBreakerConfig(
+        failure_threshold=1, reset_timeout=100, max_reset_timeout=250, trial_timeout=1_000
+    )
+    cb = breaker(redis_client, config)
+    fail(cb)
+    open_times = []
+    for _ in range(3):
+        with pytest.raises(CircuitOpenError) as refused:
+            cb.acquire()
+        open_times.append(refused.value.remaining)
+        time.sleep(refused.value.remaining / 1000 + 0.02)
+        fail(cb)  # the trial fails
+    assert open_times[0] <= 100
+    assert 100 < open_times[1] <= 200
+    assert 200 < open_times[2] <= 250  # doubled to 400, capped at 250
+
+
+def test_with_and_decorator_share_the_state_and_nest_as_one_call(
+    redis_client: redis.Redis,
+) -> None:
+    cb = breaker(redis_client)
+
+    @cb
+    def fetch() -> str:
+        with cb:  # nested use inside a guarded call is the same call
+            raise ConnectionError("down")
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            fetch()
+    assert cb.fail_counter == 2
+    with pytest.raises(ConnectionError), cb.calling():
+        raise ConnectionError("down")
+    assert cb.current_state == "open"
+
+
+def test_breakers_of_one_name_share_state_and_configs_apply_by_name(
+    redis_client: redis.Redis,
+) -> None:
+    one = Breakers(redis_client, configs={"usda": {"failureThreshold": 1}})
+    other = Breakers(redis_client, configs={"usda": FAST})
+    fail(one["usda"])
+    assert other["usda"].current_state == "open"
+    assert one["elsewhere"].fail_max == 5
+    assert list(one) == ["usda", "elsewhere"]
+
+
+# --- 32 concurrent workers in 4 processes -------------------------------------------
+
+TRIAL_SCRIPT = Path(__file__).with_name("breaker_trials.py")
+
+
+def run_trial_processes(
+    redis_url: str, mode: str, count: int, threads: int
+) -> list[subprocess.Popen[str]]:
+    start = time.time() + 1.5
+    return [
+        subprocess.Popen(
+            [sys.executable, str(TRIAL_SCRIPT), redis_url, mode, str(threads), str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+
+
+def test_half_open_with_32_concurrent_workers_runs_one_trial_at_a_time(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    config = CircuitBreakerConfig(
+        failure_threshold=1, reset_timeout=200, success_threshold=6, trial_timeout=5_000
+    )
+    fail(breaker(redis_client, config))
+    processes = run_trial_processes(redis_url, "trials", 4, 8)
+    trials = []
+    for process in processes:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        trials.extend(json.loads(out))
+    trials.sort()
+    assert len(trials) == 6  # success_threshold trials, then closed
+    for (_, end), (start, _) in itertools.pairwise(trials):
+        assert end <= start, "two trials overlapped"
+    assert breaker(redis_client, config).current_state == "closed"
+
+
+def test_a_trial_whose_worker_is_killed_frees_the_lease_after_its_ttl(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    config = CircuitBreakerConfig(failure_threshold=1, reset_timeout=100, trial_timeout=1_500)
+    cb = breaker(redis_client, config)
+    fail(cb)
+    time.sleep(0.15)
+    (holder,) = run_trial_processes(redis_url, "hold", 1, 1)
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "trial"  # it holds the lease...
+    os.kill(holder.pid, signal.SIGKILL)  # ...and dies mid-trial
+    holder.wait()
+    killed_at = time.monotonic()
+    with pytest.raises(CircuitOpenError) as refused:
+        cb.acquire()
+    assert 0 < refused.value.remaining <= 1_500
+    while True:
+        try:
+            ticket = cb.acquire()
+            break
+        except CircuitOpenError:
+            time.sleep(0.05)
+    assert 1.0 < time.monotonic() - killed_at < 3.0
+    cb.record_success(ticket)
+    assert cb.current_state == "closed"
+
+
+# --- Redis going away ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[redis.Redis, Any, Any]]:
+    """A redis-server of the test's own, with functions to stop and start it."""
+    port = free_port()
+    command = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+    ]
+    server: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        server.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
+        client = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def stop() -> None:
+        server[-1].terminate()
+        server[-1].wait(10)
+
+    try:
+        start()
+    except FileNotFoundError as error:
+        pytest.fail(f"redis-server is not installed: {error}")
+    client = redis.Redis(port=port, socket_connect_timeout=0.2, socket_timeout=0.5)
+    yield client, stop, start
+    if server[-1].poll() is None:
+        stop()
+
+
+def test_redis_down_behaves_closed_warns_once_and_recovers(
+    private_redis: tuple[redis.Redis, Any, Any],
+) -> None:
+    client, stop, start = private_redis
+    warnings: list[str] = []
+    handler = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        cb = breaker(client, CircuitBreakerConfig(failure_threshold=2, reset_timeout=60_000))
+        stop()
+        for _ in range(10):  # calls go through, unrecorded
+            assert cb.call(lambda: "served") == "served"
+            fail(cb)
+        assert len([w for w in warnings if "cannot reach Redis" in w]) == 1
+        start()
+        time.sleep(1.1)  # the breaker asks Redis again after a second
+        fail(cb)
+        fail(cb)
+        assert cb.current_state == "open"
+    finally:
+        logger.remove(handler)
+
+
+def test_redis_down_with_the_open_fallback_refuses_calls(
+    private_redis: tuple[redis.Redis, Any, Any],
+) -> None:
+    client, stop, _ = private_redis
+    cb = breaker(client, fallback="open")
+    stop()
+    with pytest.raises(CircuitOpenError):
+        cb.call(lambda: "never")
+
+
+def test_pybreakers_manual_controls_work_on_the_shared_state(redis_client: redis.Redis) -> None:
+    cb = breaker(redis_client)
+    other = breaker(redis_client)
+    cb.open()
+    assert other.current_state == "open"
+    with pytest.raises(CircuitOpenError):
+        other.acquire()
+    cb.close()
+    assert other.call(lambda: "ok") == "ok"
