@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .breakers import SharedCircuitBreaker
 from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
 from .errors import (
     CircuitOpenError,
@@ -20,7 +21,7 @@ from .errors import (
     ValidationError,
 )
 from .logging import configure_logging, message_context
-from .middleware import ErrorHandling, Retry
+from .middleware import CircuitBreaker, ErrorHandling, Retry
 
 try:
     __version__ = version("dramatiq-shared")
@@ -43,8 +44,11 @@ __all__ = [
     "TransientError",
     "ValidationError",
     # Middleware, each usable alone with broker.add_middleware().
+    "CircuitBreaker",
     "ErrorHandling",
     "Retry",
+    # Breakers shared by every worker process, for use around single calls too.
+    "SharedCircuitBreaker",
     # Logging: one loguru stream, message context bound per message.
     "configure_logging",
     "message_context",

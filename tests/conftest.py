@@ -36,7 +36,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # Markers follow from the fixtures a test uses, so `-m "not postgres"` works without
 # anybody remembering to mark tests by hand.
 _SERVICE_FIXTURES = {
-    "redis": {"redis_client", "redis_broker", "redis_worker"},
+    "redis": {"redis_client", "redis_broker", "redis_worker", "private_redis"},
     "postgres": {"postgres_url", "_postgres_server"},
 }
 

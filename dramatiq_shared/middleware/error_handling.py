@@ -35,7 +35,8 @@ from ..config import DatabaseConfig
 from ..db.dead_letters import DeadLetterStore
 from ..errors import ConfigError
 from ..logging import message_context
-from .retry import Retry, qualified_name, record_failure
+from .messages import qualified_name, record_failure
+from .retry import Retry
 
 __all__ = ["ErrorHandling"]
 

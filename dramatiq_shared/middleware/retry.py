@@ -42,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import threading
-import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -54,51 +53,17 @@ from dramatiq.middleware.shutdown import Shutdown
 from loguru import logger
 
 from .._checks import check_int
+from ..breakers import Verdict
 from ..config import MAX_DELAY, RetryConfig
-from ..errors import ConfigError, Defer
+from ..errors import CircuitOpenError, ConfigError, Defer
+from .circuit_breaker import CircuitBreaker
+from .messages import qualified_name, record_failure, requeue
 
-__all__ = [
-    "Retry",
-    "backoff_delay",
-    "qualified_name",
-    "record_failure",
-    "requeue",
-    "resolve_settings",
-]
+__all__ = ["Retry", "backoff_delay", "resolve_settings"]
 
 #: Retry options an actor or a message may set, besides ``max_retries`` and ``max_defers``.
 RETRY_OPTIONS = ("max_attempts", "base_delay", "max_delay", "retryable_errors", "jitter")
 _MESSAGE_KEYS = frozenset((*RETRY_OPTIONS, "max_retries", "max_defers"))
-#: Entries of ``message.options["error_history"]`` kept; the total is in ``error_count``.
-HISTORY_LIMIT = 10
-#: Characters of an error message kept in the history.
-MESSAGE_LIMIT = 500
-
-
-def qualified_name(kind: type) -> str:
-    """``module.QualName`` of a class, without the module for builtins."""
-    if kind.__module__ == "builtins":
-        return kind.__qualname__
-    return f"{kind.__module__}.{kind.__qualname__}"
-
-
-def record_failure(message: MessageProxy, error: BaseException, attempt: int) -> None:
-    """Append a failed attempt to the message's capped error history.
-
-    The history travels in ``message.options`` with every retry, so the last delivery
-    and any dead letter tell the whole story.
-    """
-    history = message.options.setdefault("error_history", [])
-    history.append(
-        {
-            "attempt": attempt,
-            "error_type": qualified_name(type(error)),
-            "message": str(error)[:MESSAGE_LIMIT],
-            "time": int(time.time() * 1000),
-        }
-    )
-    del history[:-HISTORY_LIMIT]
-    message.options["error_count"] = message.options.get("error_count", 0) + 1
 
 
 def backoff_delay(
@@ -114,44 +79,6 @@ def backoff_delay(
         return round(rng.uniform(cap / 2, cap))
     upper = min(config.max_delay, 3 * (previous or config.base_delay))
     return round(rng.uniform(config.base_delay, max(config.base_delay, upper)))
-
-
-def requeue(
-    broker: dramatiq.Broker,
-    message: MessageProxy,
-    delay: int | None,
-    *,
-    attempts: int = 3,
-    backoff: int = 100,
-) -> bool:
-    """Enqueue ``message`` again, trying ``attempts`` times; fail it if all of them fail.
-
-    Dramatiq acks the current delivery once the middleware is done with it, so a copy
-    that was never enqueued would be lost. Failing the message makes the worker nack
-    it instead, and the broker keeps it in its dead-letter queue.
-
-    Returns:
-      True when the copy was enqueued.
-    """
-    for number in range(1, attempts + 1):
-        try:
-            broker.enqueue(message.copy(), delay=delay or None)
-        except Exception as error:
-            logger.warning(
-                "Enqueueing message {} again failed (try {} of {}): {}: {}",
-                message.message_id,
-                number,
-                attempts,
-                type(error).__name__,
-                error,
-            )
-            if number < attempts:
-                time.sleep(backoff * 2 ** (number - 1) / 1000)
-        else:
-            return True
-    logger.error("Message {} could not be enqueued again; failing it", message.message_id)
-    message.fail()
-    return False
 
 
 def resolve_settings(
@@ -289,26 +216,7 @@ class Retry(Middleware):
             "error_type": error_type,
         }
 
-        if isinstance(exception, Shutdown):
-            action, delay, reason = "requeued", 0, "the worker shut down"
-        elif isinstance(exception, Defer):
-            defers = options.get("defers", 0)
-            if defers >= max_defers:
-                record_failure(message, exception, attempt)
-                action, delay = "exhausted", None
-                reason = f"deferred {defers} times, max_defers is {max_defers}"
-            else:
-                options["defers"] = defers + 1
-                action, delay, reason = (
-                    "deferred",
-                    min(exception.delay, MAX_DELAY),
-                    exception.reason,
-                )
-        else:
-            record_failure(message, exception, attempt)
-            options["retries"] = attempt
-            action, delay, reason = self._decide(broker, message, exception, config, attempt)
-
+        action, delay, reason = self._judge(broker, message, exception, config, max_defers)
         if delay is not None:
             decision["delay"] = delay
             if not requeue(broker, message, delay, attempts=self.enqueue_attempts):
@@ -324,6 +232,58 @@ class Retry(Middleware):
             log.warning("Message {} failed for good: {}", message.message_id, reason)
         else:
             log.info("Message {} {} in {} ms: {}", message.message_id, action, delay, reason)
+
+    def _judge(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        exception: BaseException,
+        config: RetryConfig,
+        max_defers: int,
+    ) -> tuple[str, int | None, str]:
+        """The action, the delay (None to fail the message) and the reason."""
+        options = message.options
+        attempt = options.get("retries", 0) + 1
+        if isinstance(exception, Shutdown):
+            return "requeued", 0, "the worker shut down"
+        if isinstance(exception, Defer):
+            defers = options.get("defers", 0)
+            if defers >= max_defers:
+                record_failure(message, exception, attempt)
+                return "exhausted", None, f"deferred {defers} times, max_defers is {max_defers}"
+            options["defers"] = defers + 1
+            return "deferred", min(exception.delay, MAX_DELAY), exception.reason
+        if isinstance(exception, CircuitOpenError):
+            # A breaker used inside the actor refused the call: wait for it, as a
+            # message of a breaker-guarded actor does.
+            return "deferred", self._breaker_delay(broker, exception.remaining), str(exception)
+        record_failure(message, exception, attempt)
+        action, delay, reason = self._decide(broker, message, exception, config, attempt)
+        if action in ("retry", "exhausted"):
+            verdict = self._breaker_verdict(broker, message, exception)
+            if verdict is not None and verdict.is_open:
+                # The outage, not the message, is at fault: no attempt is used.
+                delay = self._breaker_delay(broker, verdict.remaining)
+                return "deferred", delay, "its circuit breaker is open"
+        options["retries"] = attempt
+        return action, delay, reason
+
+    def _breaker_middleware(self, broker: dramatiq.Broker) -> CircuitBreaker | None:
+        return next((m for m in broker.middleware if isinstance(m, CircuitBreaker)), None)
+
+    def _breaker_verdict(
+        self, broker: dramatiq.Broker, message: MessageProxy, exception: BaseException
+    ) -> Verdict | None:
+        breakers = self._breaker_middleware(broker)
+        return breakers.outcome(message, exception) if breakers else None
+
+    def _breaker_delay(self, broker: dramatiq.Broker, remaining: int) -> int:
+        breakers = self._breaker_middleware(broker)
+        if breakers is not None:
+            return breakers.deferral_delay(remaining)
+        with self._lock:
+            jitter: int = self._random.randint(0, 1_000)
+        return remaining + jitter
 
     def _decide(
         self,

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import dramatiq
 import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries
 from loguru import logger
@@ -69,3 +73,52 @@ def records() -> Iterator[list[dict[str, Any]]]:
     )
     yield collected
     logger.remove(handler)
+
+
+def decisions(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The retry decisions taken, in order, from the middleware's log records."""
+    return [r["extra"]["retry_decision"] for r in records if "retry_decision" in r["extra"]]
+
+
+def dead_lettered(broker: dramatiq.Broker, queue: str = "default") -> list[dict[str, Any]]:
+    """The messages the broker itself dead-lettered (Dramatiq's dead-letter queue)."""
+    if isinstance(broker, StubBroker):
+        return [m.asdict() for m in broker.dead_letters_by_queue[queue]]
+    assert isinstance(broker, RedisBroker)
+    raw = broker.client.hvals(f"{broker.namespace}:{queue}.XQ.msgs")
+    return [dramatiq.Message.decode(body).asdict() for body in raw]
+
+
+class Calls:
+    """Records when an actor ran, thread-safely."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.options: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        message = dramatiq.middleware.CurrentMessage.get_current_message()
+        with self._lock:
+            self.times.append(time.monotonic())
+            self.options.append(dict(message.options) if message else {})
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+@pytest.fixture
+def calls(broker: dramatiq.Broker) -> Calls:
+    broker.add_middleware(dramatiq.middleware.CurrentMessage())
+    return Calls()
+
+
+class EnqueueFailsBroker(RedisBroker):
+    """A RedisBroker whose enqueues fail while ``broken`` is set, as during a Redis blip."""
+
+    broken = False
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> Any:
+        if self.broken:
+            raise redis.ConnectionError("Connection refused (injected)")
+        return super().enqueue(message, delay=delay)

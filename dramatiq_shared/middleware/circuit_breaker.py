@@ -1,0 +1,194 @@
+"""Circuit breaking for actors: ``@dramatiq.actor(breaker="usda-api")``.
+
+Before a message of a breaker-guarded actor runs, the middleware asks the actor's
+breaker (shared by every worker process through Redis, see
+:mod:`dramatiq_shared.breakers`). While the breaker is open the message is not
+executed: it is re-enqueued with a delay of the breaker's remaining open time plus
+jitter, without consuming an attempt, and only then skipped. If that re-enqueue fails
+the message is failed, so the broker dead-letters it rather than acking it away.
+
+After the message runs, its outcome is reported to the breaker: a success (which may
+close a half-open breaker) or a counted failure (which may open it). Failures of
+excluded errors, ``PermanentError``/``ValidationError``, ``Defer`` and Dramatiq's
+``Shutdown`` are not counted; ``TimeLimitExceeded`` is.
+
+With the :class:`~dramatiq_shared.middleware.Retry` middleware, a failure after which
+the breaker is open (the one that tripped it, a failed trial, or one that finished
+while it was open) does not consume an attempt either: the outage, not the message, is
+at fault, and the message waits for the breaker like the others.
+
+Actors may use the same breakers around single calls, sharing their state:
+``with middleware.breakers["usda-api"]: ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.broker import MessageProxy
+from dramatiq.middleware import Middleware, SkipMessage
+
+from .._checks import check_int
+from ..breakers import Breakers, Ticket, Verdict, check_breaker_name
+from ..config import CircuitBreakerConfig
+from ..errors import CircuitOpenError, ConfigError
+from .messages import qualified_name, requeue
+
+__all__ = ["CircuitBreaker"]
+
+
+class CircuitBreaker(Middleware):
+    """Guards actors with named circuit breakers whose state all workers share.
+
+    Parameters:
+      redis_client: The Redis client holding the breakers' state.
+      redis_url: Or its URL; default ``REDIS_URL``. One of the two is required.
+      breakers: Settings per breaker name: :class:`CircuitBreakerConfig` or mappings.
+      default: Settings of breakers not named in ``breakers``. Default
+        ``CircuitBreakerConfig()``.
+      namespace: Prefix of the Redis keys. Default ``"dramatiq_shared"``.
+      fallback: ``"closed"`` (run messages, unrecorded) or ``"open"`` (defer them)
+        while Redis is unreachable. Default ``"closed"``.
+      jitter: Most milliseconds added at random to a deferral, so deferred messages do
+        not all return at one instant. Default 1000.
+      enqueue_attempts: Tries at re-enqueueing a deferred message before failing it.
+        Default 3.
+
+    Raises:
+      ConfigError: When no Redis is given or a setting is invalid.
+    """
+
+    def __init__(
+        self,
+        *,
+        redis_client: redis.Redis | None = None,
+        redis_url: str | None = None,
+        breakers: Mapping[str, CircuitBreakerConfig | Mapping[str, Any]] | None = None,
+        default: CircuitBreakerConfig | None = None,
+        namespace: str = "dramatiq_shared",
+        fallback: str = "closed",
+        jitter: int = 1_000,
+        enqueue_attempts: int = 3,
+    ) -> None:
+        if redis_client is None:
+            url = redis_url or os.environ.get("REDIS_URL")
+            if not url:
+                raise ConfigError(
+                    "CircuitBreaker keeps its state in Redis: pass redis_client or redis_url,"
+                    " or set REDIS_URL",
+                    field="redis_url",
+                )
+            # Short timeouts: an unreachable Redis must not stall every message.
+            redis_client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0)
+        self.breakers = Breakers(
+            redis_client, configs=breakers, default=default, namespace=namespace, fallback=fallback
+        )
+        self.jitter = check_int("jitter", jitter, minimum=0, error=ConfigError)
+        self.enqueue_attempts = check_int(
+            "enqueue_attempts", enqueue_attempts, minimum=1, error=ConfigError
+        )
+        self._calls: dict[int, _Call] = {}
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"breaker"}
+
+    def before_declare_actor(
+        self, broker: dramatiq.Broker, actor: dramatiq.Actor[..., Any]
+    ) -> None:
+        name = actor.options.get("breaker")
+        if name is not None:
+            try:
+                check_breaker_name(name)
+            except ConfigError as error:
+                raise ConfigError(f"actor {actor.actor_name!r}: {error}", field="breaker") from None
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        name = self._breaker_name(broker, message)
+        if name is None:
+            return
+        breaker = self.breakers[name]
+        try:
+            ticket = breaker.acquire()
+        except CircuitOpenError as error:
+            self._defer(broker, message, error)
+            raise SkipMessage(str(error)) from None
+        self._calls[id(message)] = _Call(name, ticket)
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        self.outcome(message, exception)
+        self._calls.pop(id(message), None)
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        # Skipped by a middleware after this one: the call never happened.
+        call = self._calls.pop(id(message), None)
+        if call is not None and call.verdict is None:
+            self.breakers[call.breaker].release(call.ticket)
+
+    def outcome(self, message: MessageProxy, exception: BaseException | None) -> Verdict | None:
+        """Report how the message's call ended, once; later calls return the same verdict.
+
+        Returns:
+          The breaker's verdict, or None when the message's actor has no breaker.
+        """
+        call = self._calls.get(id(message))
+        if call is None:
+            return None
+        if call.verdict is None:
+            breaker = self.breakers[call.breaker]
+            if exception is None:
+                call.verdict = breaker.record_success(call.ticket)
+            else:
+                call.verdict = breaker.record_failure(call.ticket, exception)
+        return call.verdict
+
+    def deferral_delay(self, remaining: int) -> int:
+        """The delay of a message deferred for an open breaker: remaining time plus jitter."""
+        return remaining + random.randint(0, self.jitter)
+
+    def _breaker_name(self, broker: dramatiq.Broker, message: MessageProxy) -> str | None:
+        name = message.options.get("breaker")
+        if name is None:
+            actor = broker.actors.get(message.actor_name)
+            name = actor.options.get("breaker") if actor else None
+        return name if isinstance(name, str) else None
+
+    def _defer(
+        self, broker: dramatiq.Broker, message: MessageProxy, error: CircuitOpenError
+    ) -> None:
+        delay = self.deferral_delay(error.remaining)
+        options = message.options
+        options["breaker_deferrals"] = options.get("breaker_deferrals", 0) + 1
+        enqueued = requeue(broker, message, delay, attempts=self.enqueue_attempts)
+        # Set after the enqueue, so the copy does not carry this delivery's decision.
+        options["retry_decision"] = {
+            "action": "deferred" if enqueued else "enqueue_failed",
+            "attempt": options.get("retries", 0) + 1,
+            "max_attempts": None,
+            "delay": delay,
+            "error_type": qualified_name(CircuitOpenError),
+            "reason": str(error),
+        }
+
+
+class _Call:
+    """A breaker-guarded delivery between its hooks."""
+
+    __slots__ = ("breaker", "ticket", "verdict")
+
+    def __init__(self, breaker: str, ticket: Ticket) -> None:
+        self.breaker = breaker
+        self.ticket = ticket
+        self.verdict: Verdict | None = None

@@ -1,0 +1,247 @@
+"""The CircuitBreaker middleware: deferral while open, and an outage with 4 worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from aiohttp import web
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+
+from dramatiq_shared import CircuitBreakerConfig, ConfigError, RetryConfig
+from dramatiq_shared.middleware import CircuitBreaker
+
+from .conftest import Calls, EnqueueFailsBroker, dead_lettered, decisions, install
+
+ROOT = Path(__file__).resolve().parents[2]
+DONE = "breaker-test:done"
+
+
+@pytest.fixture
+def breakers(broker: dramatiq.Broker, redis_client: redis.Redis, redis_url: str) -> CircuitBreaker:
+    middleware = CircuitBreaker(
+        redis_url=redis_url,
+        breakers={"api": CircuitBreakerConfig(failure_threshold=2, reset_timeout=400)},
+        jitter=50,
+    )
+    broker.add_middleware(middleware)
+    install(broker, config=RetryConfig(max_attempts=2, base_delay=10, max_delay=50))
+    return middleware
+
+
+def test_while_open_messages_wait_without_running_or_using_attempts(
+    broker: dramatiq.Broker,
+    breakers: CircuitBreaker,
+    run_worker: Callable[..., None],
+    calls: Calls,
+    records: list[dict[str, Any]],
+) -> None:
+    healthy = threading.Event()
+
+    @dramatiq.actor(broker=broker, breaker="api")
+    def call_api(n: int) -> None:
+        calls()
+        if not healthy.is_set():
+            raise ConnectionError("api down")
+
+    for n in range(2):
+        call_api.send(n)
+    time.sleep(0.2)  # the first two fail and open the breaker (threshold 2)...
+    worker = dramatiq.Worker(broker, worker_timeout=20, worker_threads=2)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while breakers.breakers["api"].current_state != "open" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert breakers.breakers["api"].current_state == "open"
+        ran_before = len(calls)
+        for n in range(2, 10):
+            call_api.send(n)
+        time.sleep(0.2)
+        assert len(calls) == ran_before  # ...so these are deferred, not run
+        healthy.set()
+        if isinstance(broker, StubBroker):
+            broker.join("default", fail_fast=False)
+        else:
+            broker.join("default")
+        worker.join()
+    finally:
+        worker.stop()
+
+    assert dead_lettered(broker) == []  # max_attempts=2, yet nothing exhausted
+    deferred = [d for d in decisions(records) if d["action"] == "deferred"]
+    assert deferred
+    assert all(calls.options[i].get("retries", 0) <= 1 for i in range(len(calls)))
+    assert breakers.breakers["api"].current_state == "closed"
+
+
+def test_a_deferral_that_cannot_be_enqueued_is_dead_lettered(
+    redis_client: redis.Redis, redis_url: str, records: list[dict[str, Any]]
+) -> None:
+    broker = EnqueueFailsBroker(url=redis_url)
+    broker.emit_after("process_boot")
+    middleware = CircuitBreaker(redis_url=redis_url, breakers={"api": {"failureThreshold": 1}})
+    broker.add_middleware(middleware)
+    install(broker)
+    runs = []
+
+    @dramatiq.actor(broker=broker, breaker="api")
+    def call_api() -> None:
+        runs.append(1)
+
+    with pytest.raises(ConnectionError), middleware.breakers["api"]:
+        raise ConnectionError("trip it")
+    message = call_api.send()
+    broker.broken = True
+    worker = dramatiq.Worker(broker, worker_timeout=20, worker_threads=1)
+    worker.start()
+    try:
+        broker.join("default", timeout=10_000)
+        worker.join()
+    finally:
+        worker.stop()
+        broker.close()
+    assert runs == []
+    (dead,) = dead_lettered(broker)
+    assert dead["message_id"] == message.message_id
+
+
+def test_a_bad_breaker_option_is_refused_at_declaration(
+    stub_broker: StubBroker, redis_url: str
+) -> None:
+    stub_broker.add_middleware(CircuitBreaker(redis_url=redis_url))
+    with pytest.raises(ConfigError, match="actor 'bad': breaker must be a name of 1 to 100"):
+        dramatiq.actor(broker=stub_broker, actor_name="bad", breaker="has space")(lambda: None)
+
+
+def test_it_needs_redis_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    with pytest.raises(ConfigError, match="pass redis_client or redis_url, or set REDIS_URL"):
+        CircuitBreaker()
+
+
+# --- an outage with 4 worker processes -----------------------------------------------------
+
+
+class FlakyService:
+    """A local HTTP service that answers 503 during an outage window, counting every call."""
+
+    def __init__(self) -> None:
+        self.outage: tuple[float, float] = (0.0, 0.0)
+        self.calls: list[tuple[float, int]] = []
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    async def _item(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        status = 503 if self.outage[0] <= now < self.outage[1] else 200
+        self.calls.append((now, status))
+        return web.Response(status=status, text=request.match_info["item"])
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_get("/items/{item}", self._item)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._started.set()
+        self._loop.run_forever()
+
+    def __enter__(self) -> FlakyService:
+        self._thread.start()
+        assert self._started.wait(10)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def service() -> Iterator[FlakyService]:
+    with FlakyService() as running:
+        yield running
+
+
+def test_an_outage_seen_by_4_worker_processes_opens_the_breaker_once(
+    redis_client: redis.Redis, redis_url: str, service: FlakyService
+) -> None:
+    processes, threads, items = 4, 2, 300
+    env = {
+        **os.environ,
+        "TEST_REDIS_URL": redis_url,
+        "SERVICE_URL": f"http://127.0.0.1:{service.port}",
+        "DONE_KEY": DONE,
+    }
+    sender = RedisBroker(url=redis_url)
+    for item in range(items):
+        sender.enqueue(
+            dramatiq.Message(
+                queue_name="default", actor_name="enrich", args=(item,), kwargs={}, options={}
+            )
+        )
+    sender.close()
+    workers = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "tests.middleware.breaker_app",
+            "--processes",
+            str(processes),
+            "--threads",
+            str(threads),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Let the work get going, then take the service down for 1.2 s: shorter than
+        # the breaker's 1.5 s open time, so its first trial finds the service back.
+        deadline = time.monotonic() + 30
+        while redis_client.scard(DONE) < 30 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        service.outage = (time.monotonic(), time.monotonic() + 1.2)
+        deadline = time.monotonic() + 90
+        while redis_client.scard(DONE) < items and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        workers.send_signal(signal.SIGTERM)
+        _, stderr = workers.communicate(timeout=30)
+
+    done = {int(item) for item in redis_client.smembers(DONE)}
+    assert done == set(range(items)), stderr[-3000:]
+    assert redis_client.zcard("dramatiq:default.XQ") == 0  # nothing exhausted or lost
+
+    transitions = [
+        fields[b"event"].decode()
+        for _, fields in redis_client.xrange("dramatiq_shared:breaker-events")
+        if fields[b"event"] != b"rejected"
+    ]
+    assert transitions == ["opened", "half-open", "closed"]
+    failed = [t for t, status in service.calls if status == 503]
+    print(f"calls during the outage: {len(failed)}; calls in all: {len(service.calls)}")
+    # The 5 failures that open it, plus calls that were already on their way when it
+    # opened: at most one per other worker thread. No half-open probe ran in the outage.
+    assert 5 <= len(failed) <= 5 + processes * threads - 1
