@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.conftest import POSTGRES_URL, shared_data
 
@@ -29,3 +30,18 @@ def test_db_batch(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
     for engine in ("postgres", "sqlite"):
         for way in ("per-row ", "per-row, 1 tx", "batch "):
             assert f"{engine:<10} {way}" in out
+
+
+def test_breaker_overhead(
+    redis_client: redis.Redis,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("BENCH_REDIS_URL", redis_url)
+    run_benchmark(
+        "breaker_overhead.py", "--messages", "200", "--rounds", "1", monkeypatch=monkeypatch
+    )
+    out = capsys.readouterr().out
+    assert "B/A throughput ratio:" in out
+    assert "extra Redis commands/msg:" in out
