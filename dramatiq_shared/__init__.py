@@ -21,7 +21,11 @@ from .errors import (
     ValidationError,
 )
 from .logging import configure_logging, message_context
-from .middleware import CircuitBreaker, ErrorHandling, Retry
+from .middleware import CircuitBreaker, ErrorHandling, Retry, StatusBroadcast
+from .status.broadcaster import Broadcaster, add_status_event_and_broadcast, set_broadcaster
+from .status.completion import CompletionTracker
+from .status.events import NoteStatus, StatusEvent
+from .status.transport import MemoryTransport, RedisTransport
 
 try:
     __version__ = version("dramatiq-shared")
@@ -47,6 +51,16 @@ __all__ = [
     "CircuitBreaker",
     "ErrorHandling",
     "Retry",
+    "StatusBroadcast",
+    # Status events: validated, coalesced, streamed live and kept in the database.
+    "Broadcaster",
+    "CompletionTracker",
+    "MemoryTransport",
+    "NoteStatus",
+    "RedisTransport",
+    "StatusEvent",
+    "add_status_event_and_broadcast",
+    "set_broadcaster",
     # Breakers shared by every worker process, for use around single calls too.
     "SharedCircuitBreaker",
     # Logging: one loguru stream, message context bound per message.

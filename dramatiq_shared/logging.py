@@ -8,6 +8,7 @@ to every record logged while it is processed, whichever logger emits it.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import sys
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from dramatiq.broker import MessageProxy
     from loguru import Record
 
-__all__ = ["InterceptHandler", "configure_logging", "message_context"]
+__all__ = ["InterceptHandler", "carried", "configure_logging", "message_context"]
 
 #: The message fields :func:`message_context` binds, in the order the human format shows them.
 CONTEXT_FIELDS = ("message_id", "actor", "queue", "import_id", "note_id")
@@ -109,19 +110,22 @@ def configure_logging(
 
 
 def message_context(
-    message: dramatiq.Message[Any] | MessageProxy, **extra: Any
+    message: dramatiq.Message[Any] | MessageProxy,
+    actor: dramatiq.Actor[..., Any] | None = None,
+    **extra: Any,
 ) -> AbstractContextManager[None]:
     """Bind a message's identity to every record logged in its scope.
 
-    Binds ``message_id``, ``actor``, ``queue`` and, when the message carries them as
-    keyword arguments or options, ``import_id`` and ``note_id``. The binding lives in a
-    context variable, so each worker thread sees only its own message.
+    Binds ``message_id``, ``actor``, ``queue`` and, when the message carries them (see
+    :func:`carried`), ``import_id`` and ``note_id``. The binding lives in a context
+    variable, so each worker thread sees only its own message.
 
     Use it as ``with message_context(message): ...``; middleware that spans two hooks
     can call ``__enter__`` in ``before_process_message`` and ``__exit__`` after it.
 
     Parameters:
       message: The message being processed.
+      actor: Its actor, to find ids passed as positional arguments.
       **extra: Further fields to bind.
 
     Returns:
@@ -132,10 +136,38 @@ def message_context(
         "actor": message.actor_name,
         "queue": message.queue_name,
     }
-    kwargs = message.kwargs if isinstance(message.kwargs, Mapping) else {}
     for key in ("import_id", "note_id"):
-        value = kwargs.get(key, message.options.get(key))
+        value = carried(message, key, actor)
         if value is not None:
             fields[key] = value
     fields.update(extra)
     return logger.contextualize(**fields)
+
+
+def carried(
+    message: dramatiq.Message[Any] | MessageProxy,
+    name: str,
+    actor: dramatiq.Actor[..., Any] | None = None,
+) -> Any:
+    """The value a message carries for ``name`` (``import_id``, ``note_id``), or None.
+
+    Looked for as a keyword argument, then, when ``actor`` is given, as the positional
+    argument of the actor's parameter of that name, then as a message option.
+    """
+    kwargs = message.kwargs if isinstance(message.kwargs, Mapping) else {}
+    value = kwargs.get(name)
+    if value is None and actor is not None:
+        position = _positions(actor.fn).get(name)
+        if position is not None and isinstance(message.args, (tuple, list)):
+            value = message.args[position] if position < len(message.args) else None
+    return message.options.get(name) if value is None else value
+
+
+@functools.lru_cache(maxsize=1_024)
+def _positions(fn: Any) -> dict[str, int]:
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return {p.name: n for n, p in enumerate(parameters) if p.kind in positional}

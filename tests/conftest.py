@@ -8,10 +8,13 @@ on a developer's machine and fails under ``CI=true``: CI must never pass by skip
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
@@ -104,6 +107,56 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     yield client
     client.flushdb()
     client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[redis.Redis, Any, Any]]:
+    """A redis-server of the test's own, with functions to stop and start it."""
+    port = free_port()
+    command = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+    ]
+    server: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        server.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
+        client = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def stop() -> None:
+        server[-1].terminate()
+        server[-1].wait(10)
+
+    try:
+        start()
+    except FileNotFoundError as error:
+        pytest.fail(f"redis-server is not installed: {error}")
+    client = redis.Redis(port=port, socket_connect_timeout=0.2, socket_timeout=0.5)
+    yield client, stop, start
+    if server[-1].poll() is None:
+        stop()
 
 
 # --- PostgreSQL and SQLite ---------------------------------------------------

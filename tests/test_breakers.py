@@ -6,11 +6,9 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -253,56 +251,6 @@ def test_a_trial_whose_worker_is_killed_frees_the_lease_after_its_ttl(
 
 
 # --- Redis going away ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[redis.Redis, Any, Any]]:
-    """A redis-server of the test's own, with functions to stop and start it."""
-    port = free_port()
-    command = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(tmp_path),
-    ]
-    server: list[subprocess.Popen[bytes]] = []
-
-    def start() -> None:
-        server.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
-        client = redis.Redis(port=port)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def stop() -> None:
-        server[-1].terminate()
-        server[-1].wait(10)
-
-    try:
-        start()
-    except FileNotFoundError as error:
-        pytest.fail(f"redis-server is not installed: {error}")
-    client = redis.Redis(port=port, socket_connect_timeout=0.2, socket_timeout=0.5)
-    yield client, stop, start
-    if server[-1].poll() is None:
-        stop()
 
 
 def test_redis_down_behaves_closed_warns_once_and_recovers(

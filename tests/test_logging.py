@@ -172,3 +172,18 @@ def test_each_worker_thread_logs_its_own_message_context(
         assert extra["actor"] == "work"
         if record["message"].startswith("working"):
             assert record["message"] == f"working on {extra['import_id']}"
+
+
+def test_ids_passed_by_position_are_found_through_the_actor(stub_broker: Any) -> None:
+    stream = io.StringIO()
+    configure_logging(json=True, sink=stream)
+
+    @dramatiq.actor(broker=stub_broker)
+    def parse_note(import_id: str, note_id: int) -> None:
+        pass
+
+    message = parse_note.message("imp-5", 12)
+    with message_context(message, parse_note):
+        logger.info("positional")
+    extra = records(stream)[0]["extra"]
+    assert (extra["import_id"], extra["note_id"]) == ("imp-5", 12)

@@ -20,6 +20,7 @@ from .operations import (
     normalize_ingredient_name,
 )
 from .patterns import PatternRef, PatternTracker
+from .status_history import StatusHistory
 
 __all__ = [
     # Opening the database.
@@ -40,4 +41,6 @@ __all__ = [
     # Patterns.
     "PatternRef",
     "PatternTracker",
+    # Status event history.
+    "StatusHistory",
 ]

@@ -21,6 +21,8 @@ Tables (all prefixed ``ds_`` so they sit beside an application's own):
 ``ds_line_patterns``           distinct rule sequences with occurrence counts
 ``ds_pattern_lines``           each (pattern, line) pair once, so counts stay exact
 ``ds_status_events``           status event history, ordered per import
+``ds_completions``             per import: items expected, done, failed, finished
+``ds_completion_items``        each item counted once
 ``ds_dead_letters``            messages that failed for good, with their history
 =============================  ==================================================
 """
@@ -38,9 +40,12 @@ import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 
 from ..config import DatabaseConfig
+from ..status.events import NoteStatus
 
 __all__ = [
     "MODELS",
+    "Completion",
+    "CompletionItem",
     "DeadLetter",
     "Import",
     "Ingredient",
@@ -68,16 +73,6 @@ _configs: weakref.WeakKeyDictionary[peewee.Database, DatabaseConfig] = weakref.W
 
 #: Seconds an idle pooled PostgreSQL connection is kept before it is reopened.
 _STALE_TIMEOUT = 300
-
-
-class NoteStatus(str, enum.Enum):
-    """Where a note (or any work item) stands."""
-
-    PENDING = "PENDING"
-    PROCESSING = "PROCESSING"
-    RETRYING = "RETRYING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
 
 
 class ParseStatus(str, enum.Enum):
@@ -226,6 +221,26 @@ class StatusEventRecord(_Model):
         indexes = ((("import_id", "sequence"), True),)
 
 
+class Completion(_Model):
+    import_id = peewee.CharField(max_length=128, primary_key=True)
+    total = peewee.IntegerField()
+    done = peewee.IntegerField(default=0)
+    failed = peewee.IntegerField(default=0)
+    finished = peewee.BooleanField(default=False)
+
+    class Meta:
+        table_name = "ds_completions"
+
+
+class CompletionItem(_Model):
+    completion = peewee.ForeignKeyField(Completion, column_name="import_id", on_delete="CASCADE")
+    item_id = peewee.CharField(max_length=128)
+
+    class Meta:
+        table_name = "ds_completion_items"
+        primary_key = peewee.CompositeKey("completion", "item_id")
+
+
 class DeadLetter(_Model):
     id = peewee.AutoField()
     message_id = peewee.CharField(max_length=64, unique=True)
@@ -254,6 +269,8 @@ MODELS: tuple[type[peewee.Model], ...] = (
     LinePattern,
     PatternLine,
     StatusEventRecord,
+    Completion,
+    CompletionItem,
     DeadLetter,
 )
 

@@ -5,5 +5,6 @@ from __future__ import annotations
 from .circuit_breaker import CircuitBreaker
 from .error_handling import ErrorHandling
 from .retry import Retry
+from .status import StatusBroadcast
 
-__all__ = ["CircuitBreaker", "ErrorHandling", "Retry"]
+__all__ = ["CircuitBreaker", "ErrorHandling", "Retry", "StatusBroadcast"]

@@ -89,7 +89,7 @@ class ErrorHandling(Middleware):
             )
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        scope = message_context(message)
+        scope = message_context(message, broker.actors.get(message.actor_name))
         scope.__enter__()
         attempt = message.options.get("retries", 0) + 1
         self._deliveries[id(message)] = _Delivery(scope, attempt, time.monotonic())

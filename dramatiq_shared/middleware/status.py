@@ -1,0 +1,154 @@
+"""Lifecycle status events for the messages of an import.
+
+A message carries an import id as the argument ``import_id`` of its actor (by keyword
+or position) or as the message option of that name, and a note id likewise, as
+``note_id``. For such a message the middleware publishes:
+
+==============  ===========================================================================
+PROCESSING      when it starts
+COMPLETED       when it succeeds
+RETRYING        when it failed and runs again: a retry (metadata: attempt, max_attempts,
+                delay, error_type), or a deferral (``Defer``, an open circuit breaker, a
+                shutdown), with the reason
+FAILED          when it failed for good (metadata: error_type, error_message, attempt)
+==============  ===========================================================================
+
+The event's context is the actor option ``status_context`` (default: the actor's
+name); ``status=False`` opts an actor out. Put the middleware before
+:class:`~dramatiq_shared.middleware.Retry` in the broker's list, so it reads Retry's
+decision, and after :class:`~dramatiq_shared.middleware.CircuitBreaker`, so a message
+the breaker holds back is not reported as started. A failure to publish is logged and
+counted; it never touches the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import MessageProxy
+from dramatiq.middleware import Middleware
+from loguru import logger
+
+from .._checks import check_text
+from ..errors import ConfigError
+from ..logging import carried
+from ..status.broadcaster import Broadcaster
+from ..status.events import MAX_TEXT, NoteStatus, StatusEvent
+from .messages import qualified_name
+
+__all__ = ["StatusBroadcast"]
+
+#: Decisions after which the message runs again.
+_RUNS_AGAIN = frozenset(("retry", "deferred", "requeued"))
+
+
+class StatusBroadcast(Middleware):
+    """Publishes PROCESSING, COMPLETED, RETRYING and FAILED for messages of an import.
+
+    Parameters:
+      broadcaster: Where the events go.
+    """
+
+    def __init__(self, *, broadcaster: Broadcaster) -> None:
+        if not isinstance(broadcaster, Broadcaster):
+            raise ConfigError.invalid("broadcaster", broadcaster, "a Broadcaster")
+        self.broadcaster = broadcaster
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"status", "status_context"}
+
+    def before_declare_actor(
+        self, broker: dramatiq.Broker, actor: dramatiq.Actor[..., Any]
+    ) -> None:
+        where = f"actor {actor.actor_name!r}"
+        if not isinstance(actor.options.get("status", True), bool):
+            raise ConfigError.invalid(f"{where}: status", actor.options["status"], "True or False")
+        context = actor.options.get("status_context")
+        if context is not None:
+            check_text(f"{where}: status_context", context, max_length=MAX_TEXT, error=ConfigError)
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        self._publish(broker, message, NoteStatus.PROCESSING, "started")
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is None:
+            self._publish(broker, message, NoteStatus.COMPLETED, "completed")
+        else:
+            self._report_failure(broker, message, exception)
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        decision = message.options.get("retry_decision")
+        if decision:  # held back by a middleware that decided what happens next
+            self._report_failure(broker, message, None)
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.broadcaster.flush()
+
+    def _report_failure(
+        self, broker: dramatiq.Broker, message: MessageProxy, exception: BaseException | None
+    ) -> None:
+        decision: Mapping[str, Any] = message.options.get("retry_decision") or {}
+        error_type = decision.get("error_type") or qualified_name(type(exception))
+        action = decision.get("action")
+        runs_again = action in _RUNS_AGAIN if action else not message.failed
+        if runs_again:
+            metadata = {
+                key: decision[key]
+                for key in ("attempt", "max_attempts", "delay", "reason")
+                if decision.get(key) is not None
+            }
+            reason = decision.get("reason") or "it runs again"
+            self._publish(
+                broker,
+                message,
+                NoteStatus.RETRYING,
+                f"retrying: {reason}",
+                {**metadata, "error_type": error_type},
+            )
+        else:
+            metadata = {"error_type": error_type, "error_message": str(exception or "")[:500]}
+            if decision.get("attempt") is not None:
+                metadata["attempt"] = decision["attempt"]
+            self._publish(broker, message, NoteStatus.FAILED, f"failed: {error_type}", metadata)
+
+    def _publish(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        status: NoteStatus,
+        what: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        actor = broker.actors.get(message.actor_name)
+        import_id = carried(message, "import_id", actor)
+        options = actor.options if actor else {}
+        if import_id is None or options.get("status") is False:
+            return
+        note_id = carried(message, "note_id", actor)
+        try:
+            self.broadcaster.publish(
+                StatusEvent(
+                    import_id=str(import_id),
+                    status=status,
+                    note_id=None if note_id is None else str(note_id),
+                    message=f"{message.actor_name} {what}",
+                    context=options.get("status_context") or message.actor_name,
+                    indent_level=1 if note_id is not None else 0,
+                    metadata=metadata,
+                )
+            )
+        except Exception as error:
+            self.broadcaster.counts["failed"] += 1
+            logger.opt(exception=error).error(
+                "Could not publish {} for message {}: {}", status.value, message.message_id, error
+            )

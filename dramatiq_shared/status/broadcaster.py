@@ -1,0 +1,286 @@
+"""The Broadcaster: status events to the live transport and the database, off the worker thread.
+
+``publish()`` validates an event and hands it to a background thread, so the actor
+that reports progress pays for a lock and a list append, not a round trip. That thread:
+
+* coalesces: a non-terminal event whose (import, note, context) sent one less than
+  ``broadcast_interval`` ago waits, and a newer one of the same key replaces it (the
+  newest wins). A waiting event goes out when its interval has passed, or just before
+  any later event of its import, so each import's events keep the order they were
+  published in. Terminal events (COMPLETED, FAILED) are never held back;
+* appends what goes out to the transport, one round trip per batch, which gives each
+  event its id;
+* writes the same events to the database in batches of ``batch_size``, at the latest
+  ``broadcast_interval`` after the first of them, at once after a terminal event, and
+  when the broadcaster is flushed or closed (the middleware closes it at worker
+  shutdown).
+
+A failing transport or database is retried ``max_retries`` times within ``timeout``;
+then the batch is logged and counted as failed and dropped. A status event is a side
+concern: its failure never fails or delays the job that reported it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from loguru import logger
+
+from ..config import StatusConfig
+from ..db.status_history import StatusHistory
+from ..errors import ConfigError
+from .events import StatusEvent
+from .transport import Transport
+
+__all__ = [
+    "Broadcaster",
+    "add_status_event_and_broadcast",
+    "get_broadcaster",
+    "set_broadcaster",
+]
+
+Key = tuple[str, str | None, str | None]
+
+
+class Broadcaster:
+    """Publishes status events to a transport and persists them.
+
+    Parameters:
+      transport: Where events go live (:class:`~dramatiq_shared.status.transport.RedisTransport`
+        or :class:`~dramatiq_shared.status.transport.MemoryTransport`).
+      database: Where their history is kept: a :class:`StatusHistory`, or None to keep
+        none.
+      config: Coalescing, retries and batching. Default ``StatusConfig()``.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        database: StatusHistory | None = None,
+        config: StatusConfig | None = None,
+    ) -> None:
+        self.transport = transport
+        self.history = database
+        self.config = config or StatusConfig()
+        self.counts: Counter[str] = Counter()  # sent, coalesced, failed, persisted
+        self._incoming: list[StatusEvent] = []
+        lock = threading.Lock()
+        self._wake = threading.Condition(lock)  # the thread waits for work on it
+        self._idle = threading.Condition(lock)  # flush() waits for the thread on it
+        self._busy = False
+        self._closed = False
+        # Owned by the background thread:
+        self._last_sent: dict[Key, float] = {}
+        self._waiting: dict[str, OrderedDict[Key, StatusEvent]] = {}
+        self._to_persist: list[tuple[int, int, StatusEvent]] = []
+        self._persist_due: float | None = None
+        self._thread = threading.Thread(target=self._run, name="status-broadcaster", daemon=True)
+        self._thread.start()
+
+    # --- the worker threads' side ---------------------------------------------------------
+
+    def publish(self, event: StatusEvent | Mapping[str, Any]) -> StatusEvent:
+        """Validate ``event`` and queue it for broadcasting.
+
+        Returns:
+          The validated event.
+
+        Raises:
+          ValidationError: When the event is invalid (nothing is queued).
+        """
+        if not isinstance(event, StatusEvent):
+            event = StatusEvent.from_mapping(event)
+        with self._wake:
+            if self._closed:
+                logger.warning("Status event for {} after the broadcaster closed", event.import_id)
+                return event
+            self._incoming.append(event)
+            self._wake.notify()
+        return event
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Send and persist everything published so far, waiting up to ``timeout`` seconds.
+
+        Returns:
+          True when everything went out in time.
+        """
+        deadline = time.monotonic() + timeout
+        with self._wake:
+            self._flush_requested = True
+            self._wake.notify()
+            while self._incoming or self._busy or self._pending():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush, then stop the background thread."""
+        self.flush(timeout)
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout)
+
+    # --- the background thread --------------------------------------------------------------
+
+    _flush_requested = False
+
+    def _pending(self) -> bool:
+        return bool(self._to_persist) or any(self._waiting.values())
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._incoming or self._closed or self._flush_requested):
+                    timeout = self._next_deadline()
+                    if timeout is not None and timeout <= 0:
+                        break
+                    self._wake.wait(timeout)
+                incoming, self._incoming = self._incoming, []
+                flushing, self._flush_requested = self._flush_requested or self._closed, False
+                closed = self._closed
+                self._busy = True
+            try:
+                self._handle(incoming, flushing)
+            except Exception as error:  # never let the thread die
+                logger.opt(exception=error).error("The status broadcaster failed: {}", error)
+            with self._wake:
+                self._busy = False
+                self._idle.notify_all()
+            if closed:
+                return
+
+    def _next_deadline(self) -> float | None:
+        now = time.monotonic()
+        interval = self.config.broadcast_interval / 1000
+        deadlines = [
+            self._last_sent.get(key, 0.0) + interval - now
+            for waiting in self._waiting.values()
+            for key in waiting
+        ]
+        if self._persist_due is not None:
+            deadlines.append(self._persist_due - now)
+        return min(deadlines) if deadlines else None
+
+    def _handle(self, incoming: list[StatusEvent], flushing: bool) -> None:
+        now = time.monotonic()
+        interval = self.config.broadcast_interval / 1000
+        outgoing: list[StatusEvent] = []
+        for event in incoming:
+            waiting = self._waiting.setdefault(event.import_id, OrderedDict())
+            if event.is_terminal or now - self._last_sent.get(event.key, -interval) >= interval:
+                outgoing.extend(waiting.values())  # the import's earlier events go first
+                waiting.clear()
+                outgoing.append(event)
+                self._last_sent[event.key] = now
+            else:
+                if event.key in waiting:
+                    self.counts["coalesced"] += 1
+                waiting[event.key] = event
+                waiting.move_to_end(event.key)
+        for import_id, waiting in list(self._waiting.items()):
+            due = any(now - self._last_sent.get(key, -interval) >= interval for key in waiting)
+            if waiting and (due or flushing):
+                outgoing.extend(waiting.values())
+                for key in waiting:
+                    self._last_sent[key] = now
+                waiting.clear()
+            if not waiting:
+                del self._waiting[import_id]
+        if outgoing:
+            self._send(outgoing)
+        if self._to_persist and (
+            flushing
+            or len(self._to_persist) >= self.config.batch_size
+            or any(event.is_terminal for event in outgoing)
+            or (self._persist_due is not None and now >= self._persist_due)
+        ):
+            self._persist()
+
+    def _send(self, events: list[StatusEvent]) -> None:
+        timestamp = int(time.time() * 1000)
+        ids = self._retrying("send", lambda: self.transport.append(events, timestamp))
+        if ids is None:
+            self.counts["failed"] += len(events)
+            return
+        self.counts["sent"] += len(events)
+        if self.history is not None:
+            self._to_persist.extend((i, timestamp, e) for i, e in zip(ids, events, strict=True))
+            if self._persist_due is None:
+                self._persist_due = time.monotonic() + self.config.broadcast_interval / 1000
+
+    def _persist(self) -> None:
+        records, self._to_persist, self._persist_due = self._to_persist, [], None
+        history = self.history
+        assert history is not None
+        done = self._retrying(
+            "persist", lambda: history.write(records, batch_size=self.config.batch_size)
+        )
+        self.counts["persisted" if done is not None else "persist_failed"] += len(records)
+
+    def _retrying(self, what: str, action: Any) -> Any:
+        deadline = time.monotonic() + self.config.timeout / 1000
+        last: Exception | None = None
+        attempt = 0
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                result = action()
+                return True if result is None else result
+            except Exception as error:
+                last = error
+                if attempt == self.config.max_retries or time.monotonic() >= deadline:
+                    break
+                time.sleep(min(0.05 * 2**attempt, max(0.0, deadline - time.monotonic())))
+        logger.opt(exception=last).error(
+            "Status events could not {} after {} tries: {}: {}",
+            what,
+            attempt + 1,
+            type(last).__name__,
+            last,
+        )
+        return None
+
+
+_current: Broadcaster | None = None
+
+
+def set_broadcaster(broadcaster: Broadcaster | None) -> None:
+    """Make ``broadcaster`` the one :func:`add_status_event_and_broadcast` uses."""
+    global _current  # noqa: PLW0603 - one per process, as dramatiq.set_broker does
+    _current = broadcaster
+
+
+def get_broadcaster() -> Broadcaster:
+    """The configured broadcaster.
+
+    Raises:
+      ConfigError: When none is configured.
+    """
+    if _current is None:
+        raise ConfigError(
+            "no status broadcaster is configured: call dramatiq_shared.setup_broker(), or"
+            " set_broadcaster(Broadcaster(transport, history)) before publishing"
+        )
+    return _current
+
+
+def add_status_event_and_broadcast(event_or_fields: StatusEvent | Mapping[str, Any]) -> StatusEvent:
+    """Publish a status event through the configured broadcaster.
+
+    Parameters:
+      event_or_fields: A :class:`StatusEvent`, or its fields (snake_case or camelCase).
+
+    Returns:
+      The validated event.
+
+    Raises:
+      ValidationError: When the event is invalid.
+      ConfigError: When no broadcaster is configured.
+    """
+    return get_broadcaster().publish(event_or_fields)

@@ -1,0 +1,259 @@
+"""Import completion: exactly one COMPLETED or FAILED per import, however many workers.
+
+An import expects N items (notes, say). Each worker marks the items it finished;
+:class:`CompletionTracker` counts each item once however often its message is
+redelivered, publishes the import's progress (``current_count`` of ``total_count``,
+context ``"import"``), and when the last item is in publishes exactly one terminal
+event: COMPLETED, or FAILED with ``metadata.failed`` items failed. The count and the
+"finished" flag change atomically, in Redis (a Lua script) or in the database (a
+locked row), so two processes finishing the last two items at once cannot both see
+themselves last.
+
+Redis keys (expire 7 days after the last change): ``{ns}:completion:{import_id}``
+(hash: total, done, failed, finished) and ``{ns}:completion:{import_id}:items`` (set).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import peewee
+import redis
+
+from .._checks import INT32_MAX, check_id, check_int
+from ..db.models import Completion, CompletionItem
+from ..db.runner import OperationRunner
+from ..errors import ConfigError, ValidationError
+from .broadcaster import Broadcaster
+from .events import NoteStatus, StatusEvent
+
+__all__ = ["CompletionTracker", "Progress"]
+
+#: Seconds the Redis keys of an import live after its last change.
+_TTL = 7 * 24 * 3600
+#: The context of the import-level events.
+CONTEXT = "import"
+
+# KEYS: hash, items. ARGV: item, ok (1/0), ttl. Returns {outcome, done, total, failed,
+# finished} with outcome 1 counted, 0 seen before, -1 not expected, -2 beyond the total.
+_MARK = """
+local total = redis.call('HGET', KEYS[1], 'total')
+if not total then return {-1, 0, 0, 0, 0} end
+total = tonumber(total)
+local done = tonumber(redis.call('HGET', KEYS[1], 'done') or '0')
+local failed = tonumber(redis.call('HGET', KEYS[1], 'failed') or '0')
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return {0, done, total, failed, 0} end
+if done >= total then return {-2, done, total, failed, 0} end
+redis.call('SADD', KEYS[2], ARGV[1])
+done = redis.call('HINCRBY', KEYS[1], 'done', 1)
+if ARGV[2] == '0' then failed = redis.call('HINCRBY', KEYS[1], 'failed', 1) end
+local finished = 0
+if done == total and redis.call('HSETNX', KEYS[1], 'finished', 1) == 1 then finished = 1 end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {1, done, total, failed, finished}
+"""
+
+# KEYS: hash. ARGV: total, ttl. Returns {total stored, finished now (1/0)}.
+_EXPECT = """
+if redis.call('HSETNX', KEYS[1], 'total', ARGV[1]) == 0 then
+  return {tonumber(redis.call('HGET', KEYS[1], 'total')), 0}
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if tonumber(ARGV[1]) == 0 then
+  return {0, redis.call('HSETNX', KEYS[1], 'finished', 1)}
+end
+return {tonumber(ARGV[1]), 0}
+"""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where an import stands after a mark: ``counted`` is False for a repeated item."""
+
+    current: int
+    total: int
+    failed: int
+    counted: bool
+    finished: bool
+
+
+class CompletionTracker:
+    """Counts finished items per import and publishes its progress and single ending.
+
+    Parameters:
+      broadcaster: Where the import's events are published.
+      redis_client: Keep the counts in Redis (for workers in many processes).
+      database: Or in the database: a database from
+        :func:`~dramatiq_shared.db.models.init_database`, for embedded use.
+      namespace: Prefix of the Redis keys. Default ``"dramatiq_shared"``.
+
+    Raises:
+      ConfigError: Unless exactly one of ``redis_client`` and ``database`` is given.
+    """
+
+    def __init__(
+        self,
+        broadcaster: Broadcaster,
+        *,
+        redis_client: redis.Redis | None = None,
+        database: peewee.Database | None = None,
+        namespace: str = "dramatiq_shared",
+    ) -> None:
+        if (redis_client is None) == (database is None):
+            raise ConfigError("CompletionTracker needs exactly one of redis_client and database")
+        self.broadcaster = broadcaster
+        self.namespace = namespace
+        self._redis = redis_client
+        if redis_client is not None:
+            self._mark = redis_client.register_script(_MARK)
+            self._expect = redis_client.register_script(_EXPECT)
+        self._store = _DatabaseCounts(database) if database is not None else None
+
+    def expect(self, import_id: str, total: int) -> None:
+        """Declare how many items the import has; repeating it with the same total is fine.
+
+        An import of 0 items is complete at once.
+
+        Raises:
+          ValidationError: When the import was expected with another total, or a value is invalid.
+        """
+        check_id("import_id", import_id)
+        check_int("total", total, minimum=0, maximum=INT32_MAX)
+        if self._store is not None:
+            stored, finished = self._store.expect(import_id, total)
+        else:
+            assert self._redis is not None
+            reply = self._expect(keys=[self._key(import_id)], args=[total, _TTL])
+            stored, finished = int(reply[0]), bool(int(reply[1]))
+        if stored != total:
+            raise ValidationError(
+                f"total: import {import_id!r} expects {stored} items, not {total}", field="total"
+            )
+        if finished:
+            self._finish(import_id, Progress(0, 0, 0, counted=False, finished=True))
+
+    def mark_done(self, import_id: str, item_id: str, ok: bool = True) -> Progress:
+        """Count ``item_id`` as done (failed when ``ok`` is False), once.
+
+        Returns:
+          The import's progress; ``finished`` is True for exactly one call per import.
+
+        Raises:
+          ValidationError: When the import was never expected, it already has all its
+            items, or a value is invalid.
+        """
+        check_id("import_id", import_id)
+        check_id("item_id", item_id)
+        if self._store is not None:
+            outcome, done, total, failed, finished = self._store.mark(import_id, item_id, ok)
+        else:
+            assert self._redis is not None
+            reply = self._mark(
+                keys=[self._key(import_id), f"{self._key(import_id)}:items"],
+                args=[item_id, 1 if ok else 0, _TTL],
+            )
+            outcome, done, total, failed, finished = (int(v) for v in reply)
+        if outcome == -1:
+            raise ValidationError(
+                f"import_id: import {import_id!r} was never expected", field="import_id"
+            )
+        if outcome == -2:
+            raise ValidationError(
+                f"item_id: import {import_id!r} already has all its {total} items", field="item_id"
+            )
+        progress = Progress(done, total, failed, counted=outcome == 1, finished=bool(finished))
+        if progress.counted:
+            self.broadcaster.publish(
+                StatusEvent(
+                    import_id,
+                    NoteStatus.PROCESSING,
+                    message=f"{done} of {total} done",
+                    context=CONTEXT,
+                    current_count=done,
+                    total_count=total,
+                )
+            )
+        if progress.finished:
+            self._finish(import_id, progress)
+        return progress
+
+    def _finish(self, import_id: str, progress: Progress) -> None:
+        status = NoteStatus.FAILED if progress.failed else NoteStatus.COMPLETED
+        metadata: dict[str, Any] = {"failed": progress.failed, "total": progress.total}
+        message = f"{progress.failed} of {progress.total} failed" if progress.failed else "all done"
+        self.broadcaster.publish(
+            StatusEvent(
+                import_id,
+                status,
+                message=message,
+                context=CONTEXT,
+                current_count=progress.current,
+                total_count=progress.total,
+                metadata=metadata,
+            )
+        )
+
+    def _key(self, import_id: str) -> str:
+        return f"{self.namespace}:completion:{import_id}"
+
+
+class _DatabaseCounts:
+    """The counts in the database, each change under a lock on the import's row."""
+
+    def __init__(self, database: peewee.Database) -> None:
+        self._runner = OperationRunner(database)
+
+    def expect(self, import_id: str, total: int) -> tuple[int, bool]:
+        def write() -> tuple[int, bool]:
+            with self._runner.transaction():
+                added = (
+                    Completion.insert(import_id=import_id, total=total, finished=total == 0)
+                    .on_conflict_ignore()
+                    .as_rowcount()
+                    .execute()
+                )
+                stored = total if added else Completion.get_by_id(import_id).total
+                return stored, bool(added) and total == 0
+
+        return self._runner.run(write)
+
+    def mark(self, import_id: str, item_id: str, ok: bool) -> tuple[int, int, int, int, int]:
+        completion, item = Completion, CompletionItem
+
+        def write() -> tuple[int, int, int, int, int]:
+            with self._runner.transaction():
+                query = completion.select().where(completion.import_id == import_id)
+                if not self._runner.is_sqlite:
+                    query = query.for_update()
+                row = query.first()
+                if row is None:
+                    return -1, 0, 0, 0, 0
+                added = (
+                    item.insert(completion=import_id, item_id=item_id)
+                    .on_conflict_ignore()
+                    .as_rowcount()
+                    .execute()
+                )
+                if not added:
+                    return 0, row.done, row.total, row.failed, 0
+                if row.done >= row.total:
+                    raise _Beyond(row.done, row.total, row.failed)
+                done, failed = row.done + 1, row.failed + (0 if ok else 1)
+                finished = done == row.total and not row.finished
+                completion.update(
+                    done=done, failed=failed, finished=row.finished or finished
+                ).where(completion.import_id == import_id).execute()
+                return 1, done, row.total, failed, int(finished)
+
+        try:
+            return self._runner.run(write)
+        except _Beyond as beyond:
+            return -2, beyond.done, beyond.total, beyond.failed, 0
+
+
+class _Beyond(Exception):  # noqa: N818 - a signal to roll back, not an error anyone sees
+    def __init__(self, done: int, total: int, failed: int) -> None:
+        super().__init__()
+        self.done, self.total, self.failed = done, total, failed

@@ -1,0 +1,183 @@
+"""Broadcaster and transports: coalescing, ordering, ids, history equal to the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import peewee
+import pytest
+import redis
+from loguru import logger
+
+from dramatiq_shared import (
+    Broadcaster,
+    ConfigError,
+    MemoryTransport,
+    NoteStatus,
+    RedisTransport,
+    StatusConfig,
+    StatusEvent,
+    ValidationError,
+    add_status_event_and_broadcast,
+    set_broadcaster,
+)
+from dramatiq_shared.db import StatusHistory
+
+
+def progress(n: int, total: int = 1_000, **fields: Any) -> StatusEvent:
+    return StatusEvent(
+        fields.pop("import_id", "imp-1"),
+        NoteStatus.PROCESSING,
+        current_count=n,
+        total_count=total,
+        context=fields.pop("context", "parse"),
+        **fields,
+    )
+
+
+def test_a_burst_of_progress_is_coalesced_to_a_few_with_the_last_kept() -> None:
+    transport = MemoryTransport()
+    broadcaster = Broadcaster(transport, config=StatusConfig(broadcast_interval=250))
+    started = time.monotonic()
+    for n in range(1_000):
+        broadcaster.publish(progress(n))
+    assert time.monotonic() - started < 0.1
+    broadcaster.publish(StatusEvent("imp-1", NoteStatus.COMPLETED, context="import"))
+    broadcaster.close()
+    delivered = transport.read("imp-1")
+    counts = [e["currentCount"] for e in delivered if e["status"] == "PROCESSING"]
+    assert len(counts) <= 3
+    assert counts[-1] == 999  # the newest of the burst is never lost
+    assert counts == sorted(counts)
+    assert delivered[-1]["status"] == "COMPLETED"
+    assert [e["id"] for e in delivered] == list(range(1, len(delivered) + 1))
+    assert broadcaster.counts["coalesced"] >= 990
+
+
+def test_a_waiting_event_goes_out_after_its_interval_on_its_own() -> None:
+    transport = MemoryTransport()
+    broadcaster = Broadcaster(transport, config=StatusConfig(broadcast_interval=100))
+    broadcaster.publish(progress(1))
+    broadcaster.publish(progress(2))
+    time.sleep(0.05)
+    assert [e["currentCount"] for e in transport.read("imp-1")] == [1]
+    time.sleep(0.15)
+    assert [e["currentCount"] for e in transport.read("imp-1")] == [1, 2]
+    broadcaster.close()
+
+
+def test_each_import_keeps_its_order_across_keys() -> None:
+    transport = MemoryTransport()
+    broadcaster = Broadcaster(transport, config=StatusConfig(broadcast_interval=60_000))
+    broadcaster.publish(progress(1, context="a"))
+    broadcaster.publish(progress(2, context="a"))  # waits: a sent one just now
+    broadcaster.publish(progress(3, context="b"))  # b's first goes out, after a's waiting one
+    broadcaster.publish(StatusEvent("imp-1", NoteStatus.FAILED, context="a"))
+    broadcaster.close()
+    assert [(e["context"], e["currentCount"]) for e in transport.read("imp-1")] == [
+        ("a", 1),
+        ("a", 2),
+        ("b", 3),
+        ("a", None),
+    ]
+
+
+def test_the_history_equals_what_was_streamed(database: peewee.Database) -> None:
+    transport = MemoryTransport()
+    history = StatusHistory(database)
+    broadcaster = Broadcaster(transport, history, StatusConfig(broadcast_interval=20, batch_size=7))
+    for n in range(60):
+        broadcaster.publish(progress(n, import_id=f"imp-{n % 2}", metadata={"n": n}))
+        if n % 10 == 0:
+            time.sleep(0.03)
+    for import_id in ("imp-0", "imp-1"):
+        broadcaster.publish(StatusEvent(import_id, NoteStatus.COMPLETED, message="done"))
+    broadcaster.close()
+    for import_id in ("imp-0", "imp-1"):
+        streamed = transport.read(import_id)
+        assert history.read(import_id) == streamed
+        assert streamed[-1]["status"] == "COMPLETED"
+    assert broadcaster.counts["persisted"] == broadcaster.counts["sent"]
+
+
+def test_redis_transport_numbers_each_import_without_gaps_across_publishers(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    publishers = [RedisTransport(redis.Redis.from_url(redis_url)) for _ in range(4)]
+
+    def publish(transport: RedisTransport) -> None:
+        for n in range(0, 200, 4):
+            transport.append([progress(n), progress(n + 1, import_id="imp-2")], 1_000 + n)
+
+    threads = [threading.Thread(target=publish, args=(t,)) for t in publishers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    reader = publishers[0]
+    for import_id in ("imp-1", "imp-2"):
+        events = reader.read(import_id, limit=10_000)
+        assert [e["id"] for e in events] == list(range(1, 201))
+        assert {e["importId"] for e in events} == {import_id}
+    assert [e["id"] for e in reader.read("imp-1", after=195)] == [196, 197, 198, 199, 200]
+    assert redis_client.xlen("dramatiq_shared:status:all") == 400
+    assert set(redis_client.zrange("dramatiq_shared:status:imports", 0, -1)) == {b"imp-1", b"imp-2"}
+
+
+def test_the_memory_transport_feeds_an_asyncio_loop() -> None:
+    transport = MemoryTransport()
+
+    async def receive() -> list[Any]:
+        queue, unsubscribe = transport.queue(asyncio.get_running_loop())
+        publisher = threading.Thread(target=lambda: transport.append([progress(1), progress(2)], 5))
+        publisher.start()
+        received = [await asyncio.wait_for(queue.get(), 5) for _ in range(2)]
+        publisher.join()
+        unsubscribe()
+        return received
+
+    received = asyncio.run(receive())
+    assert [(import_id, e["id"], e["currentCount"]) for import_id, e in received] == [
+        ("imp-1", 1, 1),
+        ("imp-1", 2, 2),
+    ]
+
+
+def test_a_transport_that_fails_is_retried_then_logged_and_counted(
+    private_redis: tuple[redis.Redis, Any, Any],
+) -> None:
+    client, stop, _ = private_redis
+    errors: list[str] = []
+    handler = logger.add(lambda m: errors.append(m.record["message"]), level="ERROR")
+    broadcaster = Broadcaster(
+        RedisTransport(client), config=StatusConfig(max_retries=2, timeout=1_000)
+    )
+    stop()
+    started = time.monotonic()
+    broadcaster.publish(StatusEvent("imp-1", NoteStatus.COMPLETED))
+    assert time.monotonic() - started < 0.05  # publishing never waits on the transport
+    broadcaster.close()
+    logger.remove(handler)
+    assert broadcaster.counts["failed"] == 1
+    assert any("could not send after" in e for e in errors), errors
+
+
+def test_add_status_event_and_broadcast_needs_a_configured_broadcaster() -> None:
+    set_broadcaster(None)
+    with pytest.raises(ConfigError, match="no status broadcaster is configured"):
+        add_status_event_and_broadcast({"importId": "i", "status": "PENDING"})
+    transport = MemoryTransport()
+    broadcaster = Broadcaster(transport, config=StatusConfig(broadcast_interval=0))
+    set_broadcaster(broadcaster)
+    try:
+        event = add_status_event_and_broadcast({"importId": "i", "status": "PENDING"})
+        assert event == StatusEvent("i", NoteStatus.PENDING)
+        with pytest.raises(ValidationError, match="status must be one of"):
+            add_status_event_and_broadcast({"importId": "i", "status": "SOMEDAY"})
+        broadcaster.close()
+        assert [e["status"] for e in transport.read("i")] == ["PENDING"]
+    finally:
+        set_broadcaster(None)
