@@ -14,6 +14,7 @@ import dramatiq
 from dramatiq.middleware import MiddlewareError
 
 __all__ = [
+    "AuthError",
     "CircuitOpenError",
     "ConfigError",
     "Defer",
@@ -76,6 +77,21 @@ class ConfigError(_InvalidValueError, MiddlewareError):
 
 class ValidationError(_InvalidValueError, PermanentError):
     """Input data was refused. Bad input stays bad, so it is also a :class:`PermanentError`."""
+
+
+class AuthError(DramatiqSharedError):
+    """A token was refused.
+
+    Parameters:
+      code: What was wrong, for clients to act on: ``"unauthorized"`` (missing,
+        malformed or forged), ``"expired"``, or ``"forbidden"`` (valid, but for
+        another import).
+      message: Words for people.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class CircuitOpenError(DramatiqSharedError):

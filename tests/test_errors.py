@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from dramatiq_shared import (
+    AuthError,
     CircuitOpenError,
     ConfigError,
     Defer,
@@ -22,6 +23,7 @@ from dramatiq_shared import (
         TransientError("x"),
         CircuitOpenError("api", 10),
         Defer(5),
+        AuthError("expired", "x"),
     ],
 )
 def test_every_error_derives_from_the_one_base(error: Exception) -> None:
