@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .breakers import SharedCircuitBreaker
 from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
 from .errors import (
+    AuthError,
     CircuitOpenError,
     ConfigError,
     Defer,
@@ -40,6 +41,7 @@ __all__ = [
     "RetryConfig",
     "StatusConfig",
     # Errors: one hierarchy under DramatiqSharedError.
+    "AuthError",
     "CircuitOpenError",
     "ConfigError",
     "Defer",

@@ -3,6 +3,7 @@
 #   - a virtualenv in .venv with dramatiq-shared and its test extra installed;
 #   - redis-server and PostgreSQL from Debian's packages when absent, started when
 #     they are not answering on 127.0.0.1;
+#   - Chromium from Debian's packages, for the dashboard's browser test;
 #   - a PostgreSQL role the tests log in as (each test session creates and drops
 #     its own database).
 # Arguments are passed to pytest:  bash scripts/test.sh -k config -x
@@ -53,6 +54,9 @@ fi
 SELECT 'CREATE ROLE dramatiq_shared LOGIN SUPERUSER PASSWORD ''dramatiq_shared'''
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dramatiq_shared')\gexec
 SQL
+
+# --- Chromium, for the dashboard's browser test (Playwright drives Debian's build) ---
+command -v chromium >/dev/null || apt_install chromium
 
 # --- Python ------------------------------------------------------------------
 if [ ! -x .venv/bin/python ]; then

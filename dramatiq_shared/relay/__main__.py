@@ -1,0 +1,92 @@
+"""Run the relay: ``python -m dramatiq_shared.relay`` or ``dramatiq-shared relay``.
+
+It reads Redis from ``--redis-url`` (default ``REDIS_URL``), the event history from
+``--database`` (default ``DRAMATIQ_SHARED_DB_URL`` or ``DATABASE_URL``; without one, only
+what the streams keep is replayed) and the token secret from ``DRAMATIQ_SHARED_SECRET``.
+SIGINT or SIGTERM closes every websocket with 1001 (going away) before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from ..config import DatabaseConfig
+from ..db.models import init_database
+from ..db.status_history import StatusHistory
+from ..errors import ConfigError, DramatiqSharedError
+from ..status.auth import ADMIN, sign
+from .app import SECRET, create_app
+from .sources import RedisSource
+
+__all__ = ["add_arguments", "main", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The relay's options, for its own parser and the ``dramatiq-shared relay`` command."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    parser.add_argument(
+        "--redis-url", metavar="URL", help="Redis with the streams; default REDIS_URL"
+    )
+    parser.add_argument("--database", metavar="URL", help="the event history's database")
+    parser.add_argument(
+        "--origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="another origin whose pages may connect (repeatable)",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="local demo: without DRAMATIQ_SHARED_SECRET, make a secret and print an admin link",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve the relay until it is stopped."""
+    url = args.redis_url or os.environ.get("REDIS_URL")
+    if not url:
+        raise ConfigError("the relay reads Redis streams: pass --redis-url or set REDIS_URL")
+    config = DatabaseConfig.from_env()
+    database_url = args.database or (config.url if _database_configured() else None)
+    history = None
+    if database_url:
+        history = StatusHistory(init_database(DatabaseConfig(url=database_url)))
+    client = aioredis.from_url(url)
+    app = create_app(
+        RedisSource(client, history),
+        secret=os.environ.get("DRAMATIQ_SHARED_SECRET"),
+        demo=args.demo,
+        allowed_origins=args.origin,
+        breaker_client=client,
+    )
+    if args.demo and not os.environ.get("DRAMATIQ_SHARED_SECRET"):
+        token = sign(ADMIN, app[SECRET], ttl=24 * 3600)
+        print(f"demo relay: http://{args.host}:{args.port}/?token={token}", flush=True)
+    web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=5)
+    return 0
+
+
+def _database_configured() -> bool:
+    return any(os.environ.get(name) for name in ("DRAMATIQ_SHARED_DB_URL", "DATABASE_URL"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dramatiq_shared.relay", description=__doc__)
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except DramatiqSharedError as error:
+        print(f"relay: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

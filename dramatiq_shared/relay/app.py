@@ -1,0 +1,219 @@
+"""The relay: status events from Redis (or memory) to browsers, over websockets.
+
+Routes:
+
+==================================  ================================================
+``GET /``                           the dashboard page
+``GET /ws``                         the websocket (see :mod:`.connections`)
+``GET /imports/{id}/events``        an import's events after ``?after=`` (at most
+                                    ``?limit=``, 1000), with a token for it as
+                                    ``Authorization: Bearer`` or ``?token=``
+``GET /imports``                    the recent imports and their progress (admin token)
+``GET /health``                     Redis, database and breaker states; 503 when down
+==================================  ================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from .._checks import check_int
+from ..errors import AuthError, ConfigError
+from ..status.auth import ADMIN, verify
+from .connections import Connection, Hub
+from .sources import EventSource
+
+__all__ = ["HUB", "SECRET", "create_app"]
+
+#: Largest client frame, in bytes.
+MAX_FRAME = 64 * 1024
+
+#: The relay's secret, in the application (a demo relay makes its own).
+SECRET = web.AppKey("secret", str)
+#: The relay's connections, in the application (for health and metrics).
+HUB = web.AppKey("hub", Hub)
+
+
+def create_app(
+    source: EventSource,
+    *,
+    secret: str | None,
+    demo: bool = False,
+    allowed_origins: Iterable[str] = (),
+    max_queue: int = 2_000,
+    breaker_client: aioredis.Redis | None = None,
+    namespace: str = "dramatiq_shared",
+) -> web.Application:
+    """Build the relay's aiohttp application.
+
+    Parameters:
+      source: Where events come from (:class:`~.sources.RedisSource` or
+        :class:`~.sources.MemorySource`).
+      secret: The stream token secret (``DRAMATIQ_SHARED_SECRET``), 16 bytes or more.
+      demo: Allow running without a secret: a random one is made, for a local demo
+        (read it back as ``app[SECRET]`` to mint tokens).
+      allowed_origins: Origins (``https://host:port``) whose pages may open the
+        websocket, besides the relay's own. Default none.
+      max_queue: Frames a client may fall behind before it is cut off; at least 500, more
+        than the live feed hands over at once. Default 2000.
+      breaker_client: Redis to read circuit breaker states from, for ``/health``.
+      namespace: Prefix of the Redis keys. Default ``"dramatiq_shared"``.
+
+    Raises:
+      ConfigError: Without a secret outside demo mode, or with a short one.
+    """
+    if not secret:
+        if not demo:
+            raise ConfigError(
+                "the relay needs a secret to check stream tokens: set DRAMATIQ_SHARED_SECRET"
+                " (16 bytes or more), or run it in local demo mode",
+                field="secret",
+            )
+        secret = secrets.token_urlsafe(32)
+    if len(secret.encode()) < 16:
+        raise ConfigError("the relay's secret must be at least 16 bytes", field="secret")
+    check_int("max_queue", max_queue, minimum=500, error=ConfigError)
+    relay = _Relay(
+        source,
+        secret,
+        origins=set(allowed_origins),
+        max_queue=max_queue,
+        breaker_client=breaker_client,
+        namespace=namespace,
+    )
+    app = web.Application()
+    app[SECRET] = secret
+    app[HUB] = relay.hub
+    app.cleanup_ctx.append(relay.feed)
+    app.on_shutdown.append(relay.going_away)
+    app.router.add_get("/", relay.dashboard)
+    app.router.add_get("/ws", relay.websocket)
+    app.router.add_get("/imports", relay.imports)
+    app.router.add_get("/imports/{import_id}/events", relay.events)
+    app.router.add_get("/health", relay.health)
+    return app
+
+
+class _Relay:
+    """The handlers, and what they share."""
+
+    def __init__(
+        self,
+        source: EventSource,
+        secret: str,
+        *,
+        origins: set[str],
+        max_queue: int,
+        breaker_client: aioredis.Redis | None,
+        namespace: str,
+    ) -> None:
+        self.source = source
+        self.secret = secret
+        self.origins = origins
+        self.max_queue = max_queue
+        self.breaker_client = breaker_client
+        self.namespace = namespace
+        self.hub = Hub()
+
+    async def feed(self, app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.get_running_loop().create_task(self.source.run(self.hub.dispatch))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def going_away(self, app: web.Application) -> None:
+        for connection in list(self.hub.connections):
+            await connection.ws.close(code=WSCloseCode.GOING_AWAY, message=b"relay shutting down")
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        own = f"{request.scheme}://{request.host}"
+        if origin is not None and origin != own and origin not in self.origins:
+            raise web.HTTPForbidden(text=f"origin {origin} is not allowed")
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30)
+        await ws.prepare(request)
+        connection = Connection(ws, self.hub, self.source, self.secret, self.max_queue)
+        self.hub.connections.add(connection)
+        sender = asyncio.get_running_loop().create_task(connection.send_forever())
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    await connection.receive(message.data)
+                elif message.type == WSMsgType.BINARY:
+                    connection.error("bad_request", "frames must be JSON text")
+        finally:
+            connection.drop()
+            connection.wakeup.set()
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await sender
+        return ws
+
+    async def events(self, request: web.Request) -> web.Response:
+        import_id = request.match_info["import_id"]
+        _authorize(request, self.secret, import_id)
+        try:
+            after = int(request.query.get("after", "0"))
+            limit = min(int(request.query.get("limit", "1000")), 1_000)
+        except ValueError:
+            raise web.HTTPBadRequest(text="after and limit must be integers") from None
+        if after < 0 or limit < 1:
+            raise web.HTTPBadRequest(text="after must be >= 0 and limit >= 1")
+        found = await self.source.history(import_id, after, limit)
+        body = "[" + ",".join(json.dumps(json.loads(e.frame)["event"]) for e in found) + "]"
+        return web.Response(text=body, content_type="application/json")
+
+    async def imports(self, request: web.Request) -> web.Response:
+        _authorize(request, self.secret, ADMIN)
+        return web.json_response(await self.source.imports())
+
+    async def health(self, request: web.Request) -> web.Response:
+        checks: dict[str, Any] = await self.source.check()
+        if self.breaker_client is not None:
+            checks["breakers"] = await _breaker_states(self.breaker_client, self.namespace)
+        down = any(isinstance(v, str) and v.startswith("down") for v in checks.values())
+        checks["status"] = "down" if down else "ok"
+        checks["clients"] = len(self.hub.connections)
+        return web.json_response(checks, status=503 if down else 200)
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        page = resources.files("dramatiq_shared.relay").joinpath("static/dashboard.html")
+        return web.Response(text=page.read_text(encoding="utf-8"), content_type="text/html")
+
+
+def _authorize(request: web.Request, secret: str, import_id: str) -> None:
+    header = request.headers.get("Authorization", "")
+    token = header[7:] if header.startswith("Bearer ") else request.query.get("token")
+    try:
+        verify(token, secret, import_id=import_id)
+    except AuthError as error:
+        status = web.HTTPForbidden if error.code == "forbidden" else web.HTTPUnauthorized
+        raise status(
+            text=json.dumps({"code": error.code, "message": str(error)}),
+            content_type="application/json",
+        ) from None
+
+
+async def _breaker_states(client: aioredis.Redis, namespace: str) -> dict[str, str]:
+    states = {}
+    prefix = f"{namespace}:breaker:"
+    async for key in client.scan_iter(match=f"{prefix}*", count=100):
+        name = _text(key)[len(prefix) :]
+        if not name.endswith(":trial"):
+            state = await client.hget(key, "state")
+            states[name] = _text(state) if state else "closed"
+    return states
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

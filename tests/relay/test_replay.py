@@ -1,0 +1,205 @@
+"""Replay and resume: exactly the missed events, in order, across disconnects and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import aiohttp
+import peewee
+import pytest
+import redis
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent
+from dramatiq_shared.db import StatusHistory
+from dramatiq_shared.relay import RedisSource, create_app
+from dramatiq_shared.status.auth import sign
+
+from ..conftest import free_port
+from .conftest import SECRET, RunningRelay, collect, frames
+
+TOTAL = 5_000
+
+
+def publisher(
+    redis_url: str, import_id: str, total: int = TOTAL, pause: float = 0.004
+) -> threading.Thread:
+    """A thread publishing ``total`` events, 25 a batch, over a second or two."""
+
+    def run() -> None:
+        transport = RedisTransport(redis.Redis.from_url(redis_url))
+        for start in range(0, total, 25):
+            transport.append(
+                [
+                    StatusEvent(
+                        import_id, NoteStatus.PROCESSING, current_count=n, total_count=total
+                    )
+                    for n in range(start, min(start + 25, total))
+                ],
+                int(time.time() * 1000),
+            )
+            time.sleep(pause)
+
+    return threading.Thread(target=run)
+
+
+async def watch(
+    url: str, import_id: str, *, last_event_id: int = 0, until: Callable[[list[int]], bool]
+) -> list[int]:
+    """Event ids one connection receives, from ``last_event_id`` on, until ``until`` holds."""
+    ids: list[int] = []
+
+    def done(got: list[dict[str, Any]]) -> bool:
+        ids[:] = [f["id"] for f in got if f["type"] == "event"]
+        return until(ids)
+
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/ws") as ws:
+        await ws.send_json(
+            {
+                "type": "subscribe",
+                "import_id": import_id,
+                "token": sign(import_id, SECRET),
+                "last_event_id": last_event_id,
+            }
+        )
+        await collect(ws, until=done, timeout=60)
+    return ids
+
+
+def test_a_client_that_drops_mid_stream_resumes_with_exactly_the_missed_events(
+    redis_relay: RunningRelay, redis_url: str
+) -> None:
+    feed = publisher(redis_url, "imp-r")
+
+    async def scenario() -> tuple[list[int], list[int], list[int]]:
+        first = await watch(redis_relay.url, "imp-r", until=lambda ids: len(ids) >= 1_000)
+        await asyncio.sleep(0.3)  # offline while events keep coming
+        rest = await watch(
+            redis_relay.url,
+            "imp-r",
+            last_event_id=first[-1],
+            until=lambda ids: bool(ids) and ids[-1] >= TOTAL,
+        )
+        await asyncio.to_thread(feed.join)
+        late = await watch(redis_relay.url, "imp-r", until=lambda ids: len(ids) >= TOTAL)
+        return first, rest, late
+
+    feed.start()
+    first, rest, late = asyncio.run(scenario())
+    assert first + rest == list(range(1, TOTAL + 1))  # in order, no gap, no duplicate
+    assert late == list(range(1, TOTAL + 1))  # a late joiner gets the whole history
+
+
+def test_events_the_stream_trimmed_come_from_the_database(
+    redis_client: redis.Redis, redis_url: str, database: peewee.Database
+) -> None:
+    history = StatusHistory(database)
+    transport = RedisTransport(redis_client, maxlen=50)
+    for start in range(0, 600, 100):
+        events = [
+            StatusEvent("imp-t", NoteStatus.PENDING, current_count=n)
+            for n in range(start, start + 100)
+        ]
+        ids = transport.append(events, 1_000)
+        history.write([(i, 1_000, e) for i, e in zip(ids, events, strict=True)], batch_size=100)
+    assert redis_client.xlen("dramatiq_shared:status:imp-t") < 600
+
+    def make() -> web.Application:
+        return create_app(RedisSource(aioredis.from_url(redis_url), history), secret=SECRET)
+
+    with RunningRelay(make) as relay:
+        ids = asyncio.run(watch(relay.url, "imp-t", until=lambda got: len(got) >= 600))
+    assert ids == list(range(1, 601))
+
+
+@pytest.fixture
+def relay_process(redis_client: redis.Redis, redis_url: str) -> Iterator[Any]:
+    """Start (and restart) ``python -m dramatiq_shared.relay`` on one port."""
+    port = free_port()
+    env = {**os.environ, "DRAMATIQ_SHARED_SECRET": SECRET, "REDIS_URL": redis_url}
+    env.pop("DATABASE_URL", None)
+    env.pop("DRAMATIQ_SHARED_DB_URL", None)
+    running: list[subprocess.Popen[str]] = []
+
+    def start() -> str:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq_shared.relay", "--port", str(port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        running.append(process)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                redis_client.ping()
+                import urllib.request  # noqa: PLC0415
+
+                urllib.request.urlopen(f"{url}/health", timeout=1).read()
+                return url
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(process.stderr.read() if process.stderr else "relay did not start")
+
+    def stop() -> None:
+        running[-1].send_signal(signal.SIGTERM)
+        running[-1].wait(10)
+
+    yield start, stop
+    for process in running:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_clients_resume_after_the_relay_process_restarts(
+    relay_process: Any, redis_url: str
+) -> None:
+    start, stop = relay_process
+    url = start()
+    feed = publisher(redis_url, "imp-p", pause=0.006)
+
+    async def scenario() -> tuple[list[int], int, list[int]]:
+        received: list[int] = []
+        close_code = 0
+        async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/ws") as ws:
+            await ws.send_json(
+                {"type": "subscribe", "import_id": "imp-p", "token": sign("imp-p", SECRET)}
+            )
+
+            def halfway(got: list[dict[str, Any]]) -> bool:
+                received[:] = [f["id"] for f in got if f["type"] == "event"]
+                return len(received) >= 1_500
+
+            await collect(ws, until=halfway)
+            stopping = asyncio.ensure_future(asyncio.to_thread(stop))  # the relay goes away...
+            while not ws.closed:  # ...while the client reads on, to its closing frame
+                message = await ws.receive()
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    received.extend(f["id"] for f in frames(message.data) if f["type"] == "event")
+            close_code = ws.close_code or 0
+            await stopping
+        await asyncio.to_thread(start)  # ...and comes back
+        rest = await watch(
+            url,
+            "imp-p",
+            last_event_id=received[-1],
+            until=lambda ids: bool(ids) and ids[-1] >= TOTAL,
+        )
+        return received, close_code, rest
+
+    feed.start()
+    before, close_code, after = asyncio.run(scenario())
+    feed.join()
+    assert close_code == 1001  # going away
+    assert before + after == list(range(1, TOTAL + 1))
