@@ -24,6 +24,8 @@ from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusCon
 from .db.dead_letters import DeadLetterRecord, DeadLetterStore
 from .db.models import MODELS, create_tables, init_database
 from .errors import ConfigError, DramatiqSharedError
+from .relay import __main__ as relay_main
+from .status.auth import sign
 
 __all__ = ["build_parser", "main"]
 
@@ -109,6 +111,18 @@ def _dead_letters_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _relay(args: argparse.Namespace) -> int:
+    return relay_main.run(args)
+
+
+def _token(args: argparse.Namespace) -> int:
+    secret = os.environ.get("DRAMATIQ_SHARED_SECRET")
+    if not secret:
+        raise ConfigError("minting a token needs the relay's secret: set DRAMATIQ_SHARED_SECRET")
+    print(sign(args.import_id, secret, ttl=args.ttl))
+    return 0
+
+
 def _dead_letters_purge(args: argparse.Namespace) -> int:
     if not (args.ids or args.retried or args.all):
         raise ConfigError("purge what? give ids, --retried or --all")
@@ -162,6 +176,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create every table and index that does not exist yet.",
     )
     init_db.set_defaults(run=_init_db)
+
+    relay = commands.add_parser(
+        "relay",
+        help="serve status events to browsers over websockets",
+        description=relay_main.__doc__,
+    )
+    relay_main.add_arguments(relay)
+    relay.set_defaults(run=_relay)
+
+    token = commands.add_parser(
+        "token",
+        help="mint a stream token for an import ('*' for every import)",
+        description="Print a token that lets a relay client watch IMPORT_ID, signed with"
+        " DRAMATIQ_SHARED_SECRET.",
+    )
+    token.add_argument("import_id", metavar="IMPORT_ID")
+    token.add_argument("--ttl", type=_positive, default=3600, help="seconds it is valid (3600)")
+    token.set_defaults(run=_token)
 
     dead = commands.add_parser(
         "dead-letters",

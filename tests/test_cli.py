@@ -9,6 +9,7 @@ import pytest
 from dramatiq_shared import __version__
 from dramatiq_shared.cli import main
 from dramatiq_shared.db import MODELS, init_database
+from dramatiq_shared.status.auth import verify
 
 
 def test_config_prints_the_effective_configuration(
@@ -79,3 +80,24 @@ def test_init_db_on_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixt
         "dramatiq-shared: error: the database refused or did not answer: OperationalError:"
     )
     assert err.count("\n") == 1
+
+
+def test_token_mints_a_token_the_relay_accepts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DRAMATIQ_SHARED_SECRET", "a-secret-of-at-least-16-bytes")
+    assert main(["token", "imp-9", "--ttl", "60"]) == 0
+    token = capsys.readouterr().out.strip()
+    claims = verify(token, "a-secret-of-at-least-16-bytes", import_id="imp-9")
+    assert claims.import_id == "imp-9"
+    monkeypatch.delenv("DRAMATIQ_SHARED_SECRET")
+    assert main(["token", "imp-9"]) == 2
+    assert "set DRAMATIQ_SHARED_SECRET" in capsys.readouterr().err
+
+
+def test_the_relay_refuses_to_start_without_a_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DRAMATIQ_SHARED_SECRET", raising=False)
+    assert main(["relay", "--redis-url", "redis://127.0.0.1:1/0"]) == 2
+    assert "the relay needs a secret" in capsys.readouterr().err
