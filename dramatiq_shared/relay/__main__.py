@@ -20,6 +20,7 @@ from ..config import DatabaseConfig
 from ..db.models import init_database
 from ..db.status_history import StatusHistory
 from ..errors import ConfigError, DramatiqSharedError
+from ..logging import configure_logging
 from ..status.auth import ADMIN, sign
 from .app import SECRET, create_app
 from .sources import RedisSource
@@ -42,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ORIGIN",
         help="another origin whose pages may connect (repeatable)",
     )
+    parser.add_argument("--log-level", default="INFO", help="lowest level logged (INFO)")
+    parser.add_argument("--json-logs", action="store_true", help="log one JSON object a line")
     parser.add_argument(
         "--demo",
         action="store_true",
@@ -51,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve the relay until it is stopped."""
+    configure_logging(args.log_level, json=args.json_logs)
     url = args.redis_url or os.environ.get("REDIS_URL")
     if not url:
         raise ConfigError("the relay reads Redis streams: pass --redis-url or set REDIS_URL")
@@ -59,7 +63,12 @@ def run(args: argparse.Namespace) -> int:
     history = None
     if database_url:
         history = StatusHistory(init_database(DatabaseConfig(url=database_url)))
-    client = aioredis.from_url(url)
+    # Blocking: a burst of clients catching up waits for a connection instead of failing.
+    client = aioredis.Redis(
+        connection_pool=aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=32, timeout=30
+        )
+    )
     app = create_app(
         RedisSource(client, history),
         secret=os.environ.get("DRAMATIQ_SHARED_SECRET"),
@@ -70,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     if args.demo and not os.environ.get("DRAMATIQ_SHARED_SECRET"):
         token = sign(ADMIN, app[SECRET], ttl=24 * 3600)
         print(f"demo relay: http://{args.host}:{args.port}/?token={token}", flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=5)
+    web.run_app(
+        app, host=args.host, port=args.port, print=None, shutdown_timeout=5, access_log=None
+    )
     return 0
 
 

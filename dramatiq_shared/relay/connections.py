@@ -17,8 +17,9 @@ the subscription before reading the history and drops what the client already ha
 
 Limits: 64 KiB a client frame, 100 subscriptions a connection, frames rate-limited
 (a burst of 30, then 10 a second). Close codes: 1001 relay shutting down, 1009 frame
-too big, 4001 too slow (its send queue filled: reconnect with ``last_event_id``), 4003
-too many refused tokens, 4008 too many frames.
+too big, 1011 the history could not be read (reconnect), 4001 too slow (its send queue
+filled: reconnect with ``last_event_id``), 4003 too many refused tokens, 4008 too many
+frames.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 from collections import defaultdict, deque
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from loguru import logger
 
 from ..errors import AuthError
@@ -43,6 +44,9 @@ MAX_AUTH_FAILURES = 5
 RATE_BURST = 30.0
 RATE_PER_SECOND = 10.0
 MAX_RATE_STRIKES = 5
+
+#: Seconds a sender waits after waking, to send what arrives meanwhile in one message.
+GATHER = 0.01
 
 CLOSE_TOO_SLOW = 4001
 CLOSE_AUTH = 4003
@@ -99,6 +103,7 @@ class Connection:
         self.last_queued: dict[str, int] = {}
         self.catching_up: dict[str, list[Event]] = {}
         self.closing = False
+        self.sending = False
         self.auth_failures = 0
         self.rate_tokens = RATE_BURST
         self.rate_checked = time.monotonic()
@@ -132,7 +137,10 @@ class Connection:
 
     def _enqueue(self, item: Any, *, job: bool = False) -> None:
         self.queue.append(item)
-        if not job and len(self.queue) > self.max_queue:
+        # Too slow: the queue passed its bound while the last send is still waiting on
+        # the client, or passed four times the bound whatever the reason.
+        backlog = len(self.queue)
+        if not job and backlog > self.max_queue and (self.sending or backlog > 4 * self.max_queue):
             self._too_slow()
             return
         self.wakeup.set()
@@ -149,8 +157,23 @@ class Connection:
     # --- the sender task --------------------------------------------------------------
 
     async def send_forever(self) -> None:
+        try:
+            await self._send_forever()
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception as error:
+            # Its history could not be read (Redis or the database away): let the client
+            # reconnect and resume rather than wait on a connection that sends nothing.
+            logger.warning("Relay client dropped: {}: {}", type(error).__name__, error)
+            self.closing = True
+            await self.ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"try again")
+
+    async def _send_forever(self) -> None:
         while not self.closing and not self.ws.closed:
             await self.wakeup.wait()
+            # Gather what arrives in the next few milliseconds into the same message:
+            # far fewer sends for a little latency.
+            await asyncio.sleep(GATHER)
             self.wakeup.clear()
             frames: list[str] = []
             while self.queue and not self.closing:
@@ -166,7 +189,11 @@ class Connection:
     async def _send(self, frames: list[str]) -> None:
         if not frames or self.ws.closed:
             return
-        await self.ws.send_str(frames[0] if len(frames) == 1 else f"[{','.join(frames)}]")
+        self.sending = True
+        try:
+            await self.ws.send_str(frames[0] if len(frames) == 1 else f"[{','.join(frames)}]")
+        finally:
+            self.sending = False
 
     async def _catch_up(self, import_id: str, after: int) -> None:
         while True:
@@ -274,4 +301,3 @@ class Connection:
         for import_id in self.subscriptions:
             self.hub.unsubscribe(self, import_id)
         self.hub.connections.discard(self)
-        logger.debug("Relay client left with {} subscriptions", len(self.subscriptions))

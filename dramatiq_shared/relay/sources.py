@@ -28,7 +28,7 @@ __all__ = ["Event", "EventSource", "MemorySource", "RedisSource", "frame"]
 #: Events read per history page.
 PAGE = 500
 #: Events taken from the live stream at a time; each client may queue more than this.
-READ_COUNT = 200
+READ_COUNT = 500
 
 
 @dataclass(frozen=True)

@@ -45,3 +45,20 @@ def test_breaker_overhead(
     out = capsys.readouterr().out
     assert "B/A throughput ratio:" in out
     assert "extra Redis commands/msg:" in out
+
+
+def test_relay_fanout(
+    redis_client: redis.Redis,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("BENCH_REDIS_URL", redis_url)
+    run_benchmark(
+        "relay_fanout.py",
+        *("--rate", "300", "--imports", "3", "--admins", "1", "--seconds", "1"),
+        monkeypatch=monkeypatch,
+    )
+    out = capsys.readouterr().out
+    assert "bare Redis subscriber:" in out
+    assert "(all)" in out
