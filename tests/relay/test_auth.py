@@ -191,3 +191,55 @@ def test_malformed_frames_get_an_error_and_foreign_origins_are_refused(
     codes, refused = asyncio.run(scenario())
     assert codes == ["bad_request"] * 4
     assert refused == 403
+
+
+def test_limits_frame_size_subscriptions_and_rate(redis_relay: RunningRelay) -> None:
+    admin = sign("*", SECRET)
+
+    async def scenario() -> tuple[list[str], int | None, int | None]:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{redis_relay.url}/ws") as ws:
+                for n in range(100):
+                    await ws.send_json({"type": "subscribe", "import_id": f"i-{n}", "token": admin})
+                    if n % 20 == 19:
+                        await asyncio.sleep(2.1)  # stay under the frame rate
+                await ws.send_json(
+                    {"type": "subscribe", "import_id": "one-too-many", "token": admin}
+                )
+                got = await collect(ws, until=lambda f: any(x["type"] == "error" for x in f))
+                codes = [f["code"] for f in got if f["type"] == "error"]
+            async with session.ws_connect(f"{redis_relay.url}/ws") as ws:
+                await ws.send_str("x" * (64 * 1024 + 1))
+                await ws.receive()
+                too_big = ws.close_code
+            async with session.ws_connect(f"{redis_relay.url}/ws") as ws:
+                for _ in range(60):
+                    await ws.send_str("{}")
+                while (await ws.receive()).type == aiohttp.WSMsgType.TEXT:
+                    pass
+                flood = ws.close_code
+        return codes, too_big, flood
+
+    codes, too_big, flood = asyncio.run(scenario())
+    assert codes == ["too_many_subscriptions"]
+    assert too_big == 1009
+    assert flood == 4008
+
+
+def test_health_reports_redis_and_breaker_states(
+    redis_relay: RunningRelay, redis_client: redis.Redis
+) -> None:
+    redis_client.hset("dramatiq_shared:breaker:usda-api", mapping={"state": "open"})
+
+    async def scenario() -> tuple[int, dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{redis_relay.url}/health") as response,
+        ):
+            return response.status, await response.json()
+
+    status, body = asyncio.run(scenario())
+    assert status == 200
+    assert body["redis"] == "ok"
+    assert body["status"] == "ok"
+    assert body["breakers"] == {"usda-api": "open"}
