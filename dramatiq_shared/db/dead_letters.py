@@ -13,14 +13,12 @@ from datetime import datetime
 from typing import Any
 
 import dramatiq
-import peewee
 from dramatiq.common import q_name
 
 from .._checks import check_int
-from ..config import DatabaseConfig
 from ..errors import ValidationError
 from .models import DeadLetter, utcnow
-from .runner import OperationRunner
+from .runner import RunsOperations
 
 __all__ = ["DeadLetterRecord", "DeadLetterStore", "fresh_message"]
 
@@ -69,22 +67,11 @@ def fresh_message(stored: Mapping[str, Any]) -> dramatiq.Message[Any]:
     )
 
 
-class DeadLetterStore:
+class DeadLetterStore(RunsOperations):
     """Reads and writes the dead-letters table.
 
-    Parameters:
-      database: A database from :func:`~dramatiq_shared.db.models.init_database`, a
-        :class:`DatabaseConfig`, or a URL.
-      config: Settings to use with a database object; by default those it was opened with.
+    Takes the arguments of :class:`~dramatiq_shared.db.runner.RunsOperations`.
     """
-
-    def __init__(
-        self,
-        database: peewee.Database | DatabaseConfig | str,
-        *,
-        config: DatabaseConfig | None = None,
-    ) -> None:
-        self._runner = OperationRunner(database, config=config)
 
     def record(
         self, message: Mapping[str, Any], *, error_type: str, error_message: str, reason: str

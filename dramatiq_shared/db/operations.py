@@ -20,7 +20,6 @@ from typing import Any, TypeVar, cast
 import peewee
 
 from .._checks import INT32_MAX, check_id, check_int, check_text
-from ..config import DatabaseConfig
 from ..errors import ValidationError
 from .bulk import chunks, insert_rows, upsert_clause
 from .models import (
@@ -34,7 +33,7 @@ from .models import (
     Segment,
     utcnow,
 )
-from .runner import OperationRunner, integrity_violation
+from .runner import RunsOperations, integrity_violation
 
 __all__ = [
     "DatabaseOperations",
@@ -206,25 +205,11 @@ def _coerce(path: str, value: Any, kind: type[_T]) -> _T:
         raise ValidationError(f"{path}.{error}", field=f"{path}.{error.field}") from None
 
 
-class DatabaseOperations:
+class DatabaseOperations(RunsOperations):
     """The pipeline's writes, each idempotent, race-safe and retried on transient errors.
 
-    Parameters:
-      database: A database from :func:`~dramatiq_shared.db.models.init_database`, a
-        :class:`DatabaseConfig`, or a URL.
-      config: Settings (``batch_size``, ``retry_attempts``) to use with a database
-        object; by default those it was opened with.
+    Takes the arguments of :class:`~dramatiq_shared.db.runner.RunsOperations`.
     """
-
-    def __init__(
-        self,
-        database: peewee.Database | DatabaseConfig | str,
-        *,
-        config: DatabaseConfig | None = None,
-    ) -> None:
-        self._runner = OperationRunner(database, config=config)
-        self.database = self._runner.database
-        self.config = self._runner.config
 
     # --- imports and notes -------------------------------------------------
 

@@ -15,13 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import peewee
-
 from .._checks import check_id, check_text
-from ..config import DatabaseConfig
 from ..errors import ValidationError
 from .models import LinePattern, PatternLine, utcnow
-from .runner import OperationRunner
+from .runner import RunsOperations
 
 __all__ = ["PatternRef", "PatternTracker"]
 
@@ -38,22 +35,11 @@ class PatternRef:
     is_new: bool
 
 
-class PatternTracker:
+class PatternTracker(RunsOperations):
     """Tracks rule sequences and counts the distinct lines that showed each.
 
-    Parameters:
-      database: A database from :func:`~dramatiq_shared.db.models.init_database`, a
-        :class:`DatabaseConfig`, or a URL.
-      config: Settings to use with a database object; by default those it was opened with.
+    Takes the arguments of :class:`~dramatiq_shared.db.runner.RunsOperations`.
     """
-
-    def __init__(
-        self,
-        database: peewee.Database | DatabaseConfig | str,
-        *,
-        config: DatabaseConfig | None = None,
-    ) -> None:
-        self._runner = OperationRunner(database, config=config)
 
     def track(self, rules: Sequence[str], example_line_id: str) -> PatternRef:
         """Count ``example_line_id`` as an occurrence of the pattern ``rules``.

@@ -29,7 +29,7 @@ from loguru import logger
 from ..config import DatabaseConfig
 from .models import database_config, database_proxy, init_database
 
-__all__ = ["OperationRunner", "integrity_violation", "is_transient"]
+__all__ = ["OperationRunner", "RunsOperations", "integrity_violation", "is_transient"]
 
 _T = TypeVar("_T")
 
@@ -165,3 +165,32 @@ class OperationRunner:
                 self.database.close()
         except Exception as error:  # the connection is already broken; nothing to save
             logger.debug("Closing a failed connection raised {}: {}", type(error).__name__, error)
+
+
+class RunsOperations:
+    """Base of the classes whose every operation goes through an :class:`OperationRunner`.
+
+    Parameters:
+      database: A database from :func:`~dramatiq_shared.db.models.init_database`, a
+        :class:`DatabaseConfig`, or a URL.
+      config: Settings (``batch_size``, ``retry_attempts``) to use with a database
+        object; by default those it was opened with.
+    """
+
+    def __init__(
+        self,
+        database: peewee.Database | DatabaseConfig | str,
+        *,
+        config: DatabaseConfig | None = None,
+    ) -> None:
+        self._runner = OperationRunner(database, config=config)
+
+    @property
+    def database(self) -> peewee.Database:
+        """The database the operations run on."""
+        return self._runner.database
+
+    @property
+    def config(self) -> DatabaseConfig:
+        """The settings they run with."""
+        return self._runner.config

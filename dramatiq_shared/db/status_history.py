@@ -10,14 +10,11 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-import peewee
-
 from .._checks import check_id, check_int
-from ..config import DatabaseConfig
 from ..status.events import NoteStatus, StatusEvent
 from .bulk import insert_rows
 from .models import StatusEventRecord
-from .runner import OperationRunner
+from .runner import RunsOperations
 
 __all__ = ["StatusHistory"]
 
@@ -36,22 +33,11 @@ _FIELDS = (
 )
 
 
-class StatusHistory:
+class StatusHistory(RunsOperations):
     """Writes and reads status event records.
 
-    Parameters:
-      database: A database from :func:`~dramatiq_shared.db.models.init_database`, a
-        :class:`DatabaseConfig`, or a URL.
-      config: Settings to use with a database object; by default those it was opened with.
+    Takes the arguments of :class:`~dramatiq_shared.db.runner.RunsOperations`.
     """
-
-    def __init__(
-        self,
-        database: peewee.Database | DatabaseConfig | str,
-        *,
-        config: DatabaseConfig | None = None,
-    ) -> None:
-        self._runner = OperationRunner(database, config=config)
 
     def write(self, published: Sequence[tuple[int, int, StatusEvent]], *, batch_size: int) -> None:
         """Store ``(event id, timestamp ms, event)`` triples; ones stored before are kept."""
