@@ -23,6 +23,7 @@ from .errors import (
 )
 from .logging import configure_logging, message_context
 from .middleware import CircuitBreaker, ErrorHandling, Retry, StatusBroadcast
+from .stack import Stack, get_stack, setup_broker
 from .status.broadcaster import Broadcaster, add_status_event_and_broadcast, set_broadcaster
 from .status.completion import CompletionTracker
 from .status.events import NoteStatus, StatusEvent
@@ -35,6 +36,10 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "__version__",
+    # The suite on a broker, in one call.
+    "Stack",
+    "get_stack",
+    "setup_broker",
     # Configuration: frozen, validated on construction.
     "CircuitBreakerConfig",
     "DatabaseConfig",

@@ -54,6 +54,7 @@ import redis
 from dramatiq.middleware.shutdown import Shutdown
 from loguru import logger
 
+from ._breaker_local import LocalState, local_scripts
 from .config import CircuitBreakerConfig
 from .errors import CircuitOpenError, ConfigError, Defer, PermanentError
 
@@ -223,7 +224,8 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
     Parameters:
       name: The breaker's name; breakers of one name share state across processes.
       config: Its settings.
-      client: The Redis client holding the state.
+      client: The Redis client holding the state; None keeps it in this process (an
+        embedded run: its threads share it, other processes do not).
       namespace: Prefix of the Redis keys. Default ``"dramatiq_shared"``.
       listeners: pybreaker listeners, told of calls, failures, successes and transitions.
       fallback: ``"closed"`` or ``"open"``: how to behave while Redis is unreachable.
@@ -233,7 +235,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         self,
         name: str,
         config: CircuitBreakerConfig,
-        client: redis.Redis,
+        client: redis.Redis | None,
         *,
         namespace: str = "dramatiq_shared",
         listeners: Sequence[pybreaker.CircuitBreakerListener] = (),
@@ -242,24 +244,29 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         if fallback not in ("closed", "open"):
             raise ConfigError.invalid("fallback", fallback, "'closed' or 'open'")
         self.config = config
-        self._client = client
         key = f"{namespace}:breaker:{name}"
         self._keys = [key, f"{key}:trial", f"{namespace}:breaker-events"]
+        storage: pybreaker.CircuitBreakerStorage
+        if client is None:
+            storage = LocalState(config)
+            self._scripts: Mapping[str, Any] = local_scripts(storage)
+        else:
+            storage = _RedisState(client, key, config)
+            self._scripts = {
+                "acquire": client.register_script(_ACQUIRE),
+                "failure": client.register_script(_FAILURE),
+                "success": client.register_script(_SUCCESS),
+                "release": client.register_script(_RELEASE),
+            }
         super().__init__(
             fail_max=config.failure_threshold,
             reset_timeout=config.reset_timeout / 1000,
             success_threshold=config.success_threshold,
             exclude=[lambda error: config.is_excluded(error) or _never_counts(error)],
             listeners=listeners,
-            state_storage=_RedisState(client, key, config),
+            state_storage=storage,
             name=name,
         )
-        self._scripts = {
-            "acquire": client.register_script(_ACQUIRE),
-            "failure": client.register_script(_FAILURE),
-            "success": client.register_script(_SUCCESS),
-            "release": client.register_script(_RELEASE),
-        }
         self.fallback = fallback
         self._redis_down_until = 0.0
         self._warned_at = -_WARN_EVERY
@@ -530,7 +537,8 @@ class Breakers(Mapping[str, SharedCircuitBreaker]):
     """The named breakers of a process: ``breakers["usda-api"]``, made on first use.
 
     Parameters:
-      client: The Redis client holding every breaker's state.
+      client: The Redis client holding every breaker's state; None keeps it in this
+        process (embedded runs).
       configs: Settings per breaker name.
       default: Settings of any other name. Default ``CircuitBreakerConfig()``.
       namespace: Prefix of the Redis keys. Default ``"dramatiq_shared"``.
@@ -542,7 +550,7 @@ class Breakers(Mapping[str, SharedCircuitBreaker]):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | None,
         *,
         configs: Mapping[str, CircuitBreakerConfig | Mapping[str, Any]] | None = None,
         default: CircuitBreakerConfig | None = None,

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -294,3 +295,68 @@ def test_pybreakers_manual_controls_work_on_the_shared_state(redis_client: redis
         other.acquire()
     cb.close()
     assert other.call(lambda: "ok") == "ok"
+
+
+# --- the same transitions in one process, without Redis -----------------------------
+
+
+def test_a_local_breaker_moves_like_the_shared_one() -> None:
+    recorder = Recorder()
+    config = CircuitBreakerConfig(failure_threshold=2, reset_timeout=100, max_reset_timeout=150)
+    cb = SharedCircuitBreaker("local", config, None, listeners=[recorder])
+    fail(cb)
+    fail(cb, KeyError("excluded? no: counted"))
+    assert cb.current_state == "open"
+    with pytest.raises(CircuitOpenError):
+        cb.acquire()
+    time.sleep(0.11)
+    trial = cb.acquire()
+    with pytest.raises(CircuitOpenError):
+        cb.acquire()  # one trial at a time
+    cb.record_failure(trial, RuntimeError("still down"))
+    with pytest.raises(CircuitOpenError) as refused:
+        cb.acquire()
+    assert 100 < refused.value.remaining <= 150  # doubled, capped
+    time.sleep(0.16)
+    cb.record_success(cb.acquire())
+    assert cb.current_state == "closed"
+    assert recorder.changes == [
+        ("closed", "open"),
+        ("open", "half-open"),
+        ("half-open", "open"),
+        ("open", "half-open"),
+        ("half-open", "closed"),
+    ]
+
+
+def test_32_threads_share_a_local_breakers_single_trial() -> None:
+    config = CircuitBreakerConfig(failure_threshold=1, reset_timeout=50, success_threshold=5)
+    cb = SharedCircuitBreaker("local", config, None)
+    fail(cb)
+    time.sleep(0.06)
+    trials: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def compete() -> None:
+        while cb.current_state != "closed":
+            try:
+                ticket = cb.acquire()
+            except CircuitOpenError:
+                time.sleep(0.002)
+                continue
+            if ticket.trial is None:
+                return
+            began = time.monotonic()
+            time.sleep(0.01)
+            with lock:
+                trials.append((began, time.monotonic()))
+            cb.record_success(ticket)
+
+    threads = [threading.Thread(target=compete) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    trials.sort()
+    assert len(trials) == 5
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(trials))

@@ -58,6 +58,8 @@ class CircuitBreaker(Middleware):
         not all return at one instant. Default 1000.
       enqueue_attempts: Tries at re-enqueueing a deferred message before failing it.
         Default 3.
+      local: Keep the state in this process instead of Redis: for an embedded run
+        (StubBroker, one process). Default False.
 
     Raises:
       ConfigError: When no Redis is given or a setting is invalid.
@@ -74,13 +76,14 @@ class CircuitBreaker(Middleware):
         fallback: str = "closed",
         jitter: int = 1_000,
         enqueue_attempts: int = 3,
+        local: bool = False,
     ) -> None:
-        if redis_client is None:
+        if redis_client is None and not local:
             url = redis_url or os.environ.get("REDIS_URL")
             if not url:
                 raise ConfigError(
                     "CircuitBreaker keeps its state in Redis: pass redis_client or redis_url,"
-                    " or set REDIS_URL",
+                    " or set REDIS_URL (or local=True for one process without Redis)",
                     field="redis_url",
                 )
             # Short timeouts: an unreachable Redis must not stall every message.

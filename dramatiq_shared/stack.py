@@ -1,0 +1,202 @@
+"""setup_broker(): the whole suite on a broker, in the order the message flow needs.
+
+Middleware order in ``broker.middleware`` (Dramatiq calls ``before_*`` hooks in this
+order and ``after_*`` hooks in reverse), put where Dramatiq's ``Retries`` was:
+
+1. :class:`CircuitBreaker` — holds back a message whose breaker is open before anything
+   reports it as started;
+2. :class:`StatusBroadcast` — PROCESSING before the actor; after it, reads the decision
+   of the retry layer below to say COMPLETED, RETRYING or FAILED;
+3. :class:`Retry` — decides and re-enqueues; asks the breaker for its verdict;
+4. :class:`ErrorHandling` — binds the log context first, runs ``on_error`` hooks first
+   after a failure, and logs and dead-letters once the broker acks or nacks.
+
+What it builds, when not given:
+
+* the broker: a ``RabbitmqBroker`` from ``RABBITMQ_URL``, else a ``RedisBroker`` from
+  ``REDIS_URL``, else a ``StubBroker`` (embedded: run it with an in-process worker);
+* Redis for breakers, status streams and completion: ``redis_url``, else ``REDIS_URL``;
+  without one, breaker state and status events stay in this process;
+* the database: ``database``, else ``DRAMATIQ_SHARED_DB_URL`` / ``DATABASE_URL``, else
+  ``sqlite:///dramatiq_shared.db``; SQLite tables are created here, PostgreSQL's by
+  ``dramatiq-shared init-db``;
+* configs from the ``DRAMATIQ_SHARED_*`` variables (see :mod:`dramatiq_shared.config`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import peewee
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Middleware, Retries
+
+from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
+from .db.models import create_tables, init_database
+from .db.status_history import StatusHistory
+from .errors import ConfigError
+from .middleware import CircuitBreaker, ErrorHandling, Retry, StatusBroadcast
+from .status.broadcaster import Broadcaster, set_broadcaster
+from .status.completion import CompletionTracker
+from .status.transport import MemoryTransport, RedisTransport
+
+__all__ = ["Stack", "get_stack", "setup_broker"]
+
+_ATTRIBUTE = "_dramatiq_shared_stack"
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What :func:`setup_broker` installed on a broker, for code that needs its parts."""
+
+    broker: dramatiq.Broker
+    database: peewee.Database
+    redis: redis.Redis | None
+    broadcaster: Broadcaster
+    completion: CompletionTracker
+    breakers: CircuitBreaker
+    retry: Retry
+    middleware: tuple[Middleware, ...]
+
+
+def setup_broker(
+    broker: dramatiq.Broker | None = None,
+    *,
+    retry: RetryConfig | Mapping[str, Any] | None = None,
+    status: StatusConfig | Mapping[str, Any] | None = None,
+    database: DatabaseConfig | str | None = None,
+    breakers: Mapping[str, CircuitBreakerConfig | Mapping[str, Any]] | None = None,
+    redis_url: str | None = None,
+) -> dramatiq.Broker:
+    """Install the suite on ``broker`` (built from the environment when None) and make it
+    Dramatiq's global broker.
+
+    Calling it again on a broker that has the suite changes nothing.
+
+    Parameters:
+      broker: The broker; default from ``RABBITMQ_URL``, ``REDIS_URL``, or a StubBroker.
+      retry: Retry defaults (a :class:`RetryConfig` or a mapping, camelCase accepted);
+        default from ``DRAMATIQ_SHARED_RETRY_*``. Its ``circuit_breaker`` is the default
+        of breakers not named in ``breakers``.
+      status: Status broadcasting settings; default from ``DRAMATIQ_SHARED_STATUS_*``.
+      database: The database (config or URL); default from the environment.
+      breakers: Settings per breaker name.
+      redis_url: Redis for breakers, status streams and completion; default ``REDIS_URL``.
+
+    Returns:
+      The broker.
+
+    Raises:
+      ConfigError: When a setting is invalid, or a broker's library is missing.
+    """
+    if broker is not None and getattr(broker, _ATTRIBUTE, None) is not None:
+        dramatiq.set_broker(broker)
+        return broker
+    retry_config = _config(RetryConfig, retry)
+    status_config = _config(StatusConfig, status)
+    database_config = (
+        DatabaseConfig(url=database) if isinstance(database, str) else database
+    ) or DatabaseConfig.from_env()
+    redis_url = redis_url or os.environ.get("REDIS_URL")
+    if broker is None:
+        broker = _broker_from_env(redis_url)
+
+    client = (
+        redis.Redis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=5.0)
+        if redis_url
+        else None
+    )
+    db = init_database(database_config)
+    if database_config.url.startswith("sqlite"):
+        create_tables(db)
+    transport = RedisTransport(client) if client is not None else MemoryTransport()
+    broadcaster = Broadcaster(transport, StatusHistory(db), status_config)
+    set_broadcaster(broadcaster)
+    completion = (
+        CompletionTracker(broadcaster, redis_client=client)
+        if client is not None
+        else CompletionTracker(broadcaster, database=db)
+    )
+    circuit_breaker = CircuitBreaker(
+        redis_client=client,
+        local=client is None,
+        breakers=breakers,
+        default=retry_config.circuit_breaker,
+    )
+    retry_middleware = Retry(config=retry_config)
+    stack = (
+        circuit_breaker,
+        StatusBroadcast(broadcaster=broadcaster),
+        retry_middleware,
+        ErrorHandling(database=db),
+    )
+    _install(broker, stack)
+    setattr(
+        broker,
+        _ATTRIBUTE,
+        Stack(
+            broker, db, client, broadcaster, completion, circuit_breaker, retry_middleware, stack
+        ),
+    )
+    dramatiq.set_broker(broker)
+    return broker
+
+
+def get_stack(broker: dramatiq.Broker | None = None) -> Stack:
+    """The parts :func:`setup_broker` installed on ``broker`` (default: the global broker).
+
+    Raises:
+      ConfigError: When the broker was not set up.
+    """
+    stack = getattr(broker or dramatiq.get_broker(), _ATTRIBUTE, None)
+    if stack is None:
+        raise ConfigError("the broker was not set up: call dramatiq_shared.setup_broker() first")
+    assert isinstance(stack, Stack)
+    return stack
+
+
+def _config(kind: Any, value: Any) -> Any:
+    if value is None:
+        return kind.from_env()
+    if isinstance(value, Mapping):
+        return kind.from_mapping(value)
+    if not isinstance(value, kind):
+        raise ConfigError.invalid(kind.__name__, value, f"a {kind.__name__} or a mapping")
+    return value
+
+
+def _broker_from_env(redis_url: str | None) -> dramatiq.Broker:
+    rabbitmq_url = os.environ.get("RABBITMQ_URL")
+    if rabbitmq_url:
+        try:
+            from dramatiq.brokers.rabbitmq import RabbitmqBroker  # noqa: PLC0415 - optional
+        except ImportError:
+            raise ConfigError(
+                "RABBITMQ_URL is set but pika is missing: pip install 'dramatiq-shared[rabbitmq]'"
+            ) from None
+        return RabbitmqBroker(url=rabbitmq_url)
+    if redis_url:
+        return RedisBroker(url=redis_url)  # type: ignore[no-untyped-call]
+    return StubBroker()
+
+
+def _install(broker: dramatiq.Broker, stack: tuple[Middleware, ...]) -> None:
+    """Put ``stack`` where Dramatiq's Retries was (or at the end), replacing it."""
+    position = next(
+        (n for n, m in enumerate(broker.middleware) if isinstance(m, Retries)),
+        len(broker.middleware),
+    )
+    broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, Retries)]
+    # Recomputed, so options only Retries understood (min_backoff...) are refused.
+    broker.actor_options = set().union(*(m.actor_options for m in broker.middleware))
+    for offset, middleware in enumerate(stack):
+        broker.middleware.insert(position + offset, middleware)
+        broker.actor_options |= middleware.actor_options
+        for actor in list(broker.actors.values()):
+            middleware.after_declare_actor(broker, actor)

@@ -1,0 +1,115 @@
+"""setup_broker: one stack, in order, in place of Dramatiq's Retries; from the environment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Retries
+
+from dramatiq_shared import (
+    ConfigError,
+    MemoryTransport,
+    RedisTransport,
+    get_stack,
+    setup_broker,
+)
+from dramatiq_shared.middleware import CircuitBreaker, ErrorHandling, Retry, StatusBroadcast
+
+ORDER = [CircuitBreaker, StatusBroadcast, Retry, ErrorHandling]
+
+
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
+    for name in ("REDIS_URL", "RABBITMQ_URL", "DATABASE_URL", "DRAMATIQ_SHARED_DB_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'stack.db'}")
+    yield monkeypatch
+    get_stack().broadcaster.close()
+
+
+def ours(broker: dramatiq.Broker) -> list[type]:
+    return [type(m) for m in broker.middleware if type(m) in ORDER]
+
+
+def test_twice_is_one_stack_in_order_without_retries(environment: Any) -> None:
+    broker = StubBroker()
+    position = next(n for n, m in enumerate(broker.middleware) if isinstance(m, Retries))
+    assert setup_broker(broker) is broker
+    assert setup_broker(broker) is broker
+    assert not any(isinstance(m, Retries) for m in broker.middleware)
+    assert ours(broker) == ORDER
+    assert [type(m) for m in broker.middleware[position : position + 4]] == ORDER
+    assert dramatiq.get_broker() is broker
+    assert "min_backoff" not in broker.actor_options  # Retries' own options are gone
+    assert {"max_attempts", "breaker", "on_error", "status_context"} <= broker.actor_options
+
+
+def test_embedded_defaults_run_a_message_end_to_end(environment: Any) -> None:
+    broker = setup_broker()
+    assert isinstance(broker, StubBroker)
+    stack = get_stack()
+    assert isinstance(stack.broadcaster.transport, MemoryTransport)
+    ran = []
+
+    @dramatiq.actor(breaker="local-api", max_attempts=2)
+    def work(import_id: str) -> None:
+        ran.append(import_id)
+
+    work.send("imp-1")
+    worker = dramatiq.Worker(broker, worker_timeout=20)
+    worker.start()
+    broker.join("default")
+    worker.join()
+    worker.stop()
+    assert ran == ["imp-1"]
+    assert [e["status"] for e in stack.broadcaster.transport.read("imp-1")] == [  # type: ignore[attr-defined]
+        "PROCESSING",
+        "COMPLETED",
+    ]
+
+
+def test_redis_url_builds_a_redis_broker_with_shared_state(
+    environment: Any, redis_client: redis.Redis, redis_url: str
+) -> None:
+    environment.setenv("REDIS_URL", redis_url)
+    environment.setenv("DRAMATIQ_SHARED_RETRY_MAX_ATTEMPTS", "7")
+    broker = setup_broker(breakers={"usda-api": {"failureThreshold": 2}})
+    assert isinstance(broker, RedisBroker)
+    stack = get_stack(broker)
+    assert isinstance(stack.broadcaster.transport, RedisTransport)
+    assert stack.retry.config.max_attempts == 7
+    assert stack.breakers.breakers["usda-api"].fail_max == 2
+    broker.close()
+
+
+def test_actors_declared_before_setup_are_checked_too(environment: Any) -> None:
+    broker = StubBroker()
+
+    @dramatiq.actor(broker=broker, max_retries=-1)
+    def early() -> None:
+        pass
+
+    with pytest.raises(ConfigError, match="actor 'early': max_retries must be an int >= 0"):
+        setup_broker(broker)
+
+
+def test_rabbitmq_url_builds_a_rabbitmq_broker(environment: Any) -> None:
+    environment.setenv("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+    broker = setup_broker()
+    assert type(broker).__name__ == "RabbitmqBroker"
+    assert ours(broker) == ORDER
+    broker.close()
+
+
+def test_bad_settings_are_refused(environment: Any) -> None:
+    with pytest.raises(ConfigError, match="max_attempts must be an int >= 1, got 0"):
+        setup_broker(StubBroker(), retry={"maxAttempts": 0})
+    with pytest.raises(ConfigError, match="RetryConfig must be a RetryConfig or a mapping"):
+        setup_broker(StubBroker(), retry=3)  # type: ignore[arg-type]
