@@ -23,7 +23,9 @@ from .errors import (
 )
 from .logging import configure_logging, message_context
 from .middleware import CircuitBreaker, ErrorHandling, Retry, StatusBroadcast
+from .actions import ActionRegistration, create_action_registration, register_actions
 from .stack import Stack, get_stack, setup_broker
+from .workers import WorkerStatus, close_workers, create_worker, get_worker_status
 from .status.broadcaster import Broadcaster, add_status_event_and_broadcast, set_broadcaster
 from .status.completion import CompletionTracker
 from .status.events import NoteStatus, StatusEvent
@@ -40,6 +42,14 @@ __all__ = [
     "Stack",
     "get_stack",
     "setup_broker",
+    # Workers and actors, in bulk.
+    "ActionRegistration",
+    "WorkerStatus",
+    "close_workers",
+    "create_action_registration",
+    "create_worker",
+    "get_worker_status",
+    "register_actions",
     # Configuration: frozen, validated on construction.
     "CircuitBreakerConfig",
     "DatabaseConfig",
