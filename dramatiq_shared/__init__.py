@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .actions import ActionRegistration, create_action_registration, register_actions
 from .breakers import SharedCircuitBreaker
 from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
 from .errors import (
@@ -23,13 +24,12 @@ from .errors import (
 )
 from .logging import configure_logging, message_context
 from .middleware import CircuitBreaker, ErrorHandling, Retry, StatusBroadcast
-from .actions import ActionRegistration, create_action_registration, register_actions
 from .stack import Stack, get_stack, setup_broker
-from .workers import WorkerStatus, close_workers, create_worker, get_worker_status
 from .status.broadcaster import Broadcaster, add_status_event_and_broadcast, set_broadcaster
 from .status.completion import CompletionTracker
 from .status.events import NoteStatus, StatusEvent
 from .status.transport import MemoryTransport, RedisTransport
+from .workers import WorkerStatus, close_workers, create_worker, get_worker_status
 
 try:
     __version__ = version("dramatiq-shared")
