@@ -24,6 +24,7 @@ from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusCon
 from .db.dead_letters import DeadLetterRecord, DeadLetterStore
 from .db.models import MODELS, create_tables, init_database
 from .errors import ConfigError, DramatiqSharedError
+from .middleware.heartbeat import live_workers, queue_depths
 from .relay import __main__ as relay_main
 from .status.auth import sign
 
@@ -111,6 +112,72 @@ def _dead_letters_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redis(args: argparse.Namespace) -> redis.Redis:
+    url = args.redis_url or os.environ.get("REDIS_URL")
+    if not url:
+        raise ConfigError("this needs Redis: pass --redis-url or set REDIS_URL")
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+
+
+def _depths(client: redis.Redis, workers: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    broker = RedisBroker(client=client)  # type: ignore[no-untyped-call]
+    queues = sorted({queue for worker in workers for queue in worker["queues"]})
+    return queue_depths(broker, queues)
+
+
+def _workers(args: argparse.Namespace) -> int:
+    client = _redis(args)
+    workers = live_workers(client)
+    if not workers:
+        print("no live workers")
+    else:
+        print(
+            f"{'HOST':<20} {'PID':>7} {'THREADS':>7} {'IN FLIGHT':>9} {'PROCESSED':>9}"
+            f" {'FAILED':>6} {'RETRIED':>7}  QUEUES"
+        )
+        for w in workers:
+            print(
+                f"{w['host'][:20]:<20} {w['pid']:>7} {w['threads']:>7} {w['in_flight']:>9}"
+                f" {w['processed']:>9} {w['failed']:>6} {w['retried']:>7}  {','.join(w['queues'])}"
+            )
+    for queue, depth in _depths(client, workers).items():
+        ready, delayed, dead = depth["ready"], depth["delayed"], depth["dead"]
+        print(f"queue {queue}: {ready} ready, {delayed} delayed, {dead} dead")
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    checks: dict[str, str] = {}
+    workers: list[dict[str, Any]] = []
+    client = _redis(args)
+    try:
+        client.ping()
+        checks["redis"] = "ok"
+        workers = live_workers(client)
+        checks["workers"] = f"{len(workers)} live"
+        for queue, depth in _depths(client, workers).items():
+            checks[f"queue {queue}"] = ", ".join(f"{n} {kind}" for kind, n in depth.items())
+        for key in client.scan_iter(match="dramatiq_shared:breaker:*"):
+            name = _text(key).split(":", 2)[2]
+            if not name.endswith(":trial"):
+                state = client.hget(key, "state")
+                checks[f"breaker {name}"] = _text(state) if state else "closed"
+    except redis.RedisError as error:
+        checks["redis"] = f"down: {type(error).__name__}: {error}"
+    config = _database(args)
+    try:
+        database = init_database(config)
+        with database.connection_context():
+            database.execute_sql("SELECT 1")  # type: ignore[no-untyped-call]
+        checks["database"] = "ok"
+    except peewee.DatabaseError as error:
+        checks["database"] = f"down: {_first_line(error)}"
+    width = max(len(name) for name in checks)
+    for name, value in checks.items():
+        print(f"{name:<{width}}  {value}")
+    return 1 if any(value.startswith("down") for value in checks.values()) else 0
+
+
 def _relay(args: argparse.Namespace) -> int:
     return relay_main.run(args)
 
@@ -176,6 +243,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create every table and index that does not exist yet.",
     )
     init_db.set_defaults(run=_init_db)
+
+    workers = commands.add_parser(
+        "workers",
+        help="list live workers (from their heartbeats) and queue depths",
+        description="Workers whose heartbeat has not expired, and each of their queues'"
+        " ready, delayed and dead messages.",
+    )
+    workers.add_argument("--redis-url", metavar="URL", help="default REDIS_URL")
+    workers.set_defaults(run=_workers)
+
+    health = commands.add_parser(
+        "health",
+        parents=[database],
+        help="check Redis, the database, workers, queues and breakers; exit 1 when down",
+        description="Check what the workers depend on. Exit status 1 when Redis or the"
+        " database is down.",
+    )
+    health.add_argument("--redis-url", metavar="URL", help="default REDIS_URL")
+    health.set_defaults(run=_health)
 
     relay = commands.add_parser(
         "relay",
@@ -244,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except redis.RedisError as error:
         return _fail(f"Redis did not answer: {_first_line(error)}")
     return status
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _first_line(error: Any) -> str:

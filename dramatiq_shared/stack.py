@@ -9,7 +9,8 @@ order and ``after_*`` hooks in reverse), put where Dramatiq's ``Retries`` was:
    of the retry layer below to say COMPLETED, RETRYING or FAILED;
 3. :class:`Retry` — decides and re-enqueues; asks the breaker for its verdict;
 4. :class:`ErrorHandling` — binds the log context first, runs ``on_error`` hooks first
-   after a failure, and logs and dead-letters once the broker acks or nacks.
+   after a failure, and logs and dead-letters once the broker acks or nacks;
+5. :class:`Heartbeat` — with Redis: the worker process's status every few seconds.
 
 What it builds, when not given:
 
@@ -41,10 +42,11 @@ from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusCon
 from .db.models import create_tables, init_database
 from .db.status_history import StatusHistory
 from .errors import ConfigError
-from .middleware import CircuitBreaker, ErrorHandling, Retry, StatusBroadcast
+from .middleware import CircuitBreaker, ErrorHandling, Heartbeat, Retry, StatusBroadcast
 from .status.broadcaster import Broadcaster, set_broadcaster
 from .status.completion import CompletionTracker
 from .status.transport import MemoryTransport, RedisTransport
+from .workers import message_counts
 
 __all__ = ["Stack", "get_stack", "setup_broker"]
 
@@ -130,12 +132,14 @@ def setup_broker(
         default=retry_config.circuit_breaker,
     )
     retry_middleware = Retry(config=retry_config)
-    stack = (
+    stack: tuple[Middleware, ...] = (
         circuit_breaker,
         StatusBroadcast(broadcaster=broadcaster),
         retry_middleware,
         ErrorHandling(database=db),
     )
+    if client is not None:
+        stack += (Heartbeat(client),)
     _install(broker, stack)
     setattr(
         broker,
@@ -188,6 +192,7 @@ def _broker_from_env(redis_url: str | None) -> dramatiq.Broker:
 
 def _install(broker: dramatiq.Broker, stack: tuple[Middleware, ...]) -> None:
     """Put ``stack`` where Dramatiq's Retries was (or at the end), replacing it."""
+    message_counts(broker)  # first in the list, so it sees every message start
     position = next(
         (n for n, m in enumerate(broker.middleware) if isinstance(m, Retries)),
         len(broker.middleware),

@@ -22,7 +22,14 @@ from dramatiq.middleware import Middleware
 from ._checks import check_int
 from .errors import ConfigError
 
-__all__ = ["WorkerStatus", "close_workers", "create_worker", "get_worker_status"]
+__all__ = [
+    "MessageCounts",
+    "WorkerStatus",
+    "close_workers",
+    "create_worker",
+    "get_worker_status",
+    "message_counts",
+]
 
 _started: weakref.WeakKeyDictionary[dramatiq.Worker, datetime] = weakref.WeakKeyDictionary()
 
@@ -74,7 +81,8 @@ class MessageCounts(Middleware):
             self.in_flight -= 1
 
 
-def _counts(broker: dramatiq.Broker) -> MessageCounts:
+def message_counts(broker: dramatiq.Broker) -> MessageCounts:
+    """The broker's MessageCounts middleware, added first in its list when missing."""
     found = next((m for m in broker.middleware if isinstance(m, MessageCounts)), None)
     if found is None:
         found = MessageCounts()
@@ -113,7 +121,7 @@ def create_worker(
         raise ConfigError.invalid(
             "queues", missing, f"a declared queue ({', '.join(sorted(declared))})"
         )
-    _counts(broker)
+    message_counts(broker)
     worker = dramatiq.Worker(
         broker, queues=chosen, worker_threads=worker_threads, worker_timeout=worker_timeout
     )
@@ -136,7 +144,7 @@ def close_workers(workers: Iterable[dramatiq.Worker], *, timeout: int = 30_000) 
 
 def get_worker_status(worker: dramatiq.Worker) -> WorkerStatus:
     """What ``worker`` is doing, and what its broker processed in this process."""
-    counts = _counts(worker.broker)
+    counts = message_counts(worker.broker)
     threads = [t for t in worker.workers if t.is_alive()]
     consumed = worker.consumer_whitelist or worker.broker.get_declared_queues()
     return WorkerStatus(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .circuit_breaker import CircuitBreaker
 from .error_handling import ErrorHandling
+from .heartbeat import Heartbeat
 from .retry import Retry
 from .status import StatusBroadcast
 
-__all__ = ["CircuitBreaker", "ErrorHandling", "Retry", "StatusBroadcast"]
+__all__ = ["CircuitBreaker", "ErrorHandling", "Heartbeat", "Retry", "StatusBroadcast"]

@@ -132,15 +132,21 @@ class _Relay:
             await task
 
     async def going_away(self, app: web.Application) -> None:
-        for connection in list(self.hub.connections):
-            await connection.ws.close(code=WSCloseCode.GOING_AWAY, message=b"relay shutting down")
+        await asyncio.gather(
+            *(
+                connection.ws.close(code=WSCloseCode.GOING_AWAY, message=b"relay shutting down")
+                for connection in list(self.hub.connections)
+            ),
+            return_exceptions=True,
+        )
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         origin = request.headers.get("Origin")
         own = f"{request.scheme}://{request.host}"
         if origin is not None and origin != own and origin not in self.origins:
             raise web.HTTPForbidden(text=f"origin {origin} is not allowed")
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30)
+        # timeout: seconds a closing socket waits for the client's reply.
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30, timeout=2)
         await ws.prepare(request)
         connection = Connection(ws, self.hub, self.source, self.secret, self.max_queue)
         self.hub.connections.add(connection)

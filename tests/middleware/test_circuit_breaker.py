@@ -215,6 +215,7 @@ def test_an_outage_seen_by_4_worker_processes_opens_the_breaker_once(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its worker processes can be killed with it
     )
     try:
         # Let the work get going, then take the service down for 1.2 s: shorter than
@@ -228,7 +229,12 @@ def test_an_outage_seen_by_4_worker_processes_opens_the_breaker_once(
             time.sleep(0.05)
     finally:
         workers.send_signal(signal.SIGTERM)
-        _, stderr = workers.communicate(timeout=30)
+        try:
+            _, stderr = workers.communicate(timeout=30)
+        finally:
+            if workers.poll() is None:  # never leave its worker processes behind
+                os.killpg(workers.pid, signal.SIGKILL)
+                workers.wait()
 
     done = {int(item) for item in redis_client.smembers(DONE)}
     assert done == set(range(items)), stderr[-3000:]
