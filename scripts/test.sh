@@ -3,6 +3,7 @@
 #   - a virtualenv in .venv with dramatiq-shared and its test extra installed;
 #   - redis-server and PostgreSQL from Debian's packages when absent, started when
 #     they are not answering on 127.0.0.1;
+#   - RabbitMQ, started (installed if absent) when it is not answering on 127.0.0.1;
 #   - Chromium from Debian's packages, for the dashboard's browser test;
 #   - a PostgreSQL role the tests log in as (each test session creates and drops
 #     its own database).
@@ -54,6 +55,15 @@ fi
 SELECT 'CREATE ROLE dramatiq_shared LOGIN SUPERUSER PASSWORD ''dramatiq_shared'''
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dramatiq_shared')\gexec
 SQL
+
+# --- RabbitMQ, for the tests that show the suite on it ----------------------------
+RABBITMQ_PORT=5672
+if ! listening "$RABBITMQ_PORT"; then
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+  say "starting rabbitmq-server"
+  as_root rabbitmq-server -detached
+  for _ in $(seq 1 120); do listening "$RABBITMQ_PORT" && break; sleep 0.5; done
+fi
 
 # --- Chromium, for the dashboard's browser test (Playwright drives Debian's build) ---
 command -v chromium >/dev/null || apt_install chromium

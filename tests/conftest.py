@@ -41,6 +41,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 _SERVICE_FIXTURES = {
     "redis": {"redis_client", "redis_broker", "redis_worker", "private_redis"},
     "postgres": {"postgres_url", "_postgres_server"},
+    "rabbitmq": {"rabbitmq_broker"},
 }
 
 
@@ -61,7 +62,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     # Say outright which services the run exercised, so a green run that quietly
     # skipped Redis or PostgreSQL cannot pass for a full one.
     counts = []
-    for marker, name in (("redis", "Redis"), ("postgres", "PostgreSQL")):
+    for marker, name in (("redis", "Redis"), ("postgres", "PostgreSQL"), ("rabbitmq", "RabbitMQ")):
         ran = dict.fromkeys(("passed", "failed", "skipped"), 0)
         for outcome in ran:
             for report in terminalreporter.stats.get(outcome, []):
