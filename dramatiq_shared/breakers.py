@@ -57,6 +57,7 @@ from loguru import logger
 from ._breaker_local import LocalState, local_scripts
 from .config import CircuitBreakerConfig
 from .errors import CircuitOpenError, ConfigError, Defer, PermanentError
+from .metrics import BREAKER_REJECTED, BREAKER_STATE, BREAKER_TRANSITIONS, STATE_VALUES
 
 __all__ = ["BREAKER_STATES", "Breakers", "SharedCircuitBreaker", "Ticket", "Verdict"]
 
@@ -525,11 +526,14 @@ class _Transitions(pybreaker.CircuitBreakerListener):
     ) -> None:
         old = old_state.name if old_state else "?"
         self._count(cb.name or "", new_state.name)
+        BREAKER_TRANSITIONS.labels(cb.name or "", new_state.name).inc()
+        BREAKER_STATE.labels(cb.name or "").set(STATE_VALUES[new_state.name])
         log = logger.warning if new_state.name == pybreaker.STATE_OPEN else logger.info
         log("Circuit breaker {} moved from {} to {}", cb.name, old, new_state.name)
 
     def rejected(self, cb: pybreaker.CircuitBreaker) -> None:
         self._count(cb.name or "", "rejected")
+        BREAKER_REJECTED.labels(cb.name or "").inc()
         logger.debug("Circuit breaker {} refused a call", cb.name)
 
 

@@ -12,18 +12,21 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import peewee
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from prometheus_client import start_http_server
 
 from . import __version__
 from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
 from .db.dead_letters import DeadLetterRecord, DeadLetterStore
 from .db.models import MODELS, create_tables, init_database
 from .errors import ConfigError, DramatiqSharedError
+from .metrics import registry as metrics_registry
 from .middleware.heartbeat import live_workers, queue_depths
 from .relay import __main__ as relay_main
 from .status.auth import sign
@@ -178,6 +181,15 @@ def _health(args: argparse.Namespace) -> int:
     return 1 if any(value.startswith("down") for value in checks.values()) else 0
 
 
+def _metrics(args: argparse.Namespace) -> int:
+    start_http_server(args.port, addr=args.host, registry=metrics_registry())
+    shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    source = f"the worker processes' folder {shared}" if shared else "this process only"
+    print(f"metrics of {source} at http://{args.host}:{args.port}/metrics", flush=True)
+    while True:
+        time.sleep(3600)
+
+
 def _relay(args: argparse.Namespace) -> int:
     return relay_main.run(args)
 
@@ -262,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--redis-url", metavar="URL", help="default REDIS_URL")
     health.set_defaults(run=_health)
+
+    exporter = commands.add_parser(
+        "metrics",
+        help="serve the worker processes' Prometheus metrics (PROMETHEUS_MULTIPROC_DIR)",
+        description="Serve the metrics the worker processes write to PROMETHEUS_MULTIPROC_DIR,"
+        " as Dramatiq's own Prometheus exporter does.",
+    )
+    exporter.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    exporter.add_argument("--port", type=int, default=9191, help="port to listen on (9191)")
+    exporter.set_defaults(run=_metrics)
 
     relay = commands.add_parser(
         "relay",

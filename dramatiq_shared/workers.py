@@ -21,6 +21,7 @@ from dramatiq.middleware import Middleware
 
 from ._checks import check_int
 from .errors import ConfigError
+from .metrics import IN_FLIGHT
 
 __all__ = [
     "MessageCounts",
@@ -58,6 +59,7 @@ class MessageCounts(Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         with self._lock:
             self.in_flight += 1
+        IN_FLIGHT.inc()
 
     def after_process_message(
         self,
@@ -67,6 +69,7 @@ class MessageCounts(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
+        IN_FLIGHT.dec()
         with self._lock:
             self.in_flight -= 1
             self.processed += 1
@@ -77,6 +80,7 @@ class MessageCounts(Middleware):
                     self.retried += 1
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        IN_FLIGHT.dec()
         with self._lock:
             self.in_flight -= 1
 

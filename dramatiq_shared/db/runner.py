@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ import psycopg2
 from loguru import logger
 
 from ..config import DatabaseConfig
+from ..metrics import DB_SECONDS
 from .models import database_config, database_proxy, init_database
 
 __all__ = ["OperationRunner", "RunsOperations", "integrity_violation", "is_transient"]
@@ -108,6 +110,13 @@ class OperationRunner:
           Exception: What the last attempt raised, when it was not transient, the
             retries ran out, or the caller's own transaction was open.
         """
+        # Named after the public method that ran it: DeadLetterStore.record, say.
+        caller = sys._getframe(1).f_code
+        name = getattr(caller, "co_qualname", caller.co_name)  # co_qualname: Python 3.11+
+        with DB_SECONDS.labels(name).time():
+            return self._run(operation)
+
+    def _run(self, operation: Callable[[], _T]) -> _T:
         retries = 0
         while True:
             try:

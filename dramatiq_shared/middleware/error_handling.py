@@ -35,6 +35,7 @@ from ..config import DatabaseConfig
 from ..db.dead_letters import DeadLetterStore
 from ..errors import ConfigError
 from ..logging import message_context
+from ..metrics import ERRORS
 from .messages import qualified_name, record_failure
 from .retry import Retry
 
@@ -164,6 +165,7 @@ class ErrorHandling(Middleware):
             record.info("Action {}: {}", action, decision.get("reason", ""))
         else:
             record.error("Action execution failed")
+            ERRORS.labels(message.actor_name, fields["error_type"]).inc()
         if message.failed and self.dead_letters is not None:
             _bury(self.dead_letters, message, fields, decision.get("reason") or "failed")
 

@@ -56,6 +56,7 @@ from .._checks import check_int
 from ..breakers import Verdict
 from ..config import MAX_DELAY, RetryConfig
 from ..errors import CircuitOpenError, ConfigError, Defer
+from ..metrics import RETRY_DECISIONS
 from .circuit_breaker import CircuitBreaker
 from .messages import qualified_name, record_failure, requeue
 
@@ -329,6 +330,7 @@ class Retry(Middleware):
     def _count(self, action: str, actor: str, error_type: str) -> None:
         with self._lock:
             self._counts[(action, actor, error_type)] += 1
+        RETRY_DECISIONS.labels(actor, error_type, action).inc()
 
     def counts(self) -> dict[tuple[str, str, str], int]:
         """Decisions taken in this process, by (action, actor name, error type)."""

@@ -148,7 +148,7 @@ class StatusBroadcast(Middleware):
                 )
             )
         except Exception as error:
-            self.broadcaster.counts["failed"] += 1
+            self.broadcaster._count("failed")
             logger.opt(exception=error).error(
                 "Could not publish {} for message {}: {}", status.value, message.message_id, error
             )

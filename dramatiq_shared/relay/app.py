@@ -10,6 +10,7 @@ Routes:
                                     ``Authorization: Bearer`` or ``?token=``
 ``GET /imports``                    the recent imports and their progress (admin token)
 ``GET /health``                     Redis, database and breaker states; 503 when down
+``GET /metrics``                    Prometheus metrics (see :mod:`dramatiq_shared.metrics`)
 ==================================  ================================================
 """
 
@@ -28,6 +29,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from .._checks import check_int
 from ..errors import AuthError, ConfigError
+from ..metrics import render
 from ..status.auth import ADMIN, verify
 from .connections import Connection, Hub
 from .sources import EventSource
@@ -100,6 +102,7 @@ def create_app(
     app.router.add_get("/imports", relay.imports)
     app.router.add_get("/imports/{import_id}/events", relay.events)
     app.router.add_get("/health", relay.health)
+    app.router.add_get("/metrics", relay.metrics)
     return app
 
 
@@ -191,6 +194,10 @@ class _Relay:
         checks["status"] = "down" if down else "ok"
         checks["clients"] = len(self.hub.connections)
         return web.json_response(checks, status=503 if down else 200)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body, content_type = render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def dashboard(self, request: web.Request) -> web.Response:
         page = resources.files("dramatiq_shared.relay").joinpath("static/dashboard.html")

@@ -33,6 +33,7 @@ from loguru import logger
 from ..config import StatusConfig
 from ..db.status_history import StatusHistory
 from ..errors import ConfigError
+from ..metrics import BROADCASTS
 from .events import StatusEvent
 from .transport import Transport
 
@@ -181,7 +182,7 @@ class Broadcaster:
                 self._last_sent[event.key] = now
             else:
                 if event.key in waiting:
-                    self.counts["coalesced"] += 1
+                    self._count("coalesced")
                 waiting[event.key] = event
                 waiting.move_to_end(event.key)
         for import_id, waiting in list(self._waiting.items()):
@@ -207,13 +208,17 @@ class Broadcaster:
         timestamp = int(time.time() * 1000)
         ids = self._retrying("send", lambda: self.transport.append(events, timestamp))
         if ids is None:
-            self.counts["failed"] += len(events)
+            self._count("failed", len(events))
             return
-        self.counts["sent"] += len(events)
+        self._count("sent", len(events))
         if self.history is not None:
             self._to_persist.extend((i, timestamp, e) for i, e in zip(ids, events, strict=True))
             if self._persist_due is None:
                 self._persist_due = time.monotonic() + self.config.broadcast_interval / 1000
+
+    def _count(self, outcome: str, number: int = 1) -> None:
+        self.counts[outcome] += number
+        BROADCASTS.labels(outcome).inc(number)
 
     def _persist(self) -> None:
         records, self._to_persist, self._persist_due = self._to_persist, [], None
