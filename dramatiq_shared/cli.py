@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import peewee
 import redis
@@ -181,6 +181,37 @@ def _health(args: argparse.Namespace) -> int:
     return 1 if any(value.startswith("down") for value in checks.values()) else 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    client = _redis(args)
+    key = f"dramatiq_shared:status:{args.import_id}"
+    after = args.after
+    while True:
+        replies = cast(
+            "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]",
+            client.xread({key: f"{after}-0"}, count=500, block=1_000 if args.follow else None),
+        )
+        entries = replies[0][1] if replies else []
+        for entry_id, fields in entries:
+            after = int(_text(entry_id).split("-")[0])
+            event = json.loads(fields[b"event"])
+            print(_describe(after, event), flush=True)
+            if event.get("context") == "import" and event["status"] in ("COMPLETED", "FAILED"):
+                return 0 if event["status"] == "COMPLETED" else 1
+        if not entries and not args.follow:
+            return 0
+
+
+def _describe(event_id: int, event: dict[str, Any]) -> str:
+    """One line per event; import-level progress as a bar."""
+    current, total = event.get("currentCount"), event.get("totalCount")
+    where = " ".join(str(x) for x in (event.get("context"), event.get("noteId")) if x)
+    line = f"{event_id:>6} {event['status']:<10} {where}: {event.get('message') or ''}"
+    if total:
+        done = round(30 * (current or 0) / total)
+        line += f"  [{'#' * done}{'.' * (30 - done)}] {current}/{total}"
+    return line
+
+
 def _metrics(args: argparse.Namespace) -> int:
     start_http_server(args.port, addr=args.host, registry=metrics_registry())
     shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -221,6 +252,39 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
+
+
+def _add_dead_letters(commands: Any, database: argparse.ArgumentParser) -> None:
+    dead = commands.add_parser(
+        "dead-letters",
+        help="list, show, retry and purge messages that failed for good",
+        description="Messages that failed for good, as the ErrorHandling middleware recorded them.",
+    )
+    dead_commands = dead.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    listing = dead_commands.add_parser(
+        "list", parents=[database], help="the newest dead letters first"
+    )
+    listing.add_argument("--limit", type=_positive, default=50, help="at most this many (50)")
+    listing.add_argument("--all", action="store_true", help="include those already retried")
+    listing.set_defaults(run=_dead_letters_list)
+    show = dead_commands.add_parser(
+        "show", parents=[database], help="one dead letter as JSON, error history included"
+    )
+    show.add_argument("id", type=_positive)
+    show.set_defaults(run=_dead_letters_show)
+    retry = dead_commands.add_parser(
+        "retry",
+        parents=[database],
+        help="enqueue dead letters again with a fresh attempt count (once each)",
+    )
+    retry.add_argument("ids", type=_positive, nargs="+", metavar="ID")
+    retry.add_argument("--redis-url", metavar="URL", help="the broker; default REDIS_URL")
+    retry.set_defaults(run=_dead_letters_retry)
+    purge = dead_commands.add_parser("purge", parents=[database], help="delete dead letters")
+    purge.add_argument("ids", type=_positive, nargs="*", metavar="ID")
+    purge.add_argument("--retried", action="store_true", help="those already retried")
+    purge.add_argument("--all", action="store_true", help="every dead letter")
+    purge.set_defaults(run=_dead_letters_purge)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,6 +339,20 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--redis-url", metavar="URL", help="default REDIS_URL")
     health.set_defaults(run=_health)
 
+    status = commands.add_parser(
+        "status",
+        help="follow an import's status events, with a progress bar",
+        description="Print an import's events from its Redis stream as they come, until"
+        " the import completes (exit 0) or fails (exit 1).",
+    )
+    status.add_argument("import_id", metavar="IMPORT_ID")
+    status.add_argument("--redis-url", metavar="URL", help="default REDIS_URL")
+    status.add_argument("--after", type=int, default=0, help="start after this event id (0)")
+    status.add_argument(
+        "--no-follow", dest="follow", action="store_false", help="print what is there and exit"
+    )
+    status.set_defaults(run=_status)
+
     exporter = commands.add_parser(
         "metrics",
         help="serve the worker processes' Prometheus metrics (PROMETHEUS_MULTIPROC_DIR)",
@@ -303,36 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=_positive, default=3600, help="seconds it is valid (3600)")
     token.set_defaults(run=_token)
 
-    dead = commands.add_parser(
-        "dead-letters",
-        help="list, show, retry and purge messages that failed for good",
-        description="Messages that failed for good, as the ErrorHandling middleware recorded them.",
-    )
-    dead_commands = dead.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    listing = dead_commands.add_parser(
-        "list", parents=[database], help="the newest dead letters first"
-    )
-    listing.add_argument("--limit", type=_positive, default=50, help="at most this many (50)")
-    listing.add_argument("--all", action="store_true", help="include those already retried")
-    listing.set_defaults(run=_dead_letters_list)
-    show = dead_commands.add_parser(
-        "show", parents=[database], help="one dead letter as JSON, error history included"
-    )
-    show.add_argument("id", type=_positive)
-    show.set_defaults(run=_dead_letters_show)
-    retry = dead_commands.add_parser(
-        "retry",
-        parents=[database],
-        help="enqueue dead letters again with a fresh attempt count (once each)",
-    )
-    retry.add_argument("ids", type=_positive, nargs="+", metavar="ID")
-    retry.add_argument("--redis-url", metavar="URL", help="the broker; default REDIS_URL")
-    retry.set_defaults(run=_dead_letters_retry)
-    purge = dead_commands.add_parser("purge", parents=[database], help="delete dead letters")
-    purge.add_argument("ids", type=_positive, nargs="*", metavar="ID")
-    purge.add_argument("--retried", action="store_true", help="those already retried")
-    purge.add_argument("--all", action="store_true", help="every dead letter")
-    purge.set_defaults(run=_dead_letters_purge)
+    _add_dead_letters(commands, database)
     return parser
 
 

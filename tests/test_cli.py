@@ -3,10 +3,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
+from typing import Any
 
 import pytest
 
-from dramatiq_shared import __version__
+from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent, __version__
 from dramatiq_shared.cli import main
 from dramatiq_shared.db import MODELS, init_database
 from dramatiq_shared.status.auth import verify
@@ -101,3 +104,61 @@ def test_the_relay_refuses_to_start_without_a_secret(
     monkeypatch.delenv("DRAMATIQ_SHARED_SECRET", raising=False)
     assert main(["relay", "--redis-url", "redis://127.0.0.1:1/0"]) == 2
     assert "the relay needs a secret" in capsys.readouterr().err
+
+
+def test_status_follows_an_import_to_its_end(
+    redis_client: Any, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    transport = RedisTransport(redis_client)
+
+    def publish() -> None:
+        for n in range(1, 4):
+            time.sleep(0.1)
+            transport.append(
+                [
+                    StatusEvent(
+                        "imp-s",
+                        NoteStatus.PROCESSING,
+                        context="import",
+                        current_count=n,
+                        total_count=4,
+                        message=f"{n} of 4 done",
+                    )
+                ],
+                0,
+            )
+        transport.append(
+            [
+                StatusEvent(
+                    "imp-s",
+                    NoteStatus.FAILED,
+                    context="import",
+                    current_count=4,
+                    total_count=4,
+                    message="1 of 4 failed",
+                )
+            ],
+            0,
+        )
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    assert main(["status", "imp-s", "--redis-url", redis_url]) == 1  # it ended FAILED
+    publisher.join()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    assert lines[1].endswith("[" + "#" * 15 + "." * 15 + "] 2/4")
+    assert "FAILED" in lines[-1]
+    assert "1 of 4 failed" in lines[-1]
+    assert main(["status", "imp-s", "--redis-url", redis_url, "--after", "3", "--no-follow"]) == 1
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_workers_and_health_without_redis_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert main(["workers"]) == 2
+    assert capsys.readouterr().err == (
+        "dramatiq-shared: error: this needs Redis: pass --redis-url or set REDIS_URL\n"
+    )
