@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +16,8 @@ from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent, __version__
 from dramatiq_shared.cli import main
 from dramatiq_shared.db import MODELS, init_database
 from dramatiq_shared.status.auth import verify
+
+from .conftest import free_port
 
 
 def test_config_prints_the_effective_configuration(
@@ -162,3 +167,37 @@ def test_workers_and_health_without_redis_are_one_line(
     assert capsys.readouterr().err == (
         "dramatiq-shared: error: this needs Redis: pass --redis-url or set REDIS_URL\n"
     )
+
+
+def test_health_exits_1_when_the_database_is_down(
+    redis_client: Any, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["health", "--redis-url", redis_url, "--database", "postgresql://u@127.0.0.1:1/x"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "redis     ok" in out
+    assert "database  down: OperationalError" in out
+    assert "workers   0 live" in out
+
+
+def test_the_metrics_exporter_serves_the_worker_processes_folder(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    writer = (
+        "from dramatiq_shared.metrics import ERRORS; ERRORS.labels('an_actor', 'KeyError').inc(3)"
+    )
+    subprocess.run([sys.executable, "-c", writer], env=env, check=True)
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "dramatiq_shared.cli", "metrics", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert exporter.stdout is not None
+        assert "metrics of the worker processes' folder" in exporter.stdout.readline()
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        exporter.terminate()
+        exporter.wait(10)
+    assert 'dramatiq_shared_errors_total{actor="an_actor",error_type="KeyError"} 3.0' in body

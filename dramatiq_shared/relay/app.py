@@ -9,7 +9,8 @@ Routes:
                                     ``?limit=``, 1000), with a token for it as
                                     ``Authorization: Bearer`` or ``?token=``
 ``GET /imports``                    the recent imports and their progress (admin token)
-``GET /health``                     Redis, database and breaker states; 503 when down
+``GET /health``                     Redis, database, breaker states and live workers;
+                                    503 when Redis or the database is down
 ``GET /metrics``                    Prometheus metrics (see :mod:`dramatiq_shared.metrics`)
 ==================================  ================================================
 """
@@ -190,6 +191,7 @@ class _Relay:
         checks: dict[str, Any] = await self.source.check()
         if self.breaker_client is not None:
             checks["breakers"] = await _breaker_states(self.breaker_client, self.namespace)
+            checks["workers"] = await _live_workers(self.breaker_client, self.namespace)
         down = any(isinstance(v, str) and v.startswith("down") for v in checks.values())
         checks["status"] = "down" if down else "ok"
         checks["clients"] = len(self.hub.connections)
@@ -226,6 +228,16 @@ async def _breaker_states(client: aioredis.Redis, namespace: str) -> dict[str, s
             state = await client.hget(key, "state")
             states[name] = _text(state) if state else "closed"
     return states
+
+
+async def _live_workers(client: aioredis.Redis, namespace: str) -> list[dict[str, Any]]:
+    """The workers whose heartbeat has not expired (see :mod:`..middleware.heartbeat`)."""
+    workers = []
+    async for key in client.scan_iter(match=f"{namespace}:worker:*", count=100):
+        raw = await client.get(key)
+        if raw:
+            workers.append(json.loads(raw))
+    return sorted(workers, key=lambda w: (w["host"], w["pid"]))
 
 
 def _text(value: bytes | str) -> str:

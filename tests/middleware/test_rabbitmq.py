@@ -15,6 +15,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from dramatiq_shared import Broadcaster, MemoryTransport, RetryConfig, StatusConfig
 from dramatiq_shared.middleware import CircuitBreaker, StatusBroadcast
+from dramatiq_shared.middleware.heartbeat import queue_depths
 
 from ..conftest import service_missing
 from .conftest import Calls, install
@@ -62,8 +63,7 @@ def test_retries_then_the_dead_letter_queue(rabbitmq_broker: Any, queue: str) ->
     always_fails.send()
     run(rabbitmq_broker, queue)
     assert len(calls) == 3
-    _, _, dead = rabbitmq_broker.get_queue_message_counts(queue)
-    assert dead == 1
+    assert queue_depths(rabbitmq_broker, [queue]) == {queue: {"ready": 0, "delayed": 0, "dead": 1}}
 
 
 def test_an_open_breaker_defers_without_using_attempts(rabbitmq_broker: Any, queue: str) -> None:

@@ -230,6 +230,7 @@ def test_health_reports_redis_and_breaker_states(
     redis_relay: RunningRelay, redis_client: redis.Redis
 ) -> None:
     redis_client.hset("dramatiq_shared:breaker:usda-api", mapping={"state": "open"})
+    redis_client.set("dramatiq_shared:worker:host:42", '{"host": "host", "pid": 42}', px=5_000)
 
     async def scenario() -> tuple[int, dict[str, Any]]:
         async with (
@@ -243,3 +244,4 @@ def test_health_reports_redis_and_breaker_states(
     assert body["redis"] == "ok"
     assert body["status"] == "ok"
     assert body["breakers"] == {"usda-api": "open"}
+    assert body["workers"] == [{"host": "host", "pid": 42}]
