@@ -120,6 +120,8 @@ async def websocket_client(
         await ws.send_json(
             {"type": "subscribe", "import_id": import_id, "token": sign(import_id, SECRET)}
         )
+        while '"subscribed"' not in (await ws.receive()).data:
+            pass  # ready once the relay has registered the subscription
         ready.set()
         while not stop.is_set():
             try:

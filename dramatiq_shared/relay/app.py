@@ -129,7 +129,10 @@ class _Relay:
         self.hub = Hub()
 
     async def feed(self, app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.get_running_loop().create_task(self.source.run(self.hub.dispatch))
+        # The position is taken before the relay answers, so a client that connects
+        # once it does misses no live event.
+        position = await self.source.position()
+        task = asyncio.get_running_loop().create_task(self.source.run(self.hub.dispatch, position))
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -63,8 +63,11 @@ class EventSource(Protocol):
     async def history(self, import_id: str, after: int, limit: int = PAGE) -> list[Event]:
         """Events of ``import_id`` with ids above ``after``, in order, without gaps."""
 
-    async def run(self, dispatch: Dispatch) -> None:
-        """Pass every new event to ``dispatch`` until cancelled."""
+    async def position(self) -> Any:
+        """Where the live feed starts: taken at startup, so no later event is missed."""
+
+    async def run(self, dispatch: Dispatch, position: Any) -> None:
+        """Pass every event after ``position`` to ``dispatch`` until cancelled."""
 
     async def imports(self, limit: int = 100) -> list[dict[str, Any]]:
         """The most recent imports, each with its last event."""
@@ -122,8 +125,15 @@ class RedisSource:
             for row in rows
         ]
 
-    async def run(self, dispatch: Dispatch) -> None:
-        last = "$"
+    async def position(self) -> str:
+        newest = cast(
+            "list[tuple[bytes, dict[bytes, bytes]]]",
+            await self.client.xrevrange(f"{self.namespace}:status:all", count=1),
+        )
+        return newest[0][0].decode() if newest else "0-0"
+
+    async def run(self, dispatch: Dispatch, position: Any) -> None:
+        last = position
         key = f"{self.namespace}:status:all"
         while True:
             try:
@@ -187,7 +197,10 @@ class MemorySource:
     async def history(self, import_id: str, after: int, limit: int = PAGE) -> list[Event]:
         return [_render(import_id, w) for w in self.transport.read(import_id, after, limit)]
 
-    async def run(self, dispatch: Dispatch) -> None:
+    async def position(self) -> None:
+        return None  # the subscription starts with the feed
+
+    async def run(self, dispatch: Dispatch, position: Any) -> None:
         queue, unsubscribe = self.transport.queue(asyncio.get_running_loop())
         try:
             while True:
