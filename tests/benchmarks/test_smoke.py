@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import runpy
 import sys
 from pathlib import Path
 
 import pytest
 import redis
+from loguru import logger
 
 from tests.conftest import POSTGRES_URL, shared_data
 
@@ -16,8 +18,16 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 def run_benchmark(name: str, *args: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", [name, *args])
-    with pytest.raises(SystemExit) as done:
-        runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
+    finally:  # a benchmark may configure logging for its run
+        logger.remove()
+        logger.add(sys.stderr)
+        root.handlers[:] = handlers
+        root.setLevel(level)
     assert done.value.code == 0
 
 
@@ -62,3 +72,18 @@ def test_relay_fanout(
     out = capsys.readouterr().out
     assert "bare Redis subscriber:" in out
     assert "(all)" in out
+
+
+@pytest.mark.usefixtures("_postgres_server")
+def test_overhead(
+    redis_client: redis.Redis,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("BENCH_REDIS_URL", redis_url)
+    monkeypatch.setenv("TEST_POSTGRES_URL", POSTGRES_URL)
+    run_benchmark("overhead.py", "--messages", "60", "--rounds", "1", monkeypatch=monkeypatch)
+    out = capsys.readouterr().out
+    for variant in ("plain", "retry", "import"):
+        assert f"{variant:<7} median A" in out
