@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg2
+from scratch import scratch_postgres
 
 from dramatiq_shared import DatabaseConfig
 from dramatiq_shared.db import (
@@ -47,9 +44,6 @@ from dramatiq_shared.db import (
 from dramatiq_shared.db.models import MODELS, IngredientLine, Segment
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "labelled_lines.jsonl"
-POSTGRES_URL = os.environ.get(
-    "TEST_POSTGRES_URL", "postgresql://dramatiq_shared:dramatiq_shared@127.0.0.1:5432/postgres"
-)
 NOTE = "bench-note"
 
 Line = tuple[str, ParsedIngredientLineData, list[ParsedSegment]]
@@ -96,21 +90,6 @@ def per_row(lines: list[Line]) -> None:
 def batch(ops: DatabaseOperations, lines: list[Line]) -> None:
     ops.create_or_update_parsed_ingredient_lines((line_id, data) for line_id, data, _ in lines)
     ops.replace_parsed_segments_many({line_id: segments for line_id, _, segments in lines})
-
-
-@contextmanager
-def scratch_postgres() -> Iterator[str]:
-    name = f"dramatiq_shared_bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(POSTGRES_URL)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}"))
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @contextmanager

@@ -27,40 +27,18 @@ import statistics
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
-import psycopg2
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from scratch import scratch_postgres
 
 from dramatiq_shared import configure_logging, get_stack, setup_broker
 from dramatiq_shared.db import create_tables, init_database
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-POSTGRES_URL = os.environ.get(
-    "TEST_POSTGRES_URL", "postgresql://dramatiq_shared:dramatiq_shared@127.0.0.1:5432/postgres"
-)
 VARIANTS = ("plain", "retry", "import")
-
-
-@contextmanager
-def scratch_postgres() -> Iterator[str]:
-    name = f"dramatiq_shared_bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(POSTGRES_URL)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}"))
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def run_round(full: bool, variant: str, messages: int, threads: int, database: str) -> float:

@@ -18,6 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 def run_benchmark(name: str, *args: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", [name, *args])
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: its siblings import
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
