@@ -12,6 +12,18 @@ from importlib.metadata import PackageNotFoundError, version
 from .actions import ActionRegistration, create_action_registration, register_actions
 from .breakers import SharedCircuitBreaker
 from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
+from .db import (
+    DatabaseOperations,
+    IngredientRef,
+    NoteData,
+    ParsedIngredientLineData,
+    ParsedSegment,
+    ParseStatus,
+    PatternRef,
+    PatternTracker,
+    create_tables,
+    init_database,
+)
 from .errors import (
     AuthError,
     CircuitOpenError,
@@ -23,7 +35,7 @@ from .errors import (
     ValidationError,
 )
 from .logging import configure_logging, message_context
-from .middleware import CircuitBreaker, ErrorHandling, Retry, StatusBroadcast
+from .middleware import CircuitBreaker, ErrorHandling, Heartbeat, Retry, StatusBroadcast
 from .stack import Stack, get_stack, setup_broker
 from .status.broadcaster import Broadcaster, add_status_event_and_broadcast, set_broadcaster
 from .status.completion import CompletionTracker
@@ -67,8 +79,20 @@ __all__ = [
     # Middleware, each usable alone with broker.add_middleware().
     "CircuitBreaker",
     "ErrorHandling",
+    "Heartbeat",
     "Retry",
     "StatusBroadcast",
+    # The pipeline's database: idempotent, race-safe operations.
+    "DatabaseOperations",
+    "IngredientRef",
+    "NoteData",
+    "ParseStatus",
+    "ParsedIngredientLineData",
+    "ParsedSegment",
+    "PatternRef",
+    "PatternTracker",
+    "create_tables",
+    "init_database",
     # Status events: validated, coalesced, streamed live and kept in the database.
     "Broadcaster",
     "CompletionTracker",
