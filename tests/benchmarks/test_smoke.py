@@ -88,3 +88,15 @@ def test_overhead(
     out = capsys.readouterr().out
     for variant in ("plain", "retry", "import"):
         assert f"{variant:<7} median A" in out
+
+
+def test_parser_accuracy(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = shared_data("labelled_lines.jsonl")
+    run_benchmark(
+        "parser_accuracy.py", "--limit", "300", "--data", str(data), monkeypatch=monkeypatch
+    )
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["dataset", "quantity", "unit", "name", "all", "three"]
+    assert "lines/s" in out
