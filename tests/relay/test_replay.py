@@ -153,7 +153,7 @@ def relay_process(redis_client: redis.Redis, redis_url: str) -> Iterator[Any]:
 
     def stop() -> None:
         running[-1].send_signal(signal.SIGTERM)
-        running[-1].wait(10)
+        running[-1].wait(30)  # graceful: sockets closed with 1001 first
 
     yield start, stop
     for process in running:
