@@ -37,6 +37,17 @@ def install(
     return retry
 
 
+def drain(broker: StubBroker) -> None:
+    """Run a worker on the StubBroker until its default queue is empty, then stop it."""
+    worker = dramatiq.Worker(broker, worker_timeout=20)
+    worker.start()
+    try:
+        broker.join("default", fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()
+
+
 @pytest.fixture(params=["stub_broker", "redis_broker"], ids=["stub", "redis"])
 def broker(request: pytest.FixtureRequest) -> dramatiq.Broker:
     """Each test runs on the StubBroker and on a real RedisBroker."""

@@ -20,7 +20,7 @@ from dramatiq_shared import Defer, RetryConfig, configure_logging
 from dramatiq_shared.db.dead_letters import DeadLetterStore
 from dramatiq_shared.middleware import ErrorHandling
 
-from .conftest import install
+from .conftest import drain, install
 
 
 @pytest.fixture
@@ -93,11 +93,7 @@ def test_a_deferral_is_not_logged_as_a_failure(
         raise Defer(1, reason="busy")
 
     waits.send()
-    worker = dramatiq.Worker(stub_broker, worker_timeout=20)
-    worker.start()
-    stub_broker.join("default", fail_fast=False)
-    worker.join()
-    worker.stop()
+    drain(stub_broker)
     records = [json.loads(line)["record"] for line in json_lines.getvalue().splitlines()]
     infos = [r for r in records if r["message"].startswith("Action deferred")]
     assert [(r["level"]["name"], r["extra"]["will_retry"]) for r in infos] == [("INFO", True)]
@@ -161,11 +157,7 @@ def test_alone_it_keeps_the_history_and_judges_by_the_broker(
         raise ValueError("no retries here")
 
     fails.send()
-    worker = dramatiq.Worker(stub_broker, worker_timeout=20)
-    worker.start()
-    stub_broker.join("default", fail_fast=False)
-    worker.join()
-    worker.stop()
+    drain(stub_broker)
     (failure,) = failures(json_lines)
     assert (failure["extra"]["will_retry"], failure["extra"]["max_attempts"]) == (False, 1)
     (row,) = DeadLetterStore(database).list()
@@ -183,11 +175,7 @@ def test_a_dead_letter_that_cannot_be_written_is_logged_and_the_broker_keeps_it(
         raise RuntimeError("x")
 
     fails.send()
-    worker = dramatiq.Worker(stub_broker, worker_timeout=20)
-    worker.start()
-    stub_broker.join("default", fail_fast=False)
-    worker.join()
-    worker.stop()
+    drain(stub_broker)
     records = [json.loads(line)["record"] for line in json_lines.getvalue().splitlines()]
     assert any(r["message"].startswith("Could not record dead letter") for r in records)
     assert len(stub_broker.dead_letters) == 1

@@ -24,7 +24,7 @@ from dramatiq_shared.db.dead_letters import DeadLetterStore
 from dramatiq_shared.middleware import Retry
 from dramatiq_shared.middleware.retry import backoff_delay
 
-from .conftest import Calls, EnqueueFailsBroker, dead_lettered, decisions, install
+from .conftest import Calls, EnqueueFailsBroker, dead_lettered, decisions, drain, install
 
 
 def test_max_attempts_3_means_3_executions_a_dead_letter_row_and_the_dead_letter_queue(
@@ -416,11 +416,7 @@ def test_the_error_history_keeps_the_last_10_attempts_and_the_total(
         raise RuntimeError("x" * 2_000)
 
     fails.send()
-    worker = dramatiq.Worker(stub_broker, worker_timeout=20)
-    worker.start()
-    stub_broker.join("default", fail_fast=False)
-    worker.join()
-    worker.stop()
+    drain(stub_broker)
     (row,) = DeadLetterStore(database).list()
     assert [h["attempt"] for h in row.error_history] == list(range(3, 13))
     assert row.message["options"]["error_count"] == 12
