@@ -55,6 +55,7 @@ from dramatiq.middleware.shutdown import Shutdown
 from loguru import logger
 
 from ._breaker_local import LocalState, local_scripts
+from ._redis import text
 from .config import CircuitBreakerConfig
 from .errors import CircuitOpenError, ConfigError, Defer, PermanentError
 from .metrics import BREAKER_REJECTED, BREAKER_STATE, BREAKER_TRANSITIONS, STATE_VALUES
@@ -440,7 +441,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
 
 
 def _decode(reply: Sequence[Any]) -> tuple[str, int]:
-    state = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+    state = text(reply[0])
     return state, int(reply[1])
 
 
@@ -460,7 +461,7 @@ class _RedisState(pybreaker.CircuitBreakerStorage):
 
     def _get(self, field: str, default: str) -> str:
         value = self._client.hget(self._key, field)
-        return value.decode() if isinstance(value, bytes) else default
+        return text(value) if value is not None else default
 
     @property
     def state(self) -> str:

@@ -22,6 +22,7 @@ from dramatiq.brokers.redis import RedisBroker
 from prometheus_client import start_http_server
 
 from . import __version__
+from ._redis import text
 from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
 from .db.dead_letters import DeadLetterRecord, DeadLetterStore
 from .db.models import MODELS, create_tables, init_database
@@ -161,10 +162,10 @@ def _health(args: argparse.Namespace) -> int:
         for queue, depth in _depths(client, workers).items():
             checks[f"queue {queue}"] = ", ".join(f"{n} {kind}" for kind, n in depth.items())
         for key in client.scan_iter(match="dramatiq_shared:breaker:*"):
-            name = _text(key).split(":", 2)[2]
+            name = text(key).split(":", 2)[2]
             if not name.endswith(":trial"):
                 state = client.hget(key, "state")
-                checks[f"breaker {name}"] = _text(state) if state else "closed"
+                checks[f"breaker {name}"] = text(state) if state else "closed"
     except redis.RedisError as error:
         checks["redis"] = f"down: {type(error).__name__}: {error}"
     config = _database(args)
@@ -192,7 +193,7 @@ def _status(args: argparse.Namespace) -> int:
         )
         entries = replies[0][1] if replies else []
         for entry_id, fields in entries:
-            after = int(_text(entry_id).split("-")[0])
+            after = int(text(entry_id).split("-")[0])
             event = json.loads(fields[b"event"])
             print(_describe(after, event), flush=True)
             if event.get("context") == "import" and event["status"] in ("COMPLETED", "FAILED"):
@@ -401,10 +402,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except redis.RedisError as error:
         return _fail(f"Redis did not answer: {_first_line(error)}")
     return status
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _first_line(error: Any) -> str:

@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .._checks import check_int
+from .._redis import text
 from ..errors import AuthError, ConfigError
 from ..metrics import render
 from ..status.auth import ADMIN, verify
@@ -226,10 +227,10 @@ async def _breaker_states(client: aioredis.Redis, namespace: str) -> dict[str, s
     states = {}
     prefix = f"{namespace}:breaker:"
     async for key in client.scan_iter(match=f"{prefix}*", count=100):
-        name = _text(key)[len(prefix) :]
+        name = text(key)[len(prefix) :]
         if not name.endswith(":trial"):
             state = await client.hget(key, "state")
-            states[name] = _text(state) if state else "closed"
+            states[name] = text(state) if state else "closed"
     return states
 
 
@@ -241,7 +242,3 @@ async def _live_workers(client: aioredis.Redis, namespace: str) -> list[dict[str
         if raw:
             workers.append(json.loads(raw))
     return sorted(workers, key=lambda w: (w["host"], w["pid"]))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
