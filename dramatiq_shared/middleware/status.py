@@ -148,7 +148,7 @@ class StatusBroadcast(Middleware):
                 )
             )
         except Exception as error:
-            self.broadcaster._count("failed")
+            self.broadcaster.count("failed")
             logger.opt(exception=error).error(
                 "Could not publish {} for message {}: {}", status.value, message.message_id, error
             )

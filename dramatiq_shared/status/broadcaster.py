@@ -182,7 +182,7 @@ class Broadcaster:
                 self._last_sent[event.key] = now
             else:
                 if event.key in waiting:
-                    self._count("coalesced")
+                    self.count("coalesced")
                 waiting[event.key] = event
                 waiting.move_to_end(event.key)
         for import_id, waiting in list(self._waiting.items()):
@@ -208,15 +208,21 @@ class Broadcaster:
         timestamp = int(time.time() * 1000)
         ids = self._retrying("send", lambda: self.transport.append(events, timestamp))
         if ids is None:
-            self._count("failed", len(events))
+            self.count("failed", len(events))
             return
-        self._count("sent", len(events))
+        self.count("sent", len(events))
         if self.history is not None:
             self._to_persist.extend((i, timestamp, e) for i, e in zip(ids, events, strict=True))
             if self._persist_due is None:
                 self._persist_due = time.monotonic() + self.config.broadcast_interval / 1000
 
-    def _count(self, outcome: str, number: int = 1) -> None:
+    def count(self, outcome: str, number: int = 1) -> None:
+        """Count ``number`` events with ``outcome``, here and in the Prometheus metric.
+
+        Parameters:
+          outcome: What became of them, such as ``"sent"`` or ``"failed"``.
+          number: How many. Default 1.
+        """
         self.counts[outcome] += number
         BROADCASTS.labels(outcome).inc(number)
 
