@@ -255,7 +255,9 @@ def _positive(text: str) -> int:
     return value
 
 
-def _add_dead_letters(commands: Any, database: argparse.ArgumentParser) -> None:
+def _add_dead_letters(
+    commands: Any, database: argparse.ArgumentParser, redis: argparse.ArgumentParser
+) -> None:
     dead = commands.add_parser(
         "dead-letters",
         help="list, show, retry and purge messages that failed for good",
@@ -275,11 +277,10 @@ def _add_dead_letters(commands: Any, database: argparse.ArgumentParser) -> None:
     show.set_defaults(run=_dead_letters_show)
     retry = dead_commands.add_parser(
         "retry",
-        parents=[database],
+        parents=[database, redis],
         help="enqueue dead letters again with a fresh attempt count (once each)",
     )
     retry.add_argument("ids", type=_positive, nargs="+", metavar="ID")
-    retry.add_argument("--redis-url", metavar="URL", help="the broker; default REDIS_URL")
     retry.set_defaults(run=_dead_letters_retry)
     purge = dead_commands.add_parser("purge", parents=[database], help="delete dead letters")
     purge.add_argument("ids", type=_positive, nargs="*", metavar="ID")
@@ -304,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="sqlite:///path or postgresql://...; default DRAMATIQ_SHARED_DB_URL, DATABASE_URL,"
         " else sqlite:///dramatiq_shared.db",
     )
+    redis = argparse.ArgumentParser(add_help=False)
+    redis.add_argument("--redis-url", metavar="URL", help="the broker; default REDIS_URL")
 
     config = commands.add_parser(
         "config",
@@ -323,31 +326,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     workers = commands.add_parser(
         "workers",
+        parents=[redis],
         help="list live workers (from their heartbeats) and queue depths",
         description="Workers whose heartbeat has not expired, and each of their queues'"
         " ready, delayed and dead messages.",
     )
-    workers.add_argument("--redis-url", metavar="URL", help="default REDIS_URL")
     workers.set_defaults(run=_workers)
 
     health = commands.add_parser(
         "health",
-        parents=[database],
+        parents=[database, redis],
         help="check Redis, the database, workers, queues and breakers; exit 1 when down",
         description="Check what the workers depend on. Exit status 1 when Redis or the"
         " database is down.",
     )
-    health.add_argument("--redis-url", metavar="URL", help="default REDIS_URL")
     health.set_defaults(run=_health)
 
     status = commands.add_parser(
         "status",
+        parents=[redis],
         help="follow an import's status events, with a progress bar",
         description="Print an import's events from its Redis stream as they come, until"
         " the import completes (exit 0) or fails (exit 1).",
     )
     status.add_argument("import_id", metavar="IMPORT_ID")
-    status.add_argument("--redis-url", metavar="URL", help="default REDIS_URL")
     status.add_argument("--after", type=int, default=0, help="start after this event id (0)")
     status.add_argument(
         "--no-follow", dest="follow", action="store_false", help="print what is there and exit"
@@ -382,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=_positive, default=3600, help="seconds it is valid (3600)")
     token.set_defaults(run=_token)
 
-    _add_dead_letters(commands, database)
+    _add_dead_letters(commands, database, redis)
     return parser
 
 
