@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
@@ -225,9 +225,10 @@ def database(database_url: str) -> Iterator[peewee.Database]:
 # --- Brokers and workers (after Dramatiq's own test fixtures) -----------------
 
 
-@pytest.fixture
-def stub_broker() -> Iterator[StubBroker]:
-    broker = StubBroker()
+_B = TypeVar("_B", bound=dramatiq.Broker)
+
+
+def _booted(broker: _B) -> Iterator[_B]:
     broker.emit_after("process_boot")
     dramatiq.set_broker(broker)
     yield broker
@@ -235,28 +236,29 @@ def stub_broker() -> Iterator[StubBroker]:
     broker.close()
 
 
-@pytest.fixture
-def stub_worker(stub_broker: StubBroker) -> Iterator[dramatiq.Worker]:
-    worker = dramatiq.Worker(stub_broker, worker_timeout=100, worker_threads=8)
+def _running(broker: dramatiq.Broker) -> Iterator[dramatiq.Worker]:
+    worker = dramatiq.Worker(broker, worker_timeout=100, worker_threads=8)
     worker.start()
     yield worker
     worker.stop()
+
+
+@pytest.fixture
+def stub_broker() -> Iterator[StubBroker]:
+    yield from _booted(StubBroker())
+
+
+@pytest.fixture
+def stub_worker(stub_broker: StubBroker) -> Iterator[dramatiq.Worker]:
+    yield from _running(stub_broker)
 
 
 @pytest.fixture
 def redis_broker(redis_client: redis.Redis, redis_url: str) -> Iterator[RedisBroker]:
     """A RedisBroker on the flushed test database."""
-    broker = RedisBroker(url=redis_url)
-    broker.emit_after("process_boot")
-    dramatiq.set_broker(broker)
-    yield broker
-    broker.flush_all()
-    broker.close()
+    yield from _booted(RedisBroker(url=redis_url))
 
 
 @pytest.fixture
 def redis_worker(redis_broker: RedisBroker) -> Iterator[dramatiq.Worker]:
-    worker = dramatiq.Worker(redis_broker, worker_timeout=100, worker_threads=8)
-    worker.start()
-    yield worker
-    worker.stop()
+    yield from _running(redis_broker)

@@ -32,6 +32,12 @@ def run_benchmark(name: str, *args: str, monkeypatch: pytest.MonkeyPatch) -> Non
     assert done.value.code == 0
 
 
+@pytest.fixture
+def bench_redis(redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the benchmarks' BENCH_REDIS_URL at the flushed test database."""
+    monkeypatch.setenv("BENCH_REDIS_URL", redis_url)
+
+
 @pytest.mark.usefixtures("_postgres_server")  # fails under CI when PostgreSQL is missing
 def test_db_batch(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("TEST_POSTGRES_URL", POSTGRES_URL)
@@ -44,12 +50,8 @@ def test_db_batch(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 
 
 def test_breaker_overhead(
-    redis_client: redis.Redis,
-    redis_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    bench_redis: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("BENCH_REDIS_URL", redis_url)
     run_benchmark(
         "breaker_overhead.py", "--messages", "200", "--rounds", "1", monkeypatch=monkeypatch
     )
@@ -59,12 +61,8 @@ def test_breaker_overhead(
 
 
 def test_relay_fanout(
-    redis_client: redis.Redis,
-    redis_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    bench_redis: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("BENCH_REDIS_URL", redis_url)
     run_benchmark(
         "relay_fanout.py",
         *("--rate", "300", "--imports", "3", "--admins", "1", "--seconds", "1"),
@@ -77,12 +75,8 @@ def test_relay_fanout(
 
 @pytest.mark.usefixtures("_postgres_server")
 def test_overhead(
-    redis_client: redis.Redis,
-    redis_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    bench_redis: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("BENCH_REDIS_URL", redis_url)
     monkeypatch.setenv("TEST_POSTGRES_URL", POSTGRES_URL)
     run_benchmark("overhead.py", "--messages", "60", "--rounds", "1", monkeypatch=monkeypatch)
     out = capsys.readouterr().out
