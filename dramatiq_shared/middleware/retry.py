@@ -21,6 +21,14 @@ Options resolve message option → actor option → middleware default (the
 ``max_retries``, one less), ``base_delay``, ``max_delay``, ``retryable_errors``,
 ``jitter``, and ``max_defers``. Dramatiq's ``throws`` is honoured.
 
+``on_retry_exhausted`` names an actor that is sent ``(message.asdict(), info)`` when a
+message fails for good, as with Dramatiq's ``Retries``; ``info`` has ``retries`` and
+``max_retries`` as there, and ``attempt``, ``max_attempts``, ``action``, ``reason``,
+``error_type`` and ``error_message``. Unlike ``Retries``, it is also sent when the
+error is not retryable: either way the message will not run again, which is what a
+clean-up actor needs to know. A callback that cannot be sent is logged; the message is
+dead-lettered all the same.
+
 Delays, for the n-th retry (n >= 1), ``cap = min(max_delay, base_delay * 2**(n-1))``:
 
 =================  =================================================================
@@ -146,7 +154,7 @@ class Retry(Middleware):
 
     @property
     def actor_options(self) -> set[str]:
-        return {*RETRY_OPTIONS, "max_retries", "max_defers", "throws"}
+        return {*RETRY_OPTIONS, "max_retries", "max_defers", "throws", "on_retry_exhausted"}
 
     # --- configuration, checked when actors are declared and workers boot --------
 
@@ -154,6 +162,11 @@ class Retry(Middleware):
         self, broker: dramatiq.Broker, actor: dramatiq.Actor[..., Any]
     ) -> None:
         self._refuse_second_retry_layer(broker)
+        callback = actor.options.get("on_retry_exhausted")
+        if callback is not None and not (isinstance(callback, str) and callback.strip()):
+            raise ConfigError.invalid(
+                f"actor {actor.actor_name!r}: on_retry_exhausted", callback, "an actor's name"
+            )
         self._actors[actor.actor_name] = resolve_settings(
             self.config, self.max_defers, actor.options, f"actor {actor.actor_name!r}"
         )
@@ -231,8 +244,39 @@ class Retry(Middleware):
         log = logger.bind(retry_decision=decision)
         if delay is None or action == "enqueue_failed":
             log.warning("Message {} failed for good: {}", message.message_id, reason)
+            self._send_exhausted(broker, message, decision, exception)
         else:
             log.info("Message {} {} in {} ms: {}", message.message_id, action, delay, reason)
+
+    def _send_exhausted(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        decision: Mapping[str, Any],
+        exception: BaseException,
+    ) -> None:
+        actor = broker.actors.get(message.actor_name)
+        target = message.options.get("on_retry_exhausted") or (
+            actor.options.get("on_retry_exhausted") if actor else None
+        )
+        if not target:
+            return
+        info = {
+            "retries": decision["attempt"] - 1,
+            "max_retries": decision["max_attempts"] - 1,
+            **{key: decision[key] for key in ("attempt", "max_attempts", "action", "reason")},
+            "error_type": decision["error_type"],
+            "error_message": str(exception)[:2_000],
+        }
+        try:
+            broker.get_actor(target).send(message.asdict(), info)
+        except Exception as error:  # the message is dead-lettered: nothing is lost
+            logger.opt(exception=error).error(
+                "Could not send the failure of message {} to {}: {}",
+                message.message_id,
+                target,
+                error,
+            )
 
     def _judge(
         self,

@@ -160,6 +160,49 @@ def test_throws_is_honoured(
     assert "throws" in decisions(records)[-1]["reason"]
 
 
+def test_on_retry_exhausted_hears_of_every_final_failure_once(
+    broker: dramatiq.Broker, run_worker: Callable[..., None]
+) -> None:
+    install(broker)
+    heard: list[tuple[str, dict[str, Any]]] = []
+
+    @dramatiq.actor(broker=broker)
+    def gave_up(message: dict[str, Any], info: dict[str, Any]) -> None:
+        heard.append((message["actor_name"], info))
+
+    @dramatiq.actor(broker=broker, max_attempts=2, on_retry_exhausted="gave_up")
+    def flaky() -> None:
+        raise TimeoutError("slow service")
+
+    @dramatiq.actor(broker=broker, max_attempts=5, on_retry_exhausted="gave_up")
+    def poisoned() -> None:
+        raise PermanentError("title must be a string")
+
+    @dramatiq.actor(broker=broker, max_attempts=2)
+    def flaky_quietly() -> None:
+        raise TimeoutError("nobody listens")
+
+    flaky.send()
+    poisoned.send()
+    flaky_quietly.send()
+    run_worker()
+    found = dict(heard)
+    assert len(heard) == 2
+    assert found["flaky"] == {
+        "retries": 1,
+        "max_retries": 1,
+        "attempt": 2,
+        "max_attempts": 2,
+        "action": "exhausted",
+        "reason": "all 2 attempts failed",
+        "error_type": "TimeoutError",
+        "error_message": "slow service",
+    }
+    # Dramatiq's Retries would stay silent here; a clean-up actor needs to know.
+    assert found["poisoned"]["action"] == "not_retryable"
+    assert found["poisoned"]["error_message"] == "title must be a string"
+
+
 def test_retry_after_sets_the_delay(
     broker: dramatiq.Broker, run_worker: Callable[..., None], calls: Calls
 ) -> None:
@@ -318,6 +361,7 @@ def test_installing_both_retry_layers_is_refused(stub_broker: StubBroker) -> Non
         ({"retryable_errors": ["nope.Error"]}, "retryable_errors\\[0\\] must name an importable"),
         ({"max_defers": "x"}, "actor 'bad': max_defers must be an int >= 0"),
         ({"on_error": "cleanup"}, "actor 'bad': on_error must be a callable"),
+        ({"on_retry_exhausted": 3}, "actor 'bad': on_retry_exhausted must be an actor's name"),
     ],
 )
 def test_bad_actor_options_are_refused_at_declaration(
