@@ -257,6 +257,42 @@ class DatabaseOperations(RunsOperations):
                 f"import_id: no import {data.import_id!r}", field="import_id"
             ) from None
 
+    def set_note_status(self, note_id: str, status: NoteStatus | str) -> bool:
+        """Set a note's status; setting the status it has changes nothing.
+
+        Returns:
+          False when there is no such note.
+
+        Raises:
+          ValidationError: When ``note_id`` or ``status`` is invalid.
+        """
+        check_id("note_id", note_id)
+        value = _status("status", status, NoteStatus).value
+        query = Note.update(status=value, updated_at=utcnow()).where(
+            (Note.id == note_id) & (Note.status != value)
+        )
+        if self._runner.run(query.execute):
+            return True
+        return bool(self._runner.run(lambda: list(_existing(Note, Note.id, [note_id]))))
+
+    def line_counts(self, note_id: str) -> dict[ParseStatus, int]:
+        """How many lines of a note have each parse status (every status, 0 included).
+
+        Raises:
+          ValidationError: When ``note_id`` is invalid.
+        """
+        check_id("note_id", note_id)
+        query = (
+            IngredientLine.select(IngredientLine.parse_status, peewee.fn.COUNT(IngredientLine.id))
+            .where(IngredientLine.note == note_id)
+            .group_by(IngredientLine.parse_status)
+            .tuples()
+        )
+        counts = dict.fromkeys(ParseStatus, 0)
+        for status, count in self._runner.run(lambda: list(query)):
+            counts[ParseStatus(status)] = count
+        return counts
+
     # --- parsed ingredient lines ---------------------------------------------
 
     def create_or_update_parsed_ingredient_line(

@@ -11,8 +11,10 @@ from dramatiq_shared import DatabaseConfig, ValidationError
 from dramatiq_shared.db import (
     DatabaseOperations,
     NoteData,
+    NoteStatus,
     ParsedIngredientLineData,
     ParsedSegment,
+    ParseStatus,
     normalize_ingredient_name,
 )
 from dramatiq_shared.db.models import (
@@ -74,6 +76,35 @@ def test_a_note_of_an_unknown_import_is_refused(ops: DatabaseOperations) -> None
     with pytest.raises(ValidationError, match="import_id: no import 'nope'"):
         ops.create_or_update_note("note-9", NoteData(import_id="nope"))
     assert Note.select().count() == 2
+
+
+def test_a_note_status_is_set_idempotently(ops: DatabaseOperations) -> None:
+    assert ops.set_note_status("note-1", "PROCESSING")
+    once = rows(Note)
+    assert ops.set_note_status("note-1", NoteStatus.PROCESSING)
+    assert rows(Note) == once  # updated_at included: the same status is no write
+    assert [n["status"] for n in once] == ["PROCESSING", "PENDING"]
+    assert not ops.set_note_status("note-9", "COMPLETED")
+    with pytest.raises(ValidationError, match="status must be one of PENDING, PROCESSING"):
+        ops.set_note_status("note-1", "DONE")
+
+
+def test_line_counts_count_each_parse_status(ops: DatabaseOperations) -> None:
+    assert ops.line_counts("note-1") == dict.fromkeys(ParseStatus, 0)
+    ops.create_or_update_parsed_ingredient_lines(
+        [
+            ("l-1", line(0, 0)),
+            ("l-2", line(0, 1, parse_status="PENDING")),
+            ("l-3", line(1, 0, parse_status="ERROR")),
+            ("l-4", line(1, 1)),
+        ]
+    )
+    assert ops.line_counts("note-1") == {
+        ParseStatus.PENDING: 1,
+        ParseStatus.CORRECT: 2,
+        ParseStatus.INCORRECT: 0,
+        ParseStatus.ERROR: 1,
+    }
 
 
 # --- parsed ingredient lines -----------------------------------------------------
