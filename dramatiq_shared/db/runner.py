@@ -4,8 +4,9 @@ Both :class:`~dramatiq_shared.db.operations.DatabaseOperations` and
 :class:`~dramatiq_shared.db.patterns.PatternTracker` run every public operation
 through :meth:`OperationRunner.run`, which
 
-* borrows a connection for the operation and gives it back (to the pool, on
-  PostgreSQL) unless the caller already held one;
+* on PostgreSQL borrows a pooled connection for the operation and gives it back,
+  unless the caller already held one; on SQLite opens the thread's connection once
+  and keeps it;
 * retries the whole operation ``DatabaseConfig.retry_attempts`` times, with a short
   jittered backoff, when it failed on a transient error: a lost connection, a
   serialization failure, a deadlock, a lock timeout, SQLite's "database is locked";
@@ -157,6 +158,12 @@ class OperationRunner:
             yield  # the caller's connection (and maybe transaction): leave it to them
             return
         self.database.connect()
+        if self.is_sqlite:
+            # A SQLite connection runs its pragmas whenever it opens, which costs more
+            # than most operations; there is no pool to give it back to, and an idle
+            # connection holds no lock in WAL mode, so the thread keeps it.
+            yield
+            return
         try:
             yield
         finally:
