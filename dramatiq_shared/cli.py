@@ -32,7 +32,7 @@ from .middleware.heartbeat import live_workers, queue_depths
 from .relay import __main__ as relay_main
 from .status.auth import sign
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "progress_bar"]
 
 
 def _database(args: argparse.Namespace) -> DatabaseConfig:
@@ -208,9 +208,14 @@ def _describe(event_id: int, event: dict[str, Any]) -> str:
     where = " ".join(str(x) for x in (event.get("context"), event.get("noteId")) if x)
     line = f"{event_id:>6} {event['status']:<10} {where}: {event.get('message') or ''}"
     if total:
-        done = round(30 * (current or 0) / total)
-        line += f"  [{'#' * done}{'.' * (30 - done)}] {current}/{total}"
+        line += f"  {progress_bar(current or 0, total)}"
     return line
+
+
+def progress_bar(current: int, total: int, width: int = 30) -> str:
+    """``[#########.....................] 3/10``: ``current`` of ``total`` as a text bar."""
+    done = round(width * current / total) if total else width
+    return f"[{'#' * done}{'.' * (width - done)}] {current}/{total}"
 
 
 def _metrics(args: argparse.Namespace) -> int:
