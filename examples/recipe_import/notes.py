@@ -7,7 +7,8 @@ turns any of them into blocks of lines:
 * an item that is a section header opens a new block: it ends with a colon and has
   no digit ("For the sauce:"), starts with ``#`` ("### Sauce"), is wrapped in ``**``,
   or reads "For the …" in at most five words;
-* bare step numbers ("1", "2.", "3)"), empty and whitespace-only items are dropped;
+* bare step numbers ("1", "2.", "3)"), empty and whitespace-only items (invisible
+  characters and HTML spaces such as ``&nbsp;`` included) are dropped;
 * an item holding several lines (a list delivered as one newline-joined string) is
   split into them.
 """
@@ -18,6 +19,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from .parser import clean
 
 __all__ = ["Block", "NoteLine", "is_header", "split_ingredients"]
 
@@ -90,7 +93,7 @@ def split_ingredients(
             if found is not None:
                 current = []
                 headed.append((found, current))
-            elif item.strip() and not _STEP_NUMBER.match(item):
+            elif clean(item) and not _STEP_NUMBER.match(item):
                 current.append(item.strip())
     blocks = []
     for header, lines in headed:

@@ -1,0 +1,385 @@
+"""The recipe-import pipeline's actors: ``dramatiq examples.recipe_import.actors -p 2``.
+
+The module calls :func:`~dramatiq_shared.setup_broker` when imported, as an
+application would: with ``REDIS_URL`` set its actors run on Redis (and
+``DATABASE_URL``'s PostgreSQL), without it on an in-process StubBroker and SQLite.
+
+One import flows through them like this; every step may be redelivered and run twice,
+and leaves the rows of once::
+
+    import_recipes(import_id, recipes, offset, total)   the import and its notes saved
+      └─ parse_note(import_id, note_id)                 blocks and lines saved (PENDING)
+           └─ parse_ingredient_line(import_id, note_id, line_id)
+                  segments, ingredient, pattern, then the line's status; the last line
+                  of a note finishes it, and the last note the import (CompletionTracker)
+                  └─ enrich_ingredient(ingredient_id)   a new ingredient's nutrition,
+                                                        behind the "nutrition" breaker
+
+A note or line whose message fails for good is finished by ``note_failed`` /
+``line_failed`` (``on_retry_exhausted``): the note FAILED with the reason, the line
+ERROR, so every import still ends with exactly one COMPLETED or FAILED.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+import dramatiq
+import peewee
+
+from dramatiq_shared import (
+    CircuitBreakerConfig,
+    DatabaseOperations,
+    NoteData,
+    NoteStatus,
+    ParsedIngredientLineData,
+    ParsedSegment,
+    ParseStatus,
+    PatternTracker,
+    PermanentError,
+    StatusEvent,
+    TransientError,
+    ValidationError,
+    get_stack,
+    setup_broker,
+)
+from dramatiq_shared.db.models import Ingredient, IngredientLine, Note, database_proxy, utcnow
+from dramatiq_shared.db.operations import MAX_REFERENCE
+from dramatiq_shared.db.runner import OperationRunner
+from dramatiq_shared.logging import carried
+
+from .notes import split_ingredients
+from .nutrition import DEFAULT_PORT
+from .parser import parse_line
+from .recipes import check_recipe
+
+__all__ = [
+    "NUTRITION_BREAKER",
+    "Nutrition",
+    "enrich_ingredient",
+    "import_recipes",
+    "line_failed",
+    "note_failed",
+    "note_id_for",
+    "parse_ingredient_line",
+    "parse_note",
+    "prepare_database",
+]
+
+#: The breaker in front of the nutrition service: open after 5 failures in a row, try
+#: again after 2 seconds (doubling while the trials fail, up to 30). Database errors
+#: of the actor are not the service's fault and do not count.
+NUTRITION_BREAKER = CircuitBreakerConfig(
+    failure_threshold=5,
+    reset_timeout=2_000,
+    max_reset_timeout=30_000,
+    excluded_errors=("peewee.PeeweeException",),
+)
+#: Most characters of a recipe's JSON a note keeps (NoteData's raw_text limit).
+MAX_RECIPE_JSON = 1_000_000
+
+broker = setup_broker(breakers={"nutrition": NUTRITION_BREAKER})
+stack = get_stack(broker)
+operations = DatabaseOperations(stack.database)
+patterns = PatternTracker(stack.database)
+# Reads go through the runner too: it lends each one a pooled connection and retries
+# transient errors, as for the operations' writes.
+runner = OperationRunner(stack.database)
+
+
+class Nutrition(peewee.Model):
+    """An ingredient's nutrition per 100 g, as the service gave it: one row each."""
+
+    ingredient = peewee.ForeignKeyField(Ingredient, primary_key=True, on_delete="CASCADE")
+    kcal = peewee.FloatField()
+    protein = peewee.FloatField()
+    fat = peewee.FloatField()
+    carbs = peewee.FloatField()
+    fetched_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        database = database_proxy
+        table_name = "example_nutrition"
+
+
+def prepare_database() -> None:
+    """Create the library's tables and the example's own; safe to run again."""
+    from dramatiq_shared import create_tables  # noqa: PLC0415 - a set-up step, not a worker's
+
+    create_tables(stack.database)
+    stack.database.create_tables([Nutrition], safe=True)
+
+
+def note_id_for(import_id: str, position: int) -> str:
+    """A note's id: its import and its position in the import's input."""
+    return f"{import_id}:{position}"
+
+
+# --- the pipeline ---------------------------------------------------------------------
+
+
+@dramatiq.actor(max_attempts=5, base_delay=500)
+def import_recipes(
+    import_id: str, recipes: list[Any], offset: int = 0, total: int | None = None
+) -> None:
+    """Save the import and the notes of ``recipes`` (positions ``offset`` on), and parse them.
+
+    A large import arrives as several messages, each with the import's ``total``.
+    """
+    if not isinstance(recipes, list):
+        raise ValidationError.invalid("recipes", recipes, "a list of recipes")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValidationError.invalid("offset", offset, "an int >= 0")
+    total = offset + len(recipes) if total is None else total
+    if isinstance(total, bool) or not isinstance(total, int) or total < offset + len(recipes):
+        raise ValidationError.invalid("total", total, f"an int >= {offset + len(recipes)}")
+    operations.create_or_update_import(import_id, total_notes=total)
+    stack.completion.expect(import_id, total)
+    note_ids = []
+    for position, recipe in enumerate(recipes, offset):
+        note_id = note_id_for(import_id, position)
+        title = recipe.get("title") if isinstance(recipe, Mapping) else None
+        operations.create_or_update_note(
+            note_id,
+            NoteData(
+                import_id=import_id,
+                title=title[:1_000] if isinstance(title, str) else "",
+                raw_text=_note_text(recipe),
+            ),
+        )
+        note_ids.append(note_id)
+    for note_id in note_ids:
+        parse_note.send(import_id, note_id)
+
+
+def _note_text(recipe: Any) -> str:
+    """The recipe as the note keeps it: its JSON, or why it is not kept."""
+    text = json.dumps(recipe, ensure_ascii=False, default=repr).replace("\x00", "\ufffd")
+    if len(text) <= MAX_RECIPE_JSON:
+        return text
+    return json.dumps({"refused": f"{len(text)} characters of JSON, at most {MAX_RECIPE_JSON}"})
+
+
+@dramatiq.actor(max_attempts=5, base_delay=500, on_retry_exhausted="note_failed")
+def parse_note(import_id: str, note_id: str) -> None:
+    """Split a note into blocks and lines, save them, and parse each line."""
+    note = _get(Note, note_id, "note_id")
+    try:
+        data = json.loads(note.raw_text) if note.raw_text else {}
+    except ValueError:
+        raise ValidationError("raw_text: the note's text is not JSON", field="raw_text") from None
+    if isinstance(data, Mapping) and "refused" in data:
+        raise ValidationError(f"recipe: {data['refused']}", field="recipe")
+    recipe = check_recipe(data)
+    blocks = split_ingredients(recipe.ingredients, recipe.groups)
+    lines = [
+        (
+            f"{note_id}:{line.block_index}:{line.line_index}",
+            ParsedIngredientLineData(
+                line.block_index, line.line_index, line.text[:MAX_REFERENCE], note_id
+            ),
+        )
+        for block in blocks
+        for line in block.lines
+    ]
+    operations.set_note_status(note_id, NoteStatus.PROCESSING)
+    operations.create_or_update_parsed_ingredient_lines(lines)
+    stack.broadcaster.publish(
+        StatusEvent(
+            import_id,
+            NoteStatus.PROCESSING,
+            note_id=note_id,
+            message=f"{recipe.title or note_id}: {len(lines)} lines in {len(blocks)} blocks",
+            context="note",
+            current_count=0,
+            total_count=len(lines),
+            indent_level=1,
+        )
+    )
+    if not lines:
+        _finish_note_if_done(import_id, note_id)
+    for line_id, _ in lines:
+        parse_ingredient_line.send(import_id, note_id, line_id)
+
+
+@dramatiq.actor(max_attempts=5, base_delay=200, status=False, on_retry_exhausted="line_failed")
+def parse_ingredient_line(import_id: str, note_id: str, line_id: str) -> None:
+    """Parse a line into segments, find its ingredient, count its pattern, save its status.
+
+    The status is written last: a line is done when its status is, so a redelivery of a
+    message that died half-way does the rest. (Lifecycle events are off for this actor:
+    one a line would drown the note's; its progress goes out coalesced instead.)
+    """
+    line = _get(IngredientLine, line_id, "line_id")
+    parsed = parse_line(line.reference)
+    operations.replace_parsed_segments(
+        line_id, [ParsedSegment(s.index, s.rule, s.type, s.value) for s in parsed.segments]
+    )
+    if parsed.name:
+        ingredient = operations.find_or_create_ingredient(parsed.name, line.reference)
+        operations.link_line_ingredients(line_id, [ingredient.id])
+        if ingredient.is_new:
+            enrich_ingredient.send(ingredient.id, import_id=import_id)
+    if parsed.rules:
+        patterns.track(parsed.rules, line_id)
+    _save_status(line, parsed.status)
+    _finish_note_if_done(import_id, note_id, parsed.status, line.reference)
+
+
+def _get(model: type[peewee.Model], key: Any, field: str) -> Any:
+    row = runner.run(lambda: model.get_or_none(model._meta.primary_key == key))
+    if row is None:
+        raise ValidationError(f"{field}: no {model.__name__} {key!r}", field=field)
+    return row
+
+
+def _save_status(line: IngredientLine, status: str) -> None:
+    operations.create_or_update_parsed_ingredient_line(
+        line.id,
+        ParsedIngredientLineData(
+            line.block_index, line.line_index, line.reference, line.note_id, status
+        ),
+    )
+
+
+def _finish_note_if_done(
+    import_id: str, note_id: str, status: str | None = None, text: str = ""
+) -> None:
+    """Report the note's progress; when no line is pending, finish it and count it done."""
+    counts = operations.line_counts(note_id)
+    total = sum(counts.values())
+    pending = counts[ParseStatus.PENDING]
+    if status is not None:
+        stack.broadcaster.publish(
+            StatusEvent(
+                import_id,
+                NoteStatus.PROCESSING,
+                note_id=note_id,
+                message=f"{status}: {text[:100]}",
+                context="line",
+                current_count=total - pending,
+                total_count=total,
+                indent_level=2,
+            )
+        )
+    if pending:
+        return
+    operations.set_note_status(note_id, NoteStatus.COMPLETED)
+    progress = stack.completion.mark_done(import_id, note_id)
+    if progress.counted:  # of two last lines finishing at once, one reports the note
+        stack.broadcaster.publish(
+            StatusEvent(
+                import_id,
+                NoteStatus.COMPLETED,
+                note_id=note_id,
+                message=f"{total} lines: " + ", ".join(f"{n} {s.value}" for s, n in counts.items()),
+                context="note",
+                current_count=total,
+                total_count=total,
+                indent_level=1,
+                metadata={status.value: n for status, n in counts.items()},
+            )
+        )
+
+
+@dramatiq.actor(max_attempts=10, base_delay=1_000)
+def note_failed(message: dict[str, Any], info: dict[str, Any]) -> None:
+    """A note's message failed for good: the note is FAILED, with the reason, and counted."""
+    import_id, note_id = _carried(message, "import_id"), _carried(message, "note_id")
+    operations.set_note_status(note_id, NoteStatus.FAILED)
+    progress = stack.completion.mark_done(import_id, note_id, ok=False)
+    if progress.counted:
+        stack.broadcaster.publish(
+            StatusEvent(
+                import_id,
+                NoteStatus.FAILED,
+                note_id=note_id,
+                message=f"{info.get('error_type')}: {info.get('error_message')}"[:2_000],
+                context="note",
+                indent_level=1,
+                metadata={k: info[k] for k in ("attempt", "reason", "error_type") if k in info},
+            )
+        )
+
+
+@dramatiq.actor(max_attempts=10, base_delay=1_000)
+def line_failed(message: dict[str, Any], info: dict[str, Any]) -> None:
+    """A line's message failed for good: the line is ERROR, and its note may be finished."""
+    import_id, note_id = _carried(message, "import_id"), _carried(message, "note_id")
+    line_id = _carried(message, "line_id")
+    line = runner.run(lambda: IngredientLine.get_or_none(IngredientLine.id == line_id))
+    if line is not None:
+        _save_status(line, ParseStatus.ERROR.value)
+    _finish_note_if_done(import_id, note_id, ParseStatus.ERROR.value, str(info.get("reason")))
+
+
+def _carried(message: Mapping[str, Any], name: str) -> Any:
+    """An argument of the failed message, found by name as the middleware finds it."""
+    failed = dramatiq.Message(**message)
+    value = carried(failed, name, broker.actors.get(failed.actor_name))
+    if value is None:
+        raise ValidationError(f"message: the failed message has no {name}", field=name)
+    return value
+
+
+# --- enrichment, through the breaker --------------------------------------------------
+
+
+class NutritionUnavailableError(TransientError):
+    """The nutrition service did not answer, or answered with a server error."""
+
+
+@dramatiq.actor(
+    queue_name="enrichment",
+    breaker="nutrition",
+    max_attempts=5,
+    base_delay=200,
+    max_delay=5_000,
+    status_context="enrich",
+)
+def enrich_ingredient(ingredient_id: int, import_id: str | None = None) -> None:
+    """Fetch an ingredient's nutrition and keep it; ``import_id`` only labels its events.
+
+    The actor's breaker counts the service's failures; while it is open, messages wait
+    for it without using their attempts.
+    """
+    ingredient = _get(Ingredient, ingredient_id, "ingredient_id")
+    found = fetch_nutrition(ingredient.name)
+    values = {key: float(found[key]) for key in ("kcal", "protein", "fat", "carbs")}
+    query = Nutrition.insert(ingredient=ingredient_id, **values).on_conflict(
+        conflict_target=[Nutrition.ingredient],
+        update={getattr(Nutrition, key): value for key, value in values.items()},
+    )
+    runner.run(query.execute)
+
+
+def fetch_nutrition(name: str) -> dict[str, Any]:
+    """Ask the service (``NUTRITION_URL``) for ``name``'s figures.
+
+    Raises:
+      NutritionUnavailableError: When it cannot be reached or answers 5xx (retried).
+      PermanentError: When it refuses the request (4xx) or answers nonsense.
+    """
+    base = os.environ.get("NUTRITION_URL") or f"http://127.0.0.1:{DEFAULT_PORT}"
+    url = f"{base}/nutrition?{urllib.parse.urlencode({'name': name})}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as error:
+        if error.code >= 500:
+            raise NutritionUnavailableError(f"{url}: HTTP {error.code}") from None
+        raise PermanentError(f"{url}: HTTP {error.code}") from None
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        raise NutritionUnavailableError(f"{url}: {error}") from None
+    if not isinstance(body, Mapping) or not all(
+        isinstance(body.get(key), (int, float)) for key in ("kcal", "protein", "fat", "carbs")
+    ):
+        raise PermanentError(f"{url}: unexpected answer {str(body)[:200]}")
+    return dict(body)

@@ -1,0 +1,254 @@
+"""The main job: ``python -m examples.recipe_import [RECIPES.jsonl] [--dashboard] [--workers N]``.
+
+Without ``REDIS_URL`` it runs on embedded defaults: a StubBroker with an in-process
+worker, SQLite (``DATABASE_URL``, default ``sqlite:///dramatiq_shared.db``), status
+events in memory and breakers in the process. With ``REDIS_URL`` (and ``DATABASE_URL``)
+it only enqueues and follows the import, and ``dramatiq examples.recipe_import.actors``
+processes do the work.
+
+Either way it serves the nutrition service in-process (unless ``NUTRITION_URL`` names
+one), shows a progress bar, waits until every message of the import is done, sends the
+enrichment of any ingredient still without nutrition again, and prints a summary. Exit
+status: 0 when the import COMPLETED, 1 when it FAILED, 2 on bad input or settings.
+
+The import id defaults to one derived from the input, so running the same file again
+runs the same import again: every step is idempotent and it adds no rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+
+from dramatiq_shared import (
+    ConfigError,
+    DramatiqSharedError,
+    close_workers,
+    configure_logging,
+    create_worker,
+)
+from dramatiq_shared.cli import progress_bar
+from dramatiq_shared.status.auth import sign
+
+from .recipes import read_recipes
+
+__all__ = ["DEFAULT_RECIPES", "main", "run"]
+
+#: The example's own sample recipes, its default input.
+DEFAULT_RECIPES = Path(__file__).with_name("data") / "sample_recipes.jsonl"
+#: Recipes per import_recipes message.
+CHUNK = 100
+#: Seconds between two looks at the import's progress.
+POLL = 0.25
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.recipe_import",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    parser.add_argument(
+        "recipes",
+        nargs="?",
+        type=Path,
+        default=DEFAULT_RECIPES,
+        metavar="RECIPES.jsonl",
+        help="recipes, one JSON object a line (default: the example's 20 samples)",
+    )
+    parser.add_argument("--import-id", help="the import's id (default: from the input)")
+    parser.add_argument("--limit", type=int, help="import only the first N recipes")
+    parser.add_argument(
+        "--workers", type=int, default=8, metavar="N", help="worker threads, embedded (8)"
+    )
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="also serve the relay's live page, and keep it up until Ctrl-C",
+    )
+    parser.add_argument("--dashboard-port", type=int, default=8080, help="its port (8080)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--log-level", default="WARNING", help="lowest level logged (WARNING)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except DramatiqSharedError as error:
+        print(f"recipe_import: error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Import the recipes of ``args.recipes`` and print the summary; the exit status."""
+    distributed = bool(os.environ.get("REDIS_URL"))
+    if distributed and not (
+        os.environ.get("DATABASE_URL") or os.environ.get("DRAMATIQ_SHARED_DB_URL")
+    ):
+        raise ConfigError(
+            "REDIS_URL is set, so `dramatiq examples.recipe_import.actors` processes do the"
+            " work, and they must share its database: set DATABASE_URL too (or unset"
+            " REDIS_URL to run everything here)",
+            field="DATABASE_URL",
+        )
+    if args.workers < 1 or (args.limit is not None and args.limit < 0):
+        raise ConfigError("--workers must be >= 1 and --limit >= 0", field="workers")
+    recipes = read_recipes(args.recipes, limit=args.limit)
+    import_id = args.import_id or _import_id(args.recipes, recipes)
+    configure_logging(args.log_level)
+
+    from . import actors  # noqa: PLC0415 - sets the broker up from the environment
+    from .nutrition import DEFAULT_PORT, NutritionServer  # noqa: PLC0415
+    from .summary import note_counts, summarize, unenriched  # noqa: PLC0415
+
+    actors.prepare_database()
+    stack = actors.stack
+    nutrition = None
+    if not os.environ.get("NUTRITION_URL"):
+        # Embedded, any free port will do; the worker processes look on the default one.
+        nutrition = NutritionServer(port=DEFAULT_PORT if distributed else 0).start()
+        os.environ["NUTRITION_URL"] = nutrition.url
+    workers = [] if distributed else [create_worker(stack.broker, worker_threads=args.workers)]
+    dashboard = _serve_dashboard(stack, import_id, args.dashboard_port) if args.dashboard else None
+    started = time.monotonic()
+    before = _counters(stack)
+    try:
+        for offset in range(0, max(len(recipes), 1), CHUNK):
+            chunk = recipes[offset : offset + CHUNK]
+            actors.import_recipes.send(import_id, chunk, offset, len(recipes))
+        show = _Progress(len(recipes), sys.stderr)
+        _wait(stack.broker, lambda: show(note_counts(actors.runner, import_id)))
+        missing = unenriched(actors.runner, import_id)
+        for ingredient_id in missing:
+            actors.enrich_ingredient.send(ingredient_id, import_id=import_id)
+        _wait(stack.broker, lambda: None)
+        stack.broadcaster.flush()
+        summary = _settled(lambda: summarize(actors.runner, import_id, len(recipes)), distributed)
+        show.done()
+    finally:
+        close_workers(workers)
+        if nutrition is not None:
+            nutrition.stop()
+    after = _counters(stack)
+    summary.retries, summary.breaker_trips = (a - b for a, b in zip(after, before, strict=True))
+    summary.enrichments_resent = len(missing)
+    summary.elapsed = time.monotonic() - started
+    print(json.dumps(summary.as_dict()) if args.json else summary.render(), flush=True)
+    if dashboard is not None:
+        _linger(dashboard)
+    stack.broadcaster.close()
+    return 0 if summary.outcome == "COMPLETED" else 1
+
+
+def _import_id(path: Path, recipes: list[Any]) -> str:
+    digest = hashlib.sha256(json.dumps(recipes, sort_keys=True).encode()).hexdigest()
+    return f"{path.stem[:40]}-{digest[:12]}"
+
+
+def _pending(broker: dramatiq.Broker) -> int:
+    """Messages enqueued, delayed or being processed on every queue, by any worker."""
+    if isinstance(broker, StubBroker):
+        return sum(queue.unfinished_tasks for queue in broker.queues.values())
+    return sum(broker.do_qsize(queue) for queue in broker.get_declared_queues())  # type: ignore[attr-defined]
+
+
+def _wait(broker: dramatiq.Broker, tick: Callable[[], None]) -> None:
+    # Twice empty in a row: a message being moved from a delay queue is in neither.
+    empty = 0
+    while empty < 2:
+        tick()
+        empty = empty + 1 if _pending(broker) == 0 else 0
+        time.sleep(POLL)
+    tick()
+
+
+def _settled(read: Callable[[], Any], distributed: bool) -> Any:
+    """The summary, once the workers' last events are in the history (a second at most)."""
+    summary = read()
+    deadline = time.monotonic() + (5.0 if distributed else 0.0)
+    while summary.endings == 0 and time.monotonic() < deadline:
+        time.sleep(POLL)
+        summary = read()
+    return summary
+
+
+def _counters(stack: Any) -> tuple[int, int]:
+    """Retries and breaker trips so far: this process's when embedded, else every worker's."""
+    if stack.redis is None:
+        retries = sum(n for (action, _, _), n in stack.retry.counts().items() if action == "retry")
+        trips = stack.breakers.breakers.transitions.counts[("nutrition", "open")]
+        return retries, trips
+    from dramatiq_shared.middleware.heartbeat import live_workers  # noqa: PLC0415
+
+    retries = sum(int(w.get("retried", 0)) for w in live_workers(stack.redis))
+    events = stack.redis.xrange("dramatiq_shared:breaker-events")
+    trips = sum(
+        1 for _, e in events if e.get(b"breaker") == b"nutrition" and e.get(b"event") == b"opened"
+    )
+    return retries, trips
+
+
+class _Progress:
+    """The import's progress bar on a terminal, or a line each quarter elsewhere."""
+
+    def __init__(self, total: int, stream: Any) -> None:
+        self.total = total
+        self.stream = stream
+        self.live = stream.isatty()
+        self.shown = -1
+
+    def __call__(self, notes: dict[str, int]) -> None:
+        finished = notes.get("COMPLETED", 0) + notes.get("FAILED", 0)
+        bar = f"notes {progress_bar(finished, self.total)}, {notes.get('FAILED', 0)} failed"
+        if self.live:
+            print(f"\r{bar}", end="", file=self.stream, flush=True)
+        elif self.total and finished * 4 // self.total > self.shown:
+            self.shown = finished * 4 // self.total
+            print(bar, file=self.stream, flush=True)
+
+    def done(self) -> None:
+        if self.live:
+            print(file=self.stream)
+
+
+def _serve_dashboard(stack: Any, import_id: str, port: int) -> Any:
+    """The relay's live page, served from this process; its URL printed with a token."""
+    from dramatiq_shared.relay.app import SECRET, create_app  # noqa: PLC0415
+    from dramatiq_shared.relay.sources import MemorySource, RedisSource  # noqa: PLC0415
+
+    from .serving import ThreadedSite  # noqa: PLC0415
+
+    if stack.redis is None:
+        source: Any = MemorySource(stack.broadcaster.transport)
+    else:
+        import redis.asyncio as aioredis  # noqa: PLC0415
+
+        url = os.environ["REDIS_URL"]
+        source = RedisSource(aioredis.Redis.from_url(url), stack.broadcaster.history)
+    app = create_app(source, secret=os.environ.get("DRAMATIQ_SHARED_SECRET"), demo=True)
+    site = ThreadedSite(app, port=port).start()
+    token = sign(import_id, app[SECRET], ttl=24 * 3600)
+    print(f"dashboard: {site.url}/?import={import_id}&token={token}", file=sys.stderr, flush=True)
+    return site
+
+
+def _linger(site: Any) -> None:
+    print(f"dashboard still at {site.url}; Ctrl-C to stop", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        site.stop()

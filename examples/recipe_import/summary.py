@@ -1,0 +1,202 @@
+"""What an import left in the database, counted: the main job's progress and summary.
+
+Every figure is read back from the database the workers wrote, so it is the same
+whether the work ran in this process or in ``dramatiq`` worker processes, and whether
+the import ran once or was run again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import peewee
+
+from dramatiq_shared import NoteStatus, ParseStatus
+from dramatiq_shared.db.models import (
+    Import,
+    Ingredient,
+    IngredientLine,
+    LineIngredient,
+    LinePattern,
+    Note,
+    PatternLine,
+    StatusEventRecord,
+)
+from dramatiq_shared.db.runner import OperationRunner
+
+from .actors import Nutrition
+
+__all__ = ["Summary", "note_counts", "summarize", "unenriched"]
+
+#: Most failures and patterns a summary lists.
+LISTED = 5
+
+
+@dataclass
+class Summary:
+    """One import's outcome and figures."""
+
+    import_id: str
+    outcome: str
+    recipes: int
+    notes: dict[str, int]
+    lines: dict[str, int]
+    ingredients: int
+    new_ingredients: int
+    enriched: int
+    top_patterns: list[tuple[str, int]]
+    endings: int
+    failures: list[tuple[str, str]]
+    retries: int = 0
+    breaker_trips: int = 0
+    enrichments_resent: int = 0
+    elapsed: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def render(self) -> str:
+        """The summary as the main job prints it."""
+        lines = sum(self.lines.values())
+        failed = self.notes.get(NoteStatus.FAILED.value, 0)
+        rows = [
+            ("recipes", f"{self.recipes} ({self.recipes - failed} done, {failed} failed)"),
+            ("lines", f"{lines}: " + ", ".join(f"{n} {s}" for s, n in self.lines.items())),
+            (
+                "ingredients",
+                f"{self.ingredients} ({self.new_ingredients} new with this import,"
+                f" {self.ingredients - self.new_ingredients} already known)",
+            ),
+            ("enriched", f"{self.enriched} of {self.ingredients} ingredients"),
+            (
+                "top patterns",
+                "; ".join(f"{rules} ({n})" for rules, n in self.top_patterns) or "none",
+            ),
+            ("retries", str(self.retries)),
+            ("breaker trips", str(self.breaker_trips)),
+            ("failures", "none" if not self.failures else f"{failed} notes"),
+            ("elapsed", f"{self.elapsed:.1f} s"),
+        ]
+        text = [f"Import {self.import_id}: {self.outcome}"]
+        text += [f"  {name:<14}{value}" for name, value in rows]
+        text += [f"    {note_id}: {reason}" for note_id, reason in self.failures]
+        if self.enrichments_resent:
+            text.append(f"  ({self.enrichments_resent} enrichments were sent again)")
+        return "\n".join(text)
+
+
+def _grouped(query: peewee.Query) -> dict[str, int]:
+    return {str(key): int(count) for key, count in query.tuples()}
+
+
+def note_counts(runner: OperationRunner, import_id: str) -> dict[str, int]:
+    """How many of the import's notes have each status."""
+    query = (
+        Note.select(Note.status, peewee.fn.COUNT(Note.id))
+        .where(Note.import_ref == import_id)
+        .group_by(Note.status)
+    )
+    return runner.run(lambda: _grouped(query))
+
+
+def _import_ingredients(import_id: str) -> peewee.Query:
+    return (
+        LineIngredient.select(LineIngredient.ingredient)
+        .join(IngredientLine)
+        .join(Note)
+        .where(Note.import_ref == import_id)
+        .distinct()
+    )
+
+
+def unenriched(runner: OperationRunner, import_id: str) -> list[int]:
+    """The import's ingredients that have no nutrition yet."""
+    query = (
+        Ingredient.select(Ingredient.id)
+        .join(Nutrition, peewee.JOIN.LEFT_OUTER)
+        .where(Ingredient.id.in_(_import_ingredients(import_id)), Nutrition.ingredient.is_null())
+        .order_by(Ingredient.id)
+    )
+    return runner.run(lambda: [row for (row,) in query.tuples()])
+
+
+def summarize(runner: OperationRunner, import_id: str, recipes: int) -> Summary:
+    """Count what the import left in the database."""
+
+    def read() -> Summary:
+        notes = _grouped(
+            Note.select(Note.status, peewee.fn.COUNT(Note.id))
+            .where(Note.import_ref == import_id)
+            .group_by(Note.status)
+        )
+        found = _grouped(
+            IngredientLine.select(IngredientLine.parse_status, peewee.fn.COUNT(IngredientLine.id))
+            .join(Note)
+            .where(Note.import_ref == import_id)
+            .group_by(IngredientLine.parse_status)
+        )
+        lines = {status.value: found.get(status.value, 0) for status in ParseStatus}
+        ingredients = _import_ingredients(import_id)
+        started = Import.select(Import.created_at).where(Import.id == import_id)
+        new = Ingredient.select().where(
+            Ingredient.id.in_(ingredients), Ingredient.created_at >= started
+        )
+        enriched = Nutrition.select().where(Nutrition.ingredient.in_(ingredients))
+        patterns = (
+            PatternLine.select(PatternLine.pattern, peewee.fn.COUNT(PatternLine.id).alias("n"))
+            .join(IngredientLine, on=PatternLine.line_id == IngredientLine.id)
+            .join(Note)
+            .where(Note.import_ref == import_id)
+            .group_by(PatternLine.pattern)
+            .order_by(peewee.SQL("n").desc(), PatternLine.pattern)
+            .limit(LISTED)
+        )
+        counted = list(patterns.tuples())
+        ids = [pattern for pattern, _ in counted]
+        rules = {p.id: p.rules for p in LinePattern.select().where(LinePattern.id.in_(ids))}
+        top = [(" ".join(rules[pattern]), n) for pattern, n in counted]
+        events = StatusEventRecord.select().where(StatusEventRecord.import_id == import_id)
+        endings = list(
+            events.where(
+                StatusEventRecord.context == "import",
+                StatusEventRecord.status.in_([NoteStatus.COMPLETED.value, NoteStatus.FAILED.value]),
+            ).order_by(StatusEventRecord.sequence)
+        )
+        reasons = {
+            e.note_id: e.message
+            for e in events.where(
+                StatusEventRecord.context == "note",
+                StatusEventRecord.status == NoteStatus.FAILED.value,
+            )
+        }
+        failed = (
+            Note.select(Note.id)
+            .where(Note.import_ref == import_id, Note.status == NoteStatus.FAILED.value)
+            .order_by(Note.id)
+            .limit(LISTED)
+        )
+        return Summary(
+            import_id=import_id,
+            outcome=_outcome(notes, recipes, endings[-1].status if endings else None),
+            recipes=recipes,
+            notes=notes,
+            lines=lines,
+            ingredients=ingredients.count(),
+            new_ingredients=new.count(),
+            enriched=enriched.count(),
+            top_patterns=top,
+            endings=len(endings),
+            failures=[(n.id, reasons.get(n.id) or "(no reason recorded)") for n in failed],
+        )
+
+    return runner.run(read)
+
+
+def _outcome(notes: Mapping[str, int], recipes: int, ending: str | None) -> str:
+    finished = notes.get(NoteStatus.COMPLETED.value, 0) + notes.get(NoteStatus.FAILED.value, 0)
+    if ending is not None and finished == recipes:
+        return ending
+    return f"INCOMPLETE ({finished} of {recipes} notes finished)"
