@@ -117,8 +117,11 @@ def setup_broker(
     db = init_database(database_config)
     if database_config.url.startswith("sqlite"):
         create_tables(db)
-    transport = RedisTransport(client) if client is not None else MemoryTransport()
-    broadcaster = Broadcaster(transport, StatusHistory(db), status_config)
+    history = StatusHistory(db)
+    transport = (
+        RedisTransport(client) if client is not None else MemoryTransport(last_id=history.last_id)
+    )
+    broadcaster = Broadcaster(transport, history, status_config)
     set_broadcaster(broadcaster)
     completion = (
         CompletionTracker(broadcaster, redis_client=client)

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+import peewee
+
 from .._checks import check_id, check_int
 from ..status.events import NoteStatus, StatusEvent
 from .bulk import insert_rows
@@ -67,6 +69,14 @@ class StatusHistory(RunsOperations):
                     suffix=" ON CONFLICT (import_id, sequence) DO NOTHING",
                 )
             )
+
+    def last_id(self, import_id: str) -> int:
+        """The id of the import's last stored event; 0 when it has none."""
+        check_id("import_id", import_id)
+        query = StatusEventRecord.select(peewee.fn.MAX(StatusEventRecord.sequence)).where(
+            StatusEventRecord.import_id == import_id
+        )
+        return int(self._runner.run(query.scalar) or 0)
 
     def read(self, import_id: str, after: int = 0, limit: int = 1_000) -> list[dict[str, Any]]:
         """An import's events with an id above ``after``, oldest first, in wire form."""

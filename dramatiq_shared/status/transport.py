@@ -124,10 +124,17 @@ class MemoryTransport:
 
     Parameters:
       maxlen: Events kept per import; older ones are dropped. Default 10000.
+      last_id: Gives an import's last event id from an earlier run (such as
+        :meth:`~dramatiq_shared.db.status_history.StatusHistory.last_id`), asked once
+        per import, so a process that runs an import again goes on numbering its events
+        where the history ends instead of reusing ids. Default: start at 1.
     """
 
-    def __init__(self, *, maxlen: int = 10_000) -> None:
+    def __init__(
+        self, *, maxlen: int = 10_000, last_id: Callable[[str], int] | None = None
+    ) -> None:
         self.maxlen = maxlen
+        self._resume = last_id
         self._lock = threading.Lock()
         self._events: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._last: dict[str, int] = defaultdict(int)
@@ -137,6 +144,8 @@ class MemoryTransport:
         published: list[tuple[str, dict[str, Any]]] = []
         with self._lock:
             for event in events:
+                if self._resume is not None and event.import_id not in self._last:
+                    self._last[event.import_id] = self._resume(event.import_id)
                 self._last[event.import_id] += 1
                 wire = {
                     **json.loads(wire_json(event, timestamp)),

@@ -181,3 +181,21 @@ def test_add_status_event_and_broadcast_needs_a_configured_broadcaster() -> None
         assert [e["status"] for e in transport.read("i")] == ["PENDING"]
     finally:
         set_broadcaster(None)
+
+
+def test_a_second_run_in_memory_numbers_on_from_the_history(database: peewee.Database) -> None:
+    history = StatusHistory(database)
+    for run in range(2):  # two processes, one after the other, on one database
+        transport = MemoryTransport(last_id=history.last_id)
+        broadcaster = Broadcaster(transport, history)
+        broadcaster.publish(StatusEvent("imp-1", NoteStatus.PROCESSING, message=f"run {run}"))
+        broadcaster.publish(StatusEvent("imp-1", NoteStatus.COMPLETED, message=f"run {run}"))
+        broadcaster.close()
+    assert history.last_id("imp-1") == 4
+    assert history.last_id("imp-2") == 0
+    assert [(e["id"], e["message"]) for e in history.read("imp-1")] == [
+        (1, "run 0"),
+        (2, "run 0"),
+        (3, "run 1"),
+        (4, "run 1"),
+    ]
