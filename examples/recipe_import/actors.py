@@ -293,6 +293,7 @@ def _finish_note_if_done(
 def note_failed(message: dict[str, Any], info: dict[str, Any]) -> None:
     """A note's message failed for good: the note is FAILED, with the reason, and counted."""
     import_id, note_id = _carried(message, "import_id"), _carried(message, "note_id")
+    kind = str(info.get("error_type"))
     operations.set_note_status(note_id, NoteStatus.FAILED)
     progress = stack.completion.mark_done(import_id, note_id, ok=False)
     if progress.counted:
@@ -301,7 +302,7 @@ def note_failed(message: dict[str, Any], info: dict[str, Any]) -> None:
                 import_id,
                 NoteStatus.FAILED,
                 note_id=note_id,
-                message=f"{info.get('error_type')}: {info.get('error_message')}"[:2_000],
+                message=f"{kind.rpartition('.')[2]}: {info.get('error_message')}"[:2_000],
                 context="note",
                 indent_level=1,
                 metadata={k: info[k] for k in ("attempt", "reason", "error_type") if k in info},
