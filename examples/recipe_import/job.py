@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         _wait(stack.broker, lambda: None)
         stack.broadcaster.flush()
         summary = _settled(lambda: summarize(actors.runner, import_id, len(recipes)), distributed)
+        summary.elapsed = time.monotonic() - started
         show.done()
     finally:
         close_workers(workers)
@@ -143,7 +144,6 @@ def run(args: argparse.Namespace) -> int:
     after = _counters(stack)
     summary.retries, summary.breaker_trips = (a - b for a, b in zip(after, before, strict=True))
     summary.enrichments_resent = len(missing)
-    summary.elapsed = time.monotonic() - started
     print(json.dumps(summary.as_dict()) if args.json else summary.render(), flush=True)
     if dashboard is not None:
         _linger(dashboard)
