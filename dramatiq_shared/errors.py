@@ -79,6 +79,14 @@ class ValidationError(_InvalidValueError, PermanentError):
     """Input data was refused. Bad input stays bad, so it is also a :class:`PermanentError`."""
 
 
+class MessageTooLargeError(ValidationError, MiddlewareError):
+    """A message is larger than ``max_message_size``.
+
+    A Dramatiq ``MiddlewareError`` too, so ``send()`` raises it rather than Dramatiq
+    logging it away; on a worker it fails the message at once, as any ValidationError.
+    """
+
+
 class AuthError(DramatiqSharedError):
     """A token was refused.
 

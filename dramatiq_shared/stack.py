@@ -38,6 +38,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, Retries
 
+from ._checks import check_int
 from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
 from .db.models import create_tables, init_database
 from .db.status_history import StatusHistory
@@ -75,6 +76,7 @@ def setup_broker(
     database: DatabaseConfig | str | None = None,
     breakers: Mapping[str, CircuitBreakerConfig | Mapping[str, Any]] | None = None,
     redis_url: str | None = None,
+    max_message_size: int | None = None,
 ) -> dramatiq.Broker:
     """Install the suite on ``broker`` (built from the environment when None) and make it
     Dramatiq's global broker.
@@ -90,6 +92,8 @@ def setup_broker(
       database: The database (config or URL); default from the environment.
       breakers: Settings per breaker name.
       redis_url: Redis for breakers, status streams and completion; default ``REDIS_URL``.
+      max_message_size: Largest encoded message in bytes (see :class:`ErrorHandling`);
+        default None, no limit.
 
     Returns:
       The broker.
@@ -100,6 +104,8 @@ def setup_broker(
     if broker is not None and getattr(broker, _ATTRIBUTE, None) is not None:
         dramatiq.set_broker(broker)
         return broker
+    if max_message_size is not None:
+        check_int("max_message_size", max_message_size, minimum=1, error=ConfigError)
     retry_config = _config(RetryConfig, retry)
     status_config = _config(StatusConfig, status)
     database_config = (
@@ -139,7 +145,7 @@ def setup_broker(
         circuit_breaker,
         StatusBroadcast(broadcaster=broadcaster),
         retry_middleware,
-        ErrorHandling(database=db),
+        ErrorHandling(database=db, max_message_size=max_message_size),
     )
     if client is not None:
         stack += (Heartbeat(client),)

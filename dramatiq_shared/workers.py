@@ -17,6 +17,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.broker import MessageProxy
+from dramatiq.errors import DecodeError
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
@@ -158,7 +159,13 @@ def _stop(worker: dramatiq.Worker, timeout: int) -> None:
         cached = getattr(consumer, "message_cache", None)
         if consumer is None or not cached:
             continue
-        consumer.requeue([MessageProxy(Message.decode(data)) for data in cached if data])
+        messages = []
+        for data in cached:
+            try:
+                messages.append(MessageProxy(Message.decode(data)))
+            except DecodeError:  # left for the next consumer, which sets it aside
+                continue
+        consumer.requeue(messages)
         cached.clear()
 
 

@@ -14,6 +14,11 @@ import and note ids) to every log record while it runs. When an attempt fails it
 * on a final failure writes the message, its options and its error history to the
   dead-letters table, when it was given a database.
 
+On Redis it also keeps a body that cannot be decoded from taking the worker's consumer
+down with it: the body goes to the queue's dead-letter queue (as on RabbitMQ), is
+logged, and is written to the dead-letters table (see
+:func:`~dramatiq_shared.middleware.messages.guard_decoding`).
+
 It works with :class:`~dramatiq_shared.middleware.Retry`, which keeps the error history
 in the message, or alone (then it keeps the history itself).
 """
@@ -28,15 +33,17 @@ from typing import Any
 import dramatiq
 import peewee
 from dramatiq.broker import MessageProxy
+from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import Middleware
 from loguru import logger
 
+from .._checks import check_int
 from ..config import DatabaseConfig
 from ..db.dead_letters import DeadLetterStore
-from ..errors import ConfigError
+from ..errors import ConfigError, MessageTooLargeError
 from ..logging import message_context
 from ..metrics import ERRORS
-from .messages import qualified_name, record_failure
+from .messages import guard_decoding, qualified_name, record_failure
 from .retry import Retry
 
 __all__ = ["ErrorHandling"]
@@ -67,10 +74,24 @@ class ErrorHandling(Middleware):
       database: Where dead letters are written: a database from
         :func:`~dramatiq_shared.db.init_database`, a :class:`DatabaseConfig`, or a URL.
         None (the default) keeps them only in the broker's dead-letter queue.
+      max_message_size: Largest encoded message, in bytes: a larger one is refused at
+        ``send()`` with a :class:`MessageTooLargeError`, and one that arrives anyway (from
+        another producer) fails at once and is dead-lettered. Default None: no limit.
+
+    Raises:
+      ConfigError: When ``max_message_size`` is not an int >= 1.
     """
 
-    def __init__(self, *, database: peewee.Database | DatabaseConfig | str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        database: peewee.Database | DatabaseConfig | str | None = None,
+        max_message_size: int | None = None,
+    ) -> None:
         self.dead_letters = DeadLetterStore(database) if database is not None else None
+        if max_message_size is not None:
+            check_int("max_message_size", max_message_size, minimum=1, error=ConfigError)
+        self.max_message_size = max_message_size
         # Keyed by the delivery's proxy object: a message id may be in flight twice
         # in one process when the broker redelivers it.
         self._deliveries: dict[int, _Delivery] = {}
@@ -89,11 +110,56 @@ class ErrorHandling(Middleware):
                 f"actor {actor.actor_name!r}: on_error", hook, "a callable (message, exception)"
             )
 
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        guard_decoding(broker, self._undecodable)
+
+    def _undecodable(
+        self, queue_name: str, message_id: str | None, body: bytes, error: BaseException
+    ) -> None:
+        reason = "its body could not be decoded as a message"
+        error_type = qualified_name(type(error))
+        logger.bind(queue=queue_name, message_id=message_id, error_type=error_type).error(
+            "Message {} on queue {} set aside in its dead-letter queue: {} ({})",
+            message_id or "(id not found)",
+            queue_name,
+            reason,
+            error,
+        )
+        ERRORS.labels("", error_type).inc()
+        if self.dead_letters is not None and message_id is not None:
+            raw = {
+                "queue_name": queue_name,
+                "actor_name": "",
+                "message_id": message_id,
+                "options": {},
+                "body": body[:_MESSAGE_LIMIT].decode("utf-8", "replace"),
+            }
+            self.dead_letters.record(
+                raw, error_type=error_type, error_message=str(error), reason=reason
+            )
+
+    def before_enqueue(
+        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int
+    ) -> None:
+        self._check_size(message)
+
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         scope = message_context(message, broker.actors.get(message.actor_name))
         scope.__enter__()
         attempt = message.options.get("retries", 0) + 1
         self._deliveries[id(message)] = _Delivery(scope, attempt, time.monotonic())
+        self._check_size(message)  # raised here, it fails the message: not retryable
+
+    def _check_size(self, message: dramatiq.Message[Any] | MessageProxy) -> None:
+        if self.max_message_size is None:
+            return
+        size = len(message.encode())
+        if size > self.max_message_size:
+            raise MessageTooLargeError(
+                f"message {message.message_id} for {message.actor_name} is {size:,} bytes"
+                f" encoded, more than max_message_size ({self.max_message_size:,})",
+                field="message",
+            )
 
     def after_process_message(
         self,
@@ -126,7 +192,19 @@ class ErrorHandling(Middleware):
         self._finish(broker, message)
 
     def before_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        if id(message) not in self._deliveries:
+            self._refused(broker, message)
         self._finish(broker, message)
+
+    def _refused(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        # Failed before it ran: Dramatiq's worker refuses a message for an actor it
+        # does not know, and moves it to the dead-letter queue without processing it.
+        exception = getattr(message, "_exception", None)
+        if not isinstance(exception, ActorNotFound) or self.dead_letters is None:
+            return
+        fields = {"error_type": qualified_name(ActorNotFound), "error_message": str(exception)}
+        reason = f"no actor {message.actor_name!r} is declared in this worker"
+        _bury(self.dead_letters, message, fields, reason)
 
     def _history_is_mine(self, broker: dramatiq.Broker) -> bool:
         # With Retry installed, it records the history before it enqueues the retry.

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import dramatiq
-from dramatiq.broker import MessageProxy
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.errors import DecodeError
 from loguru import logger
 
-__all__ = ["qualified_name", "record_failure", "requeue"]
+__all__ = ["guard_decoding", "qualified_name", "record_failure", "requeue"]
+
+#: Called with (queue name, message id or None, body, error) for a body set aside.
+OnUndecodable = Callable[[str, "str | None", bytes, BaseException], None]
 
 #: Entries of ``message.options["error_history"]`` kept; the total is in ``error_count``.
 HISTORY_LIMIT = 10
@@ -78,3 +85,64 @@ def requeue(
     logger.error("Message {} could not be enqueued again; failing it", message.message_id)
     message.fail()
     return False
+
+
+def guard_decoding(broker: dramatiq.Broker, on_undecodable: OnUndecodable) -> None:
+    """Make the Redis consumers of ``broker`` set an undecodable body aside, not die of it.
+
+    Dramatiq's Redis consumer decodes each fetched body; one that is not a message (a
+    foreign producer, another encoder, corruption) raises out of the consumer, which
+    the worker then replaces, dropping the messages it had prefetched: they stay in
+    the worker's ack set until its heartbeat expires. Guarded, the body is nacked to the
+    queue's dead-letter queue, as Dramatiq's RabbitMQ consumer does, and
+    ``on_undecodable`` is told; the consumer goes on with the next message. Other
+    brokers are left as they are. Guarding twice changes nothing.
+    """
+    if not isinstance(broker, RedisBroker) or getattr(broker, "_decoding_guarded", False):
+        return
+    consume = broker.consume
+
+    def guarded(queue_name: str, prefetch: int = 1, timeout: int = 5_000) -> Consumer:
+        return _Guarded(consume(queue_name, prefetch, timeout), broker, on_undecodable)  # type: ignore[return-value]
+
+    broker.consume = guarded  # type: ignore[method-assign]
+    broker._decoding_guarded = True  # type: ignore[attr-defined]
+
+
+class _Guarded:
+    """A Redis consumer that sets undecodable bodies aside; everything else is the consumer's."""
+
+    def __init__(self, inner: Any, broker: RedisBroker, on_undecodable: OnUndecodable) -> None:
+        self._inner = inner
+        self._broker = broker
+        self._on_undecodable = on_undecodable
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __iter__(self) -> Iterator[MessageProxy | None]:
+        return self
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            return next(self._inner)  # type: ignore[no-any-return]
+        except DecodeError as error:
+            self._set_aside(error.data, error.error or error)
+            return None  # as on an idle poll: the worker thread carries on
+
+    def _set_aside(self, body: bytes, error: BaseException) -> None:
+        queue_name = self._inner.queue_name
+        # The fetch returned bodies, not ids: find the body's id in the queue's hash.
+        key = f"{self._broker.namespace}:{queue_name}.msgs"
+        message_id = None
+        try:
+            for field, value in self._broker.client.hscan_iter(key, count=1_000):
+                if value == body:
+                    message_id = field.decode()
+                    self._broker.do_nack(queue_name, message_id)
+                    break
+            self._on_undecodable(queue_name, message_id, body, error)
+        except Exception as failure:  # never let a poison body stop the consumer
+            logger.opt(exception=failure).error(
+                "Could not set aside an undecodable message on {}: {}", queue_name, failure
+            )

@@ -7,8 +7,9 @@ broadcasting, error handling), and re-enqueues a copy of the message with a dela
 =================  =================================================================
 ``retry``          a retryable failure with attempts left; the copy runs after a delay
 ``exhausted``      ``max_attempts`` executions failed; the message is failed
-``not_retryable``  a ``PermanentError``, an actor's ``throws``, or outside
-                   ``retryable_errors``; the message is failed
+``not_retryable``  a ``PermanentError``, an actor's ``throws``, outside
+                   ``retryable_errors``, or a ``TypeError`` of arguments that do not
+                   fit the actor's signature; the message is failed
 ``deferred``       the actor raised ``Defer(delay)``; runs again without using an attempt
 ``requeued``       the worker shut down mid-message (Dramatiq's ``Shutdown``); runs
                    again at once without using an attempt
@@ -48,6 +49,7 @@ An exception with a ``retry_after`` attribute (seconds, as HTTP's header) or a
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import random
 import threading
 from collections import Counter
@@ -112,6 +114,30 @@ def resolve_settings(
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}", field=error.field) from None
     return config, max_defers
+
+
+def _misfit(actor: dramatiq.Actor[..., Any] | None, message: MessageProxy) -> str | None:
+    """Why the message's arguments cannot be passed to the actor, or None when they can.
+
+    A TypeError from calling the actor with arguments that do not fit its signature
+    would fail the same way every time: retrying it only delays the dead letter.
+    """
+    if actor is None:
+        return None
+    try:
+        signature = inspect.signature(actor.fn)
+    except (TypeError, ValueError):  # a builtin or a callable without a signature
+        return None
+    args = message.args if isinstance(message.args, (list, tuple)) else ()
+    kwargs = message.kwargs if isinstance(message.kwargs, Mapping) else {}
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as error:
+        parameters = ", ".join(
+            str(p.replace(annotation=p.empty)) for p in signature.parameters.values()
+        )
+        return f"the message's arguments do not fit {actor.actor_name}({parameters}): {error}"
+    return None
 
 
 class Retry(Middleware):
@@ -342,6 +368,9 @@ class Retry(Middleware):
         throws = message.options.get("throws") or (actor and actor.options.get("throws"))
         if throws and isinstance(exception, throws):
             return "not_retryable", None, f"{type(exception).__name__} is in the actor's throws"
+        misfit = _misfit(actor, message) if isinstance(exception, TypeError) else None
+        if misfit is not None:
+            return "not_retryable", None, misfit
         if not config.is_retryable(exception):
             return "not_retryable", None, f"{type(exception).__name__} is not retryable"
         if attempt >= config.max_attempts:
