@@ -116,6 +116,11 @@ def resolve_settings(
     return config, max_defers
 
 
+def _exception_classes(value: Any) -> bool:
+    classes = value if isinstance(value, tuple) else (value,)
+    return all(isinstance(c, type) and issubclass(c, BaseException) for c in classes)
+
+
 def _misfit(actor: dramatiq.Actor[..., Any] | None, message: MessageProxy) -> str | None:
     """Why the message's arguments cannot be passed to the actor, or None when they can.
 
@@ -188,6 +193,13 @@ class Retry(Middleware):
         self, broker: dramatiq.Broker, actor: dramatiq.Actor[..., Any]
     ) -> None:
         self._refuse_second_retry_layer(broker)
+        throws = actor.options.get("throws")
+        if throws is not None and not _exception_classes(throws):
+            raise ConfigError.invalid(
+                f"actor {actor.actor_name!r}: throws",
+                throws,
+                "an exception class or a tuple of exception classes",
+            )
         callback = actor.options.get("on_retry_exhausted")
         if callback is not None and not (isinstance(callback, str) and callback.strip()):
             raise ConfigError.invalid(

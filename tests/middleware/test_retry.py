@@ -362,6 +362,7 @@ def test_installing_both_retry_layers_is_refused(stub_broker: StubBroker) -> Non
         ({"max_defers": "x"}, "actor 'bad': max_defers must be an int >= 0"),
         ({"on_error": "cleanup"}, "actor 'bad': on_error must be a callable"),
         ({"on_retry_exhausted": 3}, "actor 'bad': on_retry_exhausted must be an actor's name"),
+        ({"throws": "KeyError"}, "actor 'bad': throws must be an exception class or a tuple"),
     ],
 )
 def test_bad_actor_options_are_refused_at_declaration(
