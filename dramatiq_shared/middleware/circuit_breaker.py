@@ -37,7 +37,7 @@ from .._checks import check_int
 from ..breakers import Breakers, Ticket, Verdict, check_breaker_name
 from ..config import CircuitBreakerConfig
 from ..errors import CircuitOpenError, ConfigError
-from .messages import qualified_name, requeue
+from .messages import BROKER_OUTAGE, qualified_name, requeue
 
 __all__ = ["CircuitBreaker"]
 
@@ -58,6 +58,8 @@ class CircuitBreaker(Middleware):
         not all return at one instant. Default 1000.
       enqueue_attempts: Tries at re-enqueueing a deferred message before failing it.
         Default 3.
+      broker_outage: Milliseconds a lost connection to the broker is waited out when
+        re-enqueueing a deferred message, before it is failed. Default 60000.
       local: Keep the state in this process instead of Redis: for an embedded run
         (StubBroker, one process). Default False.
 
@@ -76,6 +78,7 @@ class CircuitBreaker(Middleware):
         fallback: str = "closed",
         jitter: int = 1_000,
         enqueue_attempts: int = 3,
+        broker_outage: int = BROKER_OUTAGE,
         local: bool = False,
     ) -> None:
         if redis_client is None and not local:
@@ -95,6 +98,7 @@ class CircuitBreaker(Middleware):
         self.enqueue_attempts = check_int(
             "enqueue_attempts", enqueue_attempts, minimum=1, error=ConfigError
         )
+        self.broker_outage = check_int("broker_outage", broker_outage, minimum=0, error=ConfigError)
         self._calls: dict[int, _Call] = {}
 
     @property
@@ -174,7 +178,9 @@ class CircuitBreaker(Middleware):
         delay = self.deferral_delay(error.remaining)
         options = message.options
         options["breaker_deferrals"] = options.get("breaker_deferrals", 0) + 1
-        enqueued = requeue(broker, message, delay, attempts=self.enqueue_attempts)
+        enqueued = requeue(
+            broker, message, delay, attempts=self.enqueue_attempts, outage=self.broker_outage
+        )
         # Set after the enqueue, so the copy does not carry this delivery's decision.
         options["retry_decision"] = {
             "action": "deferred" if enqueued else "enqueue_failed",

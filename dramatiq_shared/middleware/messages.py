@@ -7,12 +7,24 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import DecodeError
 from loguru import logger
 
 __all__ = ["guard_decoding", "qualified_name", "record_failure", "requeue"]
+
+#: Milliseconds a lost connection to the broker is waited out before a message that
+#: must be enqueued again is failed instead.
+BROKER_OUTAGE = 60_000
+#: Longest pause between two tries at enqueueing, in milliseconds.
+_MAX_PAUSE = 2_000
+_CONNECTION_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    dramatiq.errors.BrokerConnectionError,
+)
 
 #: Called with (queue name, message id or None, body, error) for a body set aside.
 OnUndecodable = Callable[[str, "str | None", bytes, BaseException], None]
@@ -56,35 +68,52 @@ def requeue(
     *,
     attempts: int = 3,
     backoff: int = 100,
+    outage: int = BROKER_OUTAGE,
 ) -> bool:
-    """Enqueue ``message`` again, trying ``attempts`` times; fail it if all of them fail.
+    """Enqueue ``message`` again; fail it when that cannot be done.
 
     Dramatiq acks the current delivery once the middleware is done with it, so a copy
     that was never enqueued would be lost. Failing the message makes the worker nack
     it instead, and the broker keeps it in its dead-letter queue.
 
+    An error of the enqueue is tried ``attempts`` times, backing off from ``backoff``
+    milliseconds. A lost connection to the broker is waited out for up to ``outage``
+    milliseconds, as Dramatiq's worker waits to ack: a broker restarting is no reason
+    to dead-letter the message, which would leave its import unfinished.
+
     Returns:
       True when the copy was enqueued.
     """
-    for number in range(1, attempts + 1):
+    number = 0
+    started = time.monotonic()
+    while True:
+        number += 1
         try:
             broker.enqueue(message.copy(), delay=delay or None)
         except Exception as error:
+            disconnected = isinstance(error, _CONNECTION_ERRORS)
+            waited = (time.monotonic() - started) * 1000
+            if (number >= attempts and not disconnected) or (disconnected and waited >= outage):
+                logger.error(
+                    "Message {} could not be enqueued again ({}: {}); failing it",
+                    message.message_id,
+                    type(error).__name__,
+                    error,
+                )
+                message.fail()
+                return False
+            pause = min(backoff * 2 ** min(number - 1, 10), _MAX_PAUSE)
             logger.warning(
-                "Enqueueing message {} again failed (try {} of {}): {}: {}",
+                "Enqueueing message {} again failed (try {}), again in {} ms: {}: {}",
                 message.message_id,
                 number,
-                attempts,
+                pause,
                 type(error).__name__,
                 error,
             )
-            if number < attempts:
-                time.sleep(backoff * 2 ** (number - 1) / 1000)
+            time.sleep(pause / 1000)
         else:
             return True
-    logger.error("Message {} could not be enqueued again; failing it", message.message_id)
-    message.fail()
-    return False
 
 
 def guard_decoding(broker: dramatiq.Broker, on_undecodable: OnUndecodable) -> None:

@@ -68,7 +68,7 @@ from ..config import MAX_DELAY, RetryConfig
 from ..errors import CircuitOpenError, ConfigError, Defer
 from ..metrics import RETRY_DECISIONS
 from .circuit_breaker import CircuitBreaker
-from .messages import qualified_name, record_failure, requeue
+from .messages import BROKER_OUTAGE, qualified_name, record_failure, requeue
 
 __all__ = ["Retry", "backoff_delay", "resolve_settings"]
 
@@ -157,6 +157,8 @@ class Retry(Middleware):
         defers forever; actors may override it. Default 20.
       enqueue_attempts: Tries at enqueueing a retry before the message is failed
         (dead-lettered by the broker). Default 3.
+      broker_outage: Milliseconds a lost connection to the broker is waited out when
+        enqueueing a retry, before the message is failed. Default 60000.
       seed: Seed of the jitter's random numbers, for reproducible runs. Default None.
 
     Raises:
@@ -169,6 +171,7 @@ class Retry(Middleware):
         config: RetryConfig | None = None,
         max_defers: int = 20,
         enqueue_attempts: int = 3,
+        broker_outage: int = BROKER_OUTAGE,
         seed: int | None = None,
     ) -> None:
         self.config = config or RetryConfig()
@@ -178,6 +181,7 @@ class Retry(Middleware):
         self.enqueue_attempts = check_int(
             "enqueue_attempts", enqueue_attempts, minimum=1, error=ConfigError
         )
+        self.broker_outage = check_int("broker_outage", broker_outage, minimum=0, error=ConfigError)
         self._random = random.Random(seed)
         self._actors: dict[str, tuple[RetryConfig, int]] = {}
         self._lock = threading.Lock()
@@ -271,7 +275,14 @@ class Retry(Middleware):
         action, delay, reason = self._judge(broker, message, exception, config, max_defers)
         if delay is not None:
             decision["delay"] = delay
-            if not requeue(broker, message, delay, attempts=self.enqueue_attempts):
+            enqueued = requeue(
+                broker,
+                message,
+                delay,
+                attempts=self.enqueue_attempts,
+                outage=self.broker_outage,
+            )
+            if not enqueued:
                 action, reason = "enqueue_failed", "the retry could not be enqueued"
         else:
             message.fail()

@@ -9,15 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-import dramatiq
 import pytest
 import redis
-from dramatiq.brokers.redis import RedisBroker
 
-from dramatiq_shared import Broadcaster, CompletionTracker, RedisTransport
-from dramatiq_shared.cli import main
-from dramatiq_shared.db import DatabaseOperations
-from dramatiq_shared.db.models import Note, init_database
+from dramatiq_shared import RedisTransport
+from dramatiq_shared.db.models import Note
+
+from .synthetic import endings, executions, prepare, stored_event_ids
 
 pytestmark = pytest.mark.faults
 
@@ -37,30 +35,10 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-def endings(client: redis.Redis) -> list[str]:
-    events = RedisTransport(client).read(IMPORT, limit=100_000)
-    return [e["status"] for e in events if e["context"] == "import" and e["status"] != "PROCESSING"]
-
-
 def test_a_sigkilled_worker_loses_nothing_and_doubles_nothing(
     redis_client: redis.Redis, redis_url: str, postgres_url: str
 ) -> None:
-    assert main(["init-db", "--database", postgres_url]) == 0
-    database = init_database(postgres_url)
-    DatabaseOperations(database).create_or_update_import(IMPORT, total_notes=MESSAGES)
-    tracker = CompletionTracker(
-        Broadcaster(RedisTransport(redis_client)), redis_client=redis_client
-    )
-    tracker.expect(IMPORT, MESSAGES)
-    tracker.broadcaster.close()
-    sender = RedisBroker(url=redis_url)
-    for n in range(MESSAGES):
-        sender.enqueue(
-            dramatiq.Message(
-                queue_name="default", actor_name="store", args=(IMPORT, n), kwargs={}, options={}
-            )
-        )
-    sender.close()
+    database = prepare(redis_url, postgres_url, IMPORT, MESSAGES)
 
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": postgres_url}
     env.pop("RABBITMQ_URL", None)
@@ -76,7 +54,7 @@ def test_a_sigkilled_worker_loses_nothing_and_doubles_nothing(
             time.sleep(0.1)
         recovered = time.monotonic() - killed_at
         assert Note.select().count() == MESSAGES, "messages were lost"
-        while not endings(redis_client) and time.monotonic() < deadline:
+        while not endings(redis_client, IMPORT) and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         for worker in (victim, survivor):
@@ -85,14 +63,20 @@ def test_a_sigkilled_worker_loses_nothing_and_doubles_nothing(
                 worker.wait(60)
         database.close_all()
 
-    executions = {
-        int(k): int(v) for k, v in redis_client.hgetall(f"faults:executions:{IMPORT}").items()
-    }
-    assert set(executions) == set(range(MESSAGES))
-    redelivered = sum(count - 1 for count in executions.values())
-    assert endings(redis_client) == ["COMPLETED"]  # once, though some ran twice
+    ran = executions(redis_client, IMPORT)
+    assert set(ran) == set(range(MESSAGES))
+    redelivered = sum(count - 1 for count in ran.values())
+    assert endings(redis_client, IMPORT) == ["COMPLETED"]  # once, though some ran twice
     assert redis_client.zcard("dramatiq:default.XQ") == 0
+    streamed = [e["id"] for e in RedisTransport(redis_client).read(IMPORT, limit=100_000)]
+    assert streamed == list(range(streamed[0], streamed[-1] + 1))  # no gap, no repeat
+    # Known, not fixed: the killed process's events that were streamed but not yet
+    # persisted (its last batch, at most broadcast_interval's worth) are missing from
+    # the database history, where the relay looks once the stream has trimmed them.
+    stored = set(stored_event_ids(database, IMPORT))
+    unpersisted = len(set(range(1, streamed[-1] + 1)) - stored)
     print(
         f"\nkilled worker: {in_flight} messages not yet done, {redelivered} run twice,"
-        f" 0 lost, 0 duplicate rows, all done {recovered:.1f} s after the kill"
+        f" 0 lost, 0 duplicate rows, all done {recovered:.1f} s after the kill;"
+        f" {unpersisted} streamed events missing from the database history"
     )

@@ -92,9 +92,11 @@ def test_a_deferral_that_cannot_be_enqueued_is_dead_lettered(
 ) -> None:
     broker = EnqueueFailsBroker(url=redis_url)
     broker.emit_after("process_boot")
-    middleware = CircuitBreaker(redis_url=redis_url, breakers={"api": {"failureThreshold": 1}})
+    middleware = CircuitBreaker(
+        redis_url=redis_url, breakers={"api": {"failureThreshold": 1}}, broker_outage=300
+    )
     broker.add_middleware(middleware)
-    install(broker)
+    install(broker, broker_outage=300)
     runs = []
 
     @dramatiq.actor(broker=broker, breaker="api")

@@ -1,0 +1,57 @@
+"""Setting up and checking a synthetic import for the fault tests."""
+
+from __future__ import annotations
+
+import dramatiq
+import peewee
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from dramatiq_shared import Broadcaster, CompletionTracker, RedisTransport
+from dramatiq_shared.cli import main
+from dramatiq_shared.db import DatabaseOperations
+from dramatiq_shared.db.models import init_database
+from dramatiq_shared.db.status_history import StatusHistory
+
+
+def prepare(redis_url: str, postgres_url: str, import_id: str, messages: int) -> peewee.Database:
+    """Tables, the import, its expected total, and one ``store`` message per item."""
+    assert main(["init-db", "--database", postgres_url]) == 0
+    database = init_database(postgres_url)
+    DatabaseOperations(database).create_or_update_import(import_id, total_notes=messages)
+    client = redis.Redis.from_url(redis_url)
+    tracker = CompletionTracker(Broadcaster(RedisTransport(client)), redis_client=client)
+    tracker.expect(import_id, messages)
+    tracker.broadcaster.close()
+    sender = RedisBroker(url=redis_url)
+    for n in range(messages):
+        sender.enqueue(
+            dramatiq.Message(
+                queue_name="default", actor_name="store", args=(import_id, n), kwargs={}, options={}
+            )
+        )
+    sender.close()
+    return database
+
+
+def endings(client: redis.Redis, import_id: str) -> list[str]:
+    """The import's COMPLETED and FAILED events, from its stream."""
+    events = RedisTransport(client).read(import_id, limit=100_000)
+    return [e["status"] for e in events if e["context"] == "import" and e["status"] != "PROCESSING"]
+
+
+def stored_event_ids(database: peewee.Database, import_id: str) -> list[int]:
+    """The ids of the import's events in the database history, in order."""
+    history = StatusHistory(database)
+    ids: list[int] = []
+    while True:
+        page = history.read(import_id, after=ids[-1] if ids else 0, limit=1_000)
+        if not page:
+            return ids
+        ids += [event["id"] for event in page]
+
+
+def executions(client: redis.Redis, import_id: str) -> dict[int, int]:
+    """How many times each item's message ran (the synthetic app counts them)."""
+    counted = client.hgetall(f"faults:executions:{import_id}")
+    return {int(item): int(times) for item, times in counted.items()}
