@@ -15,9 +15,13 @@ that reports progress pays for a lock and a list append, not a round trip. That 
   when the broadcaster is flushed or closed (the middleware closes it at worker
   shutdown).
 
-A failing transport or database is retried ``max_retries`` times within ``timeout``;
-then the batch is logged and counted as failed and dropped. A status event is a side
-concern: its failure never fails or delays the job that reported it.
+A failing transport or database is retried ``max_retries`` times within ``timeout``.
+A batch the transport still refuses is logged, counted as failed and dropped (it has
+no id, so nothing downstream misses it). A batch the database refuses is kept and
+written later, backing off up to 30 s, so the history never has a gap where the stream
+has none; only beyond 100,000 waiting events are the oldest dropped, logged and
+counted (``persist_failed``). A status event is a side concern: its failure never
+fails or delays the job that reported it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,12 @@ __all__ = [
 ]
 
 Key = tuple[str, str | None, str | None]
+
+
+#: Most published events kept for the history while the database is unreachable.
+MAX_UNPERSISTED = 100_000
+#: Longest wait, in seconds, between two tries at writing the history.
+_MAX_PERSIST_BACKOFF = 30.0
 
 
 class Broadcaster:
@@ -79,6 +89,8 @@ class Broadcaster:
         self._waiting: dict[str, OrderedDict[Key, StatusEvent]] = {}
         self._to_persist: list[tuple[int, int, StatusEvent]] = []
         self._persist_due: float | None = None
+        self._persist_backoff = 0.0  # seconds; grows while the database is unreachable
+        self._persist_blocked_until = 0.0
         self._thread = threading.Thread(target=self._run, name="status-broadcaster", daemon=True)
         self._thread.start()
 
@@ -198,9 +210,14 @@ class Broadcaster:
             self._send(outgoing)
         if self._to_persist and (
             flushing
-            or len(self._to_persist) >= self.config.batch_size
-            or any(event.is_terminal for event in outgoing)
             or (self._persist_due is not None and now >= self._persist_due)
+            or (
+                now >= self._persist_blocked_until
+                and (
+                    len(self._to_persist) >= self.config.batch_size
+                    or any(event.is_terminal for event in outgoing)
+                )
+            )
         ):
             self._persist()
 
@@ -233,7 +250,23 @@ class Broadcaster:
         done = self._retrying(
             "persist", lambda: history.write(records, batch_size=self.config.batch_size)
         )
-        self.counts["persisted" if done is not None else "persist_failed"] += len(records)
+        if done is not None:
+            self.counts["persisted"] += len(records)
+            self._persist_backoff = 0.0
+            self._persist_blocked_until = 0.0
+            return
+        # Kept and tried again later: the history must hold what the stream has, or
+        # the relay would show a gap once the stream trims those events.
+        kept = records + self._to_persist
+        dropped = len(kept) - MAX_UNPERSISTED
+        if dropped > 0:
+            logger.error("Dropping the {} oldest status events the history never got", dropped)
+            self.counts["persist_failed"] += dropped
+            kept = kept[dropped:]
+        self._to_persist = kept
+        self._persist_backoff = min(max(1.0, 2 * self._persist_backoff), _MAX_PERSIST_BACKOFF)
+        self._persist_blocked_until = time.monotonic() + self._persist_backoff
+        self._persist_due = self._persist_blocked_until
 
     def _retrying(self, what: str, action: Any) -> Any:
         deadline = time.monotonic() + self.config.timeout / 1000

@@ -14,8 +14,10 @@ from dramatiq_shared.db.models import init_database
 from dramatiq_shared.db.status_history import StatusHistory
 
 
-def prepare(redis_url: str, postgres_url: str, import_id: str, messages: int) -> peewee.Database:
-    """Tables, the import, its expected total, and one ``store`` message per item."""
+def prepare(
+    redis_url: str, postgres_url: str, import_id: str, messages: int, actor: str = "store"
+) -> peewee.Database:
+    """Tables, the import, its expected total, and one ``actor`` message per item."""
     assert main(["init-db", "--database", postgres_url]) == 0
     database = init_database(postgres_url)
     DatabaseOperations(database).create_or_update_import(import_id, total_notes=messages)
@@ -27,7 +29,7 @@ def prepare(redis_url: str, postgres_url: str, import_id: str, messages: int) ->
     for n in range(messages):
         sender.enqueue(
             dramatiq.Message(
-                queue_name="default", actor_name="store", args=(import_id, n), kwargs={}, options={}
+                queue_name="default", actor_name=actor, args=(import_id, n), kwargs={}, options={}
             )
         )
     sender.close()

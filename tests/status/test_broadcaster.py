@@ -22,6 +22,8 @@ from dramatiq_shared import (
     StatusEvent,
     ValidationError,
     add_status_event_and_broadcast,
+    create_tables,
+    init_database,
     set_broadcaster,
 )
 from dramatiq_shared.db import StatusHistory
@@ -199,3 +201,24 @@ def test_a_second_run_in_memory_numbers_on_from_the_history(database: peewee.Dat
         (3, "run 1"),
         (4, "run 1"),
     ]
+
+
+def test_events_the_history_could_not_take_are_written_once_it_can(sqlite_url: str) -> None:
+    database = init_database(sqlite_url)
+    create_tables(database)
+    history = StatusHistory(database)
+    transport = MemoryTransport()
+    broadcaster = Broadcaster(
+        transport, history, StatusConfig(broadcast_interval=20, timeout=200, max_retries=1)
+    )
+    database.execute_sql("ALTER TABLE ds_status_events RENAME TO unreachable")
+    for n in range(50):
+        broadcaster.publish(progress(n, metadata={"n": n}))
+    broadcaster.publish(StatusEvent("imp-1", NoteStatus.COMPLETED, message="done"))
+    assert not broadcaster.flush(timeout=0.5)  # the history is out of reach
+    database.execute_sql("ALTER TABLE unreachable RENAME TO ds_status_events")
+    assert broadcaster.flush(timeout=10)  # written on a later try, nothing dropped
+    broadcaster.close()
+    assert history.read("imp-1") == transport.read("imp-1")
+    assert broadcaster.counts["persist_failed"] == 0
+    database.close()
