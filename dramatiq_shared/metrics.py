@@ -42,6 +42,7 @@ __all__ = [
     "DB_SECONDS",
     "ERRORS",
     "IN_FLIGHT",
+    "RELAY_REFUSALS",
     "RETRY_DECISIONS",
     "registry",
     "render",
@@ -76,6 +77,12 @@ DB_SECONDS = Histogram(
 )
 BROADCASTS = Counter(
     "dramatiq_shared_broadcasts", "Status events: sent, coalesced, failed.", ["outcome"]
+)
+RELAY_REFUSALS = Counter(
+    "dramatiq_shared_relay_refusals",
+    "What the relay refused: bad tokens, other imports, malformed or oversized frames,"
+    " floods, foreign origins; by reason.",
+    ["reason"],
 )
 IN_FLIGHT = Gauge(
     "dramatiq_shared_messages_in_flight",

@@ -31,7 +31,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from .._checks import check_int
 from .._redis import text
 from ..errors import AuthError, ConfigError
-from ..metrics import render
+from ..metrics import RELAY_REFUSALS, render
 from ..status.auth import ADMIN, verify
 from .connections import Connection, Hub
 from .sources import EventSource
@@ -152,6 +152,7 @@ class _Relay:
         origin = request.headers.get("Origin")
         own = f"{request.scheme}://{request.host}"
         if origin is not None and origin != own and origin not in self.origins:
+            RELAY_REFUSALS.labels("origin").inc()
             raise web.HTTPForbidden(text=f"origin {origin} is not allowed")
         # timeout: seconds a closing socket waits for the client's reply.
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30, timeout=2)
@@ -165,6 +166,9 @@ class _Relay:
                     await connection.receive(message.data)
                 elif message.type == WSMsgType.BINARY:
                     connection.error("bad_request", "frames must be JSON text")
+                elif message.type == WSMsgType.ERROR:  # aiohttp closes the socket itself
+                    too_big = getattr(ws.exception(), "code", None) == WSCloseCode.MESSAGE_TOO_BIG
+                    RELAY_REFUSALS.labels("frame_too_large" if too_big else "bad_frame").inc()
         finally:
             connection.drop()
             connection.wakeup.set()
@@ -216,6 +220,7 @@ def _authorize(request: web.Request, secret: str, import_id: str) -> None:
     try:
         verify(token, secret, import_id=import_id)
     except AuthError as error:
+        RELAY_REFUSALS.labels(error.code).inc()
         status = web.HTTPForbidden if error.code == "forbidden" else web.HTTPUnauthorized
         raise status(
             text=json.dumps({"code": error.code, "message": str(error)}),

@@ -34,6 +34,7 @@ from aiohttp import WSCloseCode, web
 from loguru import logger
 
 from ..errors import AuthError
+from ..metrics import RELAY_REFUSALS
 from ..status.auth import ADMIN, verify
 from .sources import Event, EventSource
 
@@ -275,6 +276,7 @@ class Connection:
         return None
 
     def error(self, code: str, message: str) -> None:
+        RELAY_REFUSALS.labels(code).inc()
         self._enqueue(json.dumps({"type": "error", "code": code, "message": message}))
 
     def _rate_allows(self) -> bool:
