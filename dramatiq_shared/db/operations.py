@@ -289,7 +289,9 @@ class DatabaseOperations(RunsOperations):
             .tuples()
         )
         counts = dict.fromkeys(ParseStatus, 0)
-        for status, count in self._runner.run(lambda: list(query)):
+        # peewee's stubs type tuples() rows as models; they are (status, count) tuples.
+        rows = cast("list[tuple[str, int]]", self._runner.run(lambda: list(query)))
+        for status, count in rows:
             counts[ParseStatus(status)] = count
         return counts
 
