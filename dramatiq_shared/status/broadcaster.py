@@ -15,20 +15,22 @@ that reports progress pays for a lock and a list append, not a round trip. That 
   when the broadcaster is flushed or closed (the middleware closes it at worker
   shutdown).
 
-A failing transport or database is retried ``max_retries`` times within ``timeout``.
-A batch the transport still refuses is logged, counted as failed and dropped (it has
-no id, so nothing downstream misses it). A batch the database refuses is kept and
-written later, backing off up to 30 s, so the history never has a gap where the stream
-has none; only beyond 100,000 waiting events are the oldest dropped, logged and
-counted (``persist_failed``). A status event is a side concern: its failure never
+A failing transport or database is retried ``max_retries`` times within ``timeout``;
+a batch still refused is kept and tried again later, in order, backing off up to 30 s.
+A batch keeps one token across its tries, so a try whose reply was lost (Redis going
+down mid-call) is not appended twice, and the history never has a gap where the
+stream has none. Only beyond 100,000 waiting events are the oldest dropped, logged
+and counted (``failed``, ``persist_failed``). A status event is a side concern: its failure never
 fails or delays the job that reported it.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections import Counter, OrderedDict
+import uuid
+from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,6 +91,9 @@ class Broadcaster:
         self._waiting: dict[str, OrderedDict[Key, StatusEvent]] = {}
         self._to_persist: list[tuple[int, int, StatusEvent]] = []
         self._persist_due: float | None = None
+        self._outbox: deque[tuple[str, int, list[StatusEvent]]] = deque()
+        self._send_backoff = 0.0  # seconds; grows while the transport is unreachable
+        self._send_blocked_until = 0.0
         self._persist_backoff = 0.0  # seconds; grows while the database is unreachable
         self._persist_blocked_until = 0.0
         self._thread = threading.Thread(target=self._run, name="status-broadcaster", daemon=True)
@@ -133,19 +138,28 @@ class Broadcaster:
         return True
 
     def close(self, timeout: float = 10.0) -> None:
-        """Flush, then stop the background thread."""
+        """Flush, then stop the background thread; what could not go out is counted lost."""
         self.flush(timeout)
         with self._wake:
             self._closed = True
             self._wake.notify()
         self._thread.join(timeout)
+        unsent = sum(len(events) for _, _, events in self._outbox)
+        if unsent:
+            logger.error(
+                "{} status events were never sent: the transport stayed out of reach", unsent
+            )
+            self.count("failed", unsent)
+        if self._to_persist:
+            logger.error("{} status events never reached the history", len(self._to_persist))
+            self.counts["persist_failed"] += len(self._to_persist)
 
     # --- the background thread --------------------------------------------------------------
 
     _flush_requested = False
 
     def _pending(self) -> bool:
-        return bool(self._to_persist) or any(self._waiting.values())
+        return bool(self._to_persist or self._outbox) or any(self._waiting.values())
 
     def _run(self) -> None:
         while True:
@@ -179,6 +193,8 @@ class Broadcaster:
         ]
         if self._persist_due is not None:
             deadlines.append(self._persist_due - now)
+        if self._outbox:
+            deadlines.append(self._send_blocked_until - now)
         return min(deadlines) if deadlines else None
 
     def _handle(self, incoming: list[StatusEvent], flushing: bool) -> None:
@@ -208,6 +224,8 @@ class Broadcaster:
                 del self._waiting[import_id]
         if outgoing:
             self._send(outgoing)
+        elif self._outbox:
+            self._drain_outbox()
         if self._to_persist and (
             flushing
             or (self._persist_due is not None and now >= self._persist_due)
@@ -222,16 +240,37 @@ class Broadcaster:
             self._persist()
 
     def _send(self, events: list[StatusEvent]) -> None:
-        timestamp = int(time.time() * 1000)
-        ids = self._retrying("send", lambda: self.transport.append(events, timestamp))
-        if ids is None:
-            self.count("failed", len(events))
+        # A batch keeps its token across tries: a try whose reply was lost already gave
+        # the events ids, and the next try gets the same ids instead of new copies.
+        self._outbox.append((uuid.uuid4().hex, int(time.time() * 1000), events))
+        self._drain_outbox()
+
+    def _drain_outbox(self) -> None:
+        """Send the waiting batches in order; on a failure, keep them and back off."""
+        if time.monotonic() < self._send_blocked_until:
             return
-        self.count("sent", len(events))
-        if self.history is not None:
-            self._to_persist.extend((i, timestamp, e) for i, e in zip(ids, events, strict=True))
-            if self._persist_due is None:
-                self._persist_due = time.monotonic() + self.config.broadcast_interval / 1000
+        while self._outbox:
+            batch, timestamp, events = self._outbox[0]
+            ids = self._retrying(
+                "send", functools.partial(self.transport.append, events, timestamp, batch=batch)
+            )
+            if ids is None:
+                waiting = sum(len(e) for _, _, e in self._outbox)
+                while waiting > MAX_UNPERSISTED and len(self._outbox) > 1:
+                    _, _, dropped = self._outbox.popleft()
+                    waiting -= len(dropped)
+                    self.count("failed", len(dropped))
+                    logger.error("Dropping {} status events the transport never took", len(dropped))
+                self._send_backoff = min(max(1.0, 2 * self._send_backoff), _MAX_PERSIST_BACKOFF)
+                self._send_blocked_until = time.monotonic() + self._send_backoff
+                return
+            self._outbox.popleft()
+            self._send_backoff = 0.0
+            self.count("sent", len(events))
+            if self.history is not None:
+                self._to_persist.extend((i, timestamp, e) for i, e in zip(ids, events, strict=True))
+                if self._persist_due is None:
+                    self._persist_due = time.monotonic() + self.config.broadcast_interval / 1000
 
     def count(self, outcome: str, number: int = 1) -> None:
         """Count ``number`` events with ``outcome``, here and in the Prometheus metric.

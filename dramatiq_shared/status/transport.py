@@ -13,6 +13,8 @@ Redis keys, under ``namespace`` (default ``dramatiq_shared``):
 ``{ns}:status:all``               stream of every import's events: fields
                                   ``import_id``, ``id``, ``event``; trimmed likewise
 ``{ns}:status:imports``           sorted set of import ids by last event time (ms)
+``{ns}:status-batch:{token}``     the ids a batch got, for 10 minutes: a retried
+                                  append whose reply was lost publishes nothing twice
 ================================  ====================================================
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
@@ -44,20 +47,30 @@ def wire_json(event: StatusEvent, timestamp: int) -> str:
 class Transport(Protocol):
     """What a broadcaster needs of a transport."""
 
-    def append(self, events: Sequence[StatusEvent], timestamp: int) -> list[int]:
-        """Publish ``events`` in order; return the id each got."""
+    def append(
+        self, events: Sequence[StatusEvent], timestamp: int, *, batch: str | None = None
+    ) -> list[int]:
+        """Publish ``events`` in order; return the id each got.
+
+        A retry with the same ``batch`` token publishes nothing twice and returns the
+        ids the first try gave, though its reply was lost.
+        """
 
     def read(self, import_id: str, after: int = 0, limit: int = 1_000) -> list[dict[str, Any]]:
         """An import's events with an id above ``after``, oldest first, in wire form."""
 
 
-# KEYS: the all-stream, the imports index, then a stream and a counter per event.
-# ARGV: maxlen, timestamp, then an import id and a JSON text per event.
+# KEYS: the all-stream, the imports index, the batch's key, then a stream and a counter
+# per event. ARGV: maxlen, timestamp, the batch key's TTL (ms), then an import id and a
+# JSON text per event. A batch whose key exists was appended before (its reply was
+# lost): its ids are returned again and nothing is appended twice.
 _APPEND = """
+local done = redis.call('GET', KEYS[3])
+if done then return cjson.decode(done) end
 local ids = {}
-for i = 0, (#KEYS - 2) / 2 - 1 do
-  local stream, counter = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
-  local import_id, event = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+for i = 0, (#KEYS - 3) / 2 - 1 do
+  local stream, counter = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
+  local import_id, event = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
   local id = redis.call('INCR', counter)
   redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], id .. '-0', 'event', event)
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
@@ -65,8 +78,12 @@ for i = 0, (#KEYS - 2) / 2 - 1 do
   redis.call('ZADD', KEYS[2], ARGV[2], import_id)
   ids[#ids + 1] = id
 end
+redis.call('SET', KEYS[3], cjson.encode(ids), 'PX', ARGV[3])
 return ids
 """
+
+#: Milliseconds a batch's ids are remembered, for a retried append.
+_BATCH_TTL = 600_000
 
 
 class RedisTransport:
@@ -94,9 +111,16 @@ class RedisTransport:
     def all_key(self) -> str:
         return f"{self.namespace}:status:all"
 
-    def append(self, events: Sequence[StatusEvent], timestamp: int) -> list[int]:
-        keys = [self.all_key, f"{self.namespace}:status:imports"]
-        args: list[Any] = [self.maxlen, timestamp]
+    def append(
+        self, events: Sequence[StatusEvent], timestamp: int, *, batch: str | None = None
+    ) -> list[int]:
+        token = batch or uuid.uuid4().hex
+        keys = [
+            self.all_key,
+            f"{self.namespace}:status:imports",
+            f"{self.namespace}:status-batch:{token}",
+        ]
+        args: list[Any] = [self.maxlen, timestamp, _BATCH_TTL]
         for event in events:
             keys += [
                 self.stream_key(event.import_id),
@@ -140,7 +164,9 @@ class MemoryTransport:
         self._last: dict[str, int] = defaultdict(int)
         self._listeners: list[Listener] = []
 
-    def append(self, events: Sequence[StatusEvent], timestamp: int) -> list[int]:
+    def append(
+        self, events: Sequence[StatusEvent], timestamp: int, *, batch: str | None = None
+    ) -> list[int]:
         published: list[tuple[str, dict[str, Any]]] = []
         with self._lock:
             for event in events:

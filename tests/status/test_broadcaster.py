@@ -148,10 +148,10 @@ def test_the_memory_transport_feeds_an_asyncio_loop() -> None:
     ]
 
 
-def test_a_transport_that_fails_is_retried_then_logged_and_counted(
+def test_a_transport_that_fails_is_retried_logged_and_sent_once_it_is_back(
     private_redis: tuple[redis.Redis, Any, Any],
 ) -> None:
-    client, stop, _ = private_redis
+    client, stop, start = private_redis
     errors: list[str] = []
     handler = logger.add(lambda m: errors.append(m.record["message"]), level="ERROR")
     broadcaster = Broadcaster(
@@ -161,10 +161,18 @@ def test_a_transport_that_fails_is_retried_then_logged_and_counted(
     started = time.monotonic()
     broadcaster.publish(StatusEvent("imp-1", NoteStatus.COMPLETED))
     assert time.monotonic() - started < 0.05  # publishing never waits on the transport
+    deadline = time.monotonic() + 20
+    while not any("could not send after" in e for e in errors) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any("could not send after" in e for e in errors), errors
+    assert broadcaster.counts["sent"] == 0
+    start()
+    assert broadcaster.flush(timeout=30)  # kept, not dropped: sent once Redis is back
     broadcaster.close()
     logger.remove(handler)
-    assert broadcaster.counts["failed"] == 1
-    assert any("could not send after" in e for e in errors), errors
+    assert broadcaster.counts["sent"] == 1
+    assert broadcaster.counts["failed"] == 0
+    assert [e["status"] for e in RedisTransport(client).read("imp-1")] == ["COMPLETED"]
 
 
 def test_add_status_event_and_broadcast_needs_a_configured_broadcaster() -> None:
@@ -222,3 +230,13 @@ def test_events_the_history_could_not_take_are_written_once_it_can(sqlite_url: s
     assert history.read("imp-1") == transport.read("imp-1")
     assert broadcaster.counts["persist_failed"] == 0
     database.close()
+
+
+def test_a_retried_append_publishes_nothing_twice(redis_client: redis.Redis) -> None:
+    transport = RedisTransport(redis_client)
+    batch = [progress(1), progress(2)]
+    first = transport.append(batch, 1_000, batch="token-1")
+    again = transport.append(batch, 1_000, batch="token-1")  # the first reply was lost
+    assert again == first == [1, 2]
+    assert [e["id"] for e in transport.read("imp-1")] == [1, 2]
+    assert transport.append([progress(3)], 1_000, batch="token-2") == [3]
