@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +14,8 @@ from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import DecodeError
 from loguru import logger
+
+from .._redis import text
 
 __all__ = ["guard_decoding", "qualified_name", "record_failure", "requeue"]
 
@@ -124,27 +128,79 @@ def guard_decoding(broker: dramatiq.Broker, on_undecodable: OnUndecodable) -> No
     the worker then replaces, dropping the messages it had prefetched: they stay in
     the worker's ack set until its heartbeat expires. Guarded, the body is nacked to the
     queue's dead-letter queue, as Dramatiq's RabbitMQ consumer does, and
-    ``on_undecodable`` is told; the consumer goes on with the next message. Other
-    brokers are left as they are. Guarding twice changes nothing.
+    ``on_undecodable`` is told; the consumer goes on with the next message.
+
+    It also requeues what a consumer strands when its connection to Redis is lost
+    (see ``_Guarded``), so a Redis restart does not leave messages in the ack set of
+    a worker that lives on. Other brokers are left as they are. Guarding twice
+    changes nothing.
     """
     if not isinstance(broker, RedisBroker) or getattr(broker, "_decoding_guarded", False):
         return
     consume = broker.consume
 
+    queues: dict[str, _QueueState] = defaultdict(_QueueState)
+
     def guarded(queue_name: str, prefetch: int = 1, timeout: int = 5_000) -> Consumer:
-        return _Guarded(consume(queue_name, prefetch, timeout), broker, on_undecodable)  # type: ignore[return-value]
+        state = queues[queue_name]
+        if state.lost_connection:
+            state.reconcile(broker, queue_name)
+        inner = consume(queue_name, prefetch, timeout)
+        return _Guarded(inner, broker, on_undecodable, state)  # type: ignore[return-value]
 
     broker.consume = guarded  # type: ignore[method-assign]
     broker._decoding_guarded = True  # type: ignore[attr-defined]
 
 
-class _Guarded:
-    """A Redis consumer that sets undecodable bodies aside; everything else is the consumer's."""
+class _QueueState:
+    """What this worker's consumers of one queue hold, shared across their restarts."""
 
-    def __init__(self, inner: Any, broker: RedisBroker, on_undecodable: OnUndecodable) -> None:
+    def __init__(self) -> None:
+        self.held: set[str] = set()  # handed to the worker, not yet acked or nacked
+        self.lost_connection = False
+        self.lock = threading.Lock()
+
+    def reconcile(self, broker: RedisBroker, queue_name: str) -> None:
+        """Requeue what this worker's ack set holds that no thread of it still has.
+
+        After a lost connection, Dramatiq's worker replaces the consumer and forgets
+        what it held: prefetched messages not yet handed over, delayed ones it kept in
+        memory, and a fetch whose reply was lost on the way. They would stay in this
+        worker's ack set until it died. Requeueing an id acked meanwhile does nothing.
+        """
+        acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{queue_name}"
+        try:
+            members = {text(m) for m in broker.client.smembers(acks)}
+            with self.lock:
+                stranded = sorted(members - self.held)
+            if stranded:
+                broker.do_requeue(queue_name, *stranded)
+        except Exception as error:  # still unreachable: the next consumer tries again
+            logger.warning("Could not requeue stranded messages of {} yet: {}", queue_name, error)
+            return
+        self.lost_connection = False
+        if stranded:
+            logger.info(
+                "Requeued {} messages of {} stranded by a lost connection",
+                len(stranded),
+                queue_name,
+            )
+
+
+class _Guarded:
+    """A Redis consumer that sets undecodable bodies aside, and notes what it hands over
+    so what a lost connection strands can be requeued (see :meth:`_QueueState.reconcile`);
+    everything else is the consumer's."""
+
+    def __init__(
+        self, inner: Any, broker: RedisBroker, on_undecodable: OnUndecodable, state: _QueueState
+    ) -> None:
         self._inner = inner
         self._broker = broker
         self._on_undecodable = on_undecodable
+        self._state = state
+        # Delayed messages wait in the worker's memory, which a lost connection empties.
+        self._delayed = inner.queue_name.endswith(".DQ")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -154,10 +210,30 @@ class _Guarded:
 
     def __next__(self) -> MessageProxy | None:
         try:
-            return next(self._inner)  # type: ignore[no-any-return]
+            message: MessageProxy | None = next(self._inner)
         except DecodeError as error:
             self._set_aside(error.data, error.error or error)
             return None  # as on an idle poll: the worker thread carries on
+        except dramatiq.errors.BrokerConnectionError:
+            with self._state.lock:
+                if self._delayed:
+                    self._state.held.clear()
+                self._state.lost_connection = True
+            raise
+        if message is not None:
+            with self._state.lock:
+                self._state.held.add(_redis_id(message))
+        return message
+
+    def ack(self, message: MessageProxy) -> None:
+        self._inner.ack(message)
+        with self._state.lock:
+            self._state.held.discard(_redis_id(message))
+
+    def nack(self, message: MessageProxy) -> None:
+        self._inner.nack(message)
+        with self._state.lock:
+            self._state.held.discard(_redis_id(message))
 
     def _set_aside(self, body: bytes, error: BaseException) -> None:
         queue_name = self._inner.queue_name
@@ -175,3 +251,7 @@ class _Guarded:
             logger.opt(exception=failure).error(
                 "Could not set aside an undecodable message on {}: {}", queue_name, failure
             )
+
+
+def _redis_id(message: Any) -> str:
+    return str(message.options.get("redis_message_id", message.message_id))
