@@ -76,7 +76,9 @@ DB_SECONDS = Histogram(
     ["operation"],
 )
 BROADCASTS = Counter(
-    "dramatiq_shared_broadcasts", "Status events: sent, coalesced, failed.", ["outcome"]
+    "dramatiq_shared_broadcasts",
+    "Status events: sent, coalesced, failed, reclaimed (persisted for a dead process).",
+    ["outcome"],
 )
 RELAY_REFUSALS = Counter(
     "dramatiq_shared_relay_refusals",

@@ -56,6 +56,7 @@ BAD_VALUES: list[tuple[type[Any], str, Any, str]] = [
     (StatusConfig, "max_retries", "three", "an int >= 0"),
     (StatusConfig, "timeout", 0, "an int >= 1"),
     (StatusConfig, "batch_size", 0, "an int >= 1"),
+    (StatusConfig, "reclaim_after", -5, "an int >= 1"),
 ]
 
 
@@ -120,7 +121,7 @@ def test_defaults_are_those_of_the_design() -> None:
         batch_size=500,
     )
     assert StatusConfig() == StatusConfig(
-        broadcast_interval=250, max_retries=3, timeout=5000, batch_size=100
+        broadcast_interval=250, max_retries=3, timeout=5000, batch_size=100, reclaim_after=60000
     )
 
 

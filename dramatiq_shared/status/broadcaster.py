@@ -22,6 +22,13 @@ down mid-call) is not appended twice, and the history never has a gap where the
 stream has none. Only beyond 100,000 waiting events are the oldest dropped, logged
 and counted (``failed``, ``persist_failed``). A status event is a side concern: its failure never
 fails or delays the job that reported it.
+
+On a transport that outlives the process (:class:`~.transport.Reclaimable`, such as
+Redis), events are kept there until the history has them, so a process killed between
+streaming and persisting loses nothing: every ``reclaim_after`` milliseconds each
+broadcaster persists what was left unpersisted that long (counted ``reclaimed``).
+Writing an event twice leaves one row, so reclaiming what a slow but live process
+still holds costs a write and nothing else.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from ..db.status_history import StatusHistory
 from ..errors import ConfigError
 from ..metrics import BROADCASTS
 from .events import StatusEvent
-from .transport import Transport
+from .transport import Reclaimable, Transport
 
 __all__ = [
     "Broadcaster",
@@ -51,6 +58,8 @@ __all__ = [
 ]
 
 Key = tuple[str, str | None, str | None]
+#: An event as published: its id, its timestamp (ms) and the event.
+Record = tuple[int, int, StatusEvent]
 
 
 #: Most published events kept for the history while the database is unreachable.
@@ -79,7 +88,7 @@ class Broadcaster:
         self.transport = transport
         self.history = database
         self.config = config or StatusConfig()
-        self.counts: Counter[str] = Counter()  # sent, coalesced, failed, persisted
+        self.counts: Counter[str] = Counter()  # sent, coalesced, failed, persisted, reclaimed, ...
         self._incoming: list[StatusEvent] = []
         lock = threading.Lock()
         self._wake = threading.Condition(lock)  # the thread waits for work on it
@@ -89,13 +98,17 @@ class Broadcaster:
         # Owned by the background thread:
         self._last_sent: dict[Key, float] = {}
         self._waiting: dict[str, OrderedDict[Key, StatusEvent]] = {}
-        self._to_persist: list[tuple[int, int, StatusEvent]] = []
+        self._to_persist: list[tuple[str, list[Record]]] = []  # (batch token, records)
         self._persist_due: float | None = None
         self._outbox: deque[tuple[str, int, list[StatusEvent]]] = deque()
         self._send_backoff = 0.0  # seconds; grows while the transport is unreachable
         self._send_blocked_until = 0.0
         self._persist_backoff = 0.0  # seconds; grows while the database is unreachable
         self._persist_blocked_until = 0.0
+        self._reclaimable = (
+            transport if database is not None and isinstance(transport, Reclaimable) else None
+        )
+        self._reclaim_due = time.monotonic() + self.config.reclaim_after / 1000
         self._thread = threading.Thread(target=self._run, name="status-broadcaster", daemon=True)
         self._thread.start()
 
@@ -150,13 +163,19 @@ class Broadcaster:
                 "{} status events were never sent: the transport stayed out of reach", unsent
             )
             self.count("failed", unsent)
-        if self._to_persist:
-            logger.error("{} status events never reached the history", len(self._to_persist))
-            self.counts["persist_failed"] += len(self._to_persist)
+        unpersisted = self._unpersisted()
+        if unpersisted and self._reclaimable is not None:
+            logger.warning("{} status events are left for another process to persist", unpersisted)
+        elif unpersisted:
+            logger.error("{} status events never reached the history", unpersisted)
+            self.counts["persist_failed"] += unpersisted
 
     # --- the background thread --------------------------------------------------------------
 
     _flush_requested = False
+
+    def _unpersisted(self) -> int:
+        return sum(len(records) for _, records in self._to_persist)
 
     def _pending(self) -> bool:
         return bool(self._to_persist or self._outbox) or any(self._waiting.values())
@@ -195,6 +214,8 @@ class Broadcaster:
             deadlines.append(self._persist_due - now)
         if self._outbox:
             deadlines.append(self._send_blocked_until - now)
+        if self._reclaimable is not None:
+            deadlines.append(self._reclaim_due - now)
         return min(deadlines) if deadlines else None
 
     def _handle(self, incoming: list[StatusEvent], flushing: bool) -> None:
@@ -232,12 +253,16 @@ class Broadcaster:
             or (
                 now >= self._persist_blocked_until
                 and (
-                    len(self._to_persist) >= self.config.batch_size
+                    self._unpersisted() >= self.config.batch_size
                     or any(event.is_terminal for event in outgoing)
                 )
             )
         ):
             self._persist()
+        if self._reclaimable is not None and now >= max(
+            self._reclaim_due, self._persist_blocked_until
+        ):
+            self._reclaim(self._reclaimable)
 
     def _send(self, events: list[StatusEvent]) -> None:
         # A batch keeps its token across tries: a try whose reply was lost already gave
@@ -251,9 +276,14 @@ class Broadcaster:
             return
         while self._outbox:
             batch, timestamp, events = self._outbox[0]
-            ids = self._retrying(
-                "send", functools.partial(self.transport.append, events, timestamp, batch=batch)
+            append = functools.partial(
+                self.transport.append,
+                events,
+                timestamp,
+                batch=batch,
+                persist=self.history is not None,
             )
+            ids = self._retrying("send", append)
             if ids is None:
                 waiting = sum(len(e) for _, _, e in self._outbox)
                 while waiting > MAX_UNPERSISTED and len(self._outbox) > 1:
@@ -268,7 +298,8 @@ class Broadcaster:
             self._send_backoff = 0.0
             self.count("sent", len(events))
             if self.history is not None:
-                self._to_persist.extend((i, timestamp, e) for i, e in zip(ids, events, strict=True))
+                records = [(i, timestamp, e) for i, e in zip(ids, events, strict=True)]
+                self._to_persist.append((batch, records))
                 if self._persist_due is None:
                     self._persist_due = time.monotonic() + self.config.broadcast_interval / 1000
 
@@ -283,29 +314,70 @@ class Broadcaster:
         BROADCASTS.labels(outcome).inc(number)
 
     def _persist(self) -> None:
-        records, self._to_persist, self._persist_due = self._to_persist, [], None
-        history = self.history
-        assert history is not None
-        done = self._retrying(
-            "persist", lambda: history.write(records, batch_size=self.config.batch_size)
-        )
-        if done is not None:
-            self.counts["persisted"] += len(records)
+        batches, self._to_persist, self._persist_due = self._to_persist, [], None
+        if self._write([record for _, records in batches for record in records]):
+            self.counts["persisted"] += sum(len(records) for _, records in batches)
             self._persist_backoff = 0.0
             self._persist_blocked_until = 0.0
+            self._settle([token for token, _ in batches])
             return
         # Kept and tried again later: the history must hold what the stream has, or
         # the relay would show a gap once the stream trims those events.
-        kept = records + self._to_persist
-        dropped = len(kept) - MAX_UNPERSISTED
-        if dropped > 0:
+        dropped = 0
+        while len(batches) > 1 and sum(len(r) for _, r in batches) > MAX_UNPERSISTED:
+            dropped += len(batches.pop(0)[1])
+        if dropped and self._reclaimable is not None:
+            logger.warning("Leaving {} status events for a later reclaim", dropped)
+        elif dropped:
             logger.error("Dropping the {} oldest status events the history never got", dropped)
             self.counts["persist_failed"] += dropped
-            kept = kept[dropped:]
-        self._to_persist = kept
+        self._to_persist = batches
         self._persist_backoff = min(max(1.0, 2 * self._persist_backoff), _MAX_PERSIST_BACKOFF)
         self._persist_blocked_until = time.monotonic() + self._persist_backoff
         self._persist_due = self._persist_blocked_until
+
+    def _write(self, records: list[Record]) -> bool:
+        history = self.history
+        assert history is not None
+        write = functools.partial(history.write, records, batch_size=self.config.batch_size)
+        return self._retrying("persist", write) is not None
+
+    def _settle(self, batches: list[str]) -> None:
+        """Tell the transport these batches are persisted; a failure only costs a rewrite."""
+        if self._reclaimable is None:
+            return
+        try:
+            self._reclaimable.persisted(batches)
+        except Exception as error:
+            logger.warning(
+                "Persisted status events stay in the transport until reclaimed: {}: {}",
+                type(error).__name__,
+                error,
+            )
+
+    def _reclaim(self, transport: Reclaimable, limit: int = 100) -> None:
+        """Persist what other (dead) processes streamed and never persisted."""
+        self._reclaim_due = time.monotonic() + self.config.reclaim_after / 1000
+        try:
+            found = transport.reclaim(self.config.reclaim_after, limit)
+        except Exception as error:
+            logger.warning("Could not reclaim status events: {}: {}", type(error).__name__, error)
+            return
+        if found.expired or found.unreadable:
+            logger.error(
+                "{} batches of status events expired and {} were unreadable before anyone"
+                " persisted them",
+                found.expired,
+                found.unreadable,
+            )
+            self.counts["lost_batches"] += found.expired + found.unreadable
+        records = [record for _, records in found.batches for record in records]
+        if records and self._write(records):
+            self._settle([token for token, _ in found.batches])
+            self.count("reclaimed", len(records))
+            logger.info("Persisted {} status events left unpersisted", len(records))
+            if len(found.batches) == limit:  # there may be more
+                self._reclaim_due = time.monotonic()
 
     def _retrying(self, what: str, action: Any) -> Any:
         deadline = time.monotonic() + self.config.timeout / 1000

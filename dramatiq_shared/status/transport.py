@@ -14,8 +14,19 @@ Redis keys, under ``namespace`` (default ``dramatiq_shared``):
                                   ``import_id``, ``id``, ``event``; trimmed likewise
 ``{ns}:status:imports``           sorted set of import ids by last event time (ms)
 ``{ns}:status-batch:{token}``     the ids a batch got, for 10 minutes: a retried
-                                  append whose reply was lost publishes nothing twice
+                                  append whose reply was lost publishes nothing twice;
+                                  with its events too until they are persisted (at
+                                  most an hour), when a history will persist them
+``{ns}:status:unpersisted``       sorted set of those batch keys, by when they were
+                                  appended or last reclaimed
 ================================  ====================================================
+
+Between the stream and the history there is a window: a broadcaster persists what it
+streamed a moment later, in batches. A process killed in that window would leave
+events in the stream that the history never gets, and once the stream trims them the
+relay would show a gap. So an append made for a history keeps its events in Redis
+until :meth:`RedisTransport.persisted` says they are stored; whatever a dead process
+left there, :meth:`RedisTransport.reclaim` hands to a live one.
 """
 
 from __future__ import annotations
@@ -23,16 +34,26 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 import redis
+from loguru import logger
 
+from ..errors import ValidationError
 from .events import StatusEvent
 
-__all__ = ["MemoryTransport", "RedisTransport", "Transport", "wire_json"]
+__all__ = [
+    "MemoryTransport",
+    "Reclaimable",
+    "Reclaimed",
+    "RedisTransport",
+    "Transport",
+    "wire_json",
+]
 
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -48,42 +69,115 @@ class Transport(Protocol):
     """What a broadcaster needs of a transport."""
 
     def append(
-        self, events: Sequence[StatusEvent], timestamp: int, *, batch: str | None = None
+        self,
+        events: Sequence[StatusEvent],
+        timestamp: int,
+        *,
+        batch: str | None = None,
+        persist: bool = False,
     ) -> list[int]:
         """Publish ``events`` in order; return the id each got.
 
         A retry with the same ``batch`` token publishes nothing twice and returns the
-        ids the first try gave, though its reply was lost.
+        ids the first try gave, though its reply was lost. ``persist`` says a history
+        will store these events: a transport that outlives the process (one that is
+        also :class:`Reclaimable`) keeps them until told they are stored.
         """
 
     def read(self, import_id: str, after: int = 0, limit: int = 1_000) -> list[dict[str, Any]]:
         """An import's events with an id above ``after``, oldest first, in wire form."""
 
 
-# KEYS: the all-stream, the imports index, the batch's key, then a stream and a counter
-# per event. ARGV: maxlen, timestamp, the batch key's TTL (ms), then an import id and a
-# JSON text per event. A batch whose key exists was appended before (its reply was
-# lost): its ids are returned again and nothing is appended twice.
+@runtime_checkable
+class Reclaimable(Protocol):
+    """A transport that keeps appended events until they are persisted, across processes."""
+
+    def persisted(self, batches: Sequence[str]) -> None:
+        """Forget the events of ``batches`` (tokens): the history has them."""
+
+    def reclaim(self, older_than: int, limit: int = 100) -> Reclaimed:
+        """Up to ``limit`` batches appended for a history at least ``older_than`` ms ago
+        and not persisted since, leased to the caller for another ``older_than`` ms.
+        """
+
+
+class Reclaimed(NamedTuple):
+    """What :meth:`Reclaimable.reclaim` found."""
+
+    #: Token of each batch, and its ``(event id, timestamp ms, event)`` triples.
+    batches: list[tuple[str, list[tuple[int, int, StatusEvent]]]]
+    #: Batches whose events had expired before anyone persisted them.
+    expired: int
+    #: Batches that could not be read back (and are dropped).
+    unreadable: int
+
+
+# KEYS: the all-stream, the imports index, the batch's key, the unpersisted set, then a
+# stream and a counter per event. ARGV: maxlen, timestamp, the batch key's TTL (ms),
+# '1' to keep the events until persisted, then an import id and a JSON text per event.
+# A batch whose key exists was appended before (its reply was lost): its ids are
+# returned again and nothing is appended twice.
 _APPEND = """
 local done = redis.call('GET', KEYS[3])
-if done then return cjson.decode(done) end
-local ids = {}
-for i = 0, (#KEYS - 3) / 2 - 1 do
-  local stream, counter = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
-  local import_id, event = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+if done then return cjson.decode(done)['ids'] end
+local ids, events = {}, {}
+for i = 0, (#KEYS - 4) / 2 - 1 do
+  local stream, counter = KEYS[5 + 2 * i], KEYS[6 + 2 * i]
+  local import_id, event = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
   local id = redis.call('INCR', counter)
   redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], id .. '-0', 'event', event)
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
              'import_id', import_id, 'id', id, 'event', event)
   redis.call('ZADD', KEYS[2], ARGV[2], import_id)
   ids[#ids + 1] = id
+  events[#events + 1] = event
 end
-redis.call('SET', KEYS[3], cjson.encode(ids), 'PX', ARGV[3])
+local kept = {ids = ids}
+if ARGV[4] == '1' then
+  kept['events'] = events
+  redis.call('ZADD', KEYS[4], ARGV[2], KEYS[3])
+end
+redis.call('SET', KEYS[3], cjson.encode(kept), 'PX', ARGV[3])
 return ids
+"""
+
+# KEYS: the unpersisted set, then batch keys. ARGV: the batch key's TTL (ms). The ids
+# stay, for a retried append; the events go.
+_PERSISTED = """
+for i = 2, #KEYS do
+  redis.call('ZREM', KEYS[1], KEYS[i])
+  local kept = redis.call('GET', KEYS[i])
+  if kept then
+    local ids = cjson.decode(kept)['ids']
+    redis.call('SET', KEYS[i], cjson.encode({ids = ids}), 'PX', ARGV[1])
+  end
+end
+"""
+
+# KEYS: the unpersisted set. ARGV: appended before (ms), now (ms), limit. Returns the
+# number of expired batches, then key and kept JSON of each batch found, which is
+# leased: its score becomes now, so no one else reclaims it for a while.
+_RECLAIM = """
+local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local found = {0}
+for _, key in ipairs(keys) do
+  local kept = redis.call('GET', key)
+  if kept then
+    redis.call('ZADD', KEYS[1], ARGV[2], key)
+    found[#found + 1] = key
+    found[#found + 1] = kept
+  else
+    redis.call('ZREM', KEYS[1], key)
+    found[1] = found[1] + 1
+  end
+end
+return found
 """
 
 #: Milliseconds a batch's ids are remembered, for a retried append.
 _BATCH_TTL = 600_000
+#: Milliseconds the events of a batch wait in Redis for someone to persist them.
+_UNPERSISTED_TTL = 3_600_000
 
 
 class RedisTransport:
@@ -103,6 +197,8 @@ class RedisTransport:
         self.namespace = namespace
         self.maxlen = maxlen
         self._append = client.register_script(_APPEND)
+        self._persisted = client.register_script(_PERSISTED)
+        self._reclaim = client.register_script(_RECLAIM)
 
     def stream_key(self, import_id: str) -> str:
         return f"{self.namespace}:status:{import_id}"
@@ -111,16 +207,29 @@ class RedisTransport:
     def all_key(self) -> str:
         return f"{self.namespace}:status:all"
 
+    @property
+    def unpersisted_key(self) -> str:
+        return f"{self.namespace}:status:unpersisted"
+
+    def _batch_key(self, token: str) -> str:
+        return f"{self.namespace}:status-batch:{token}"
+
     def append(
-        self, events: Sequence[StatusEvent], timestamp: int, *, batch: str | None = None
+        self,
+        events: Sequence[StatusEvent],
+        timestamp: int,
+        *,
+        batch: str | None = None,
+        persist: bool = False,
     ) -> list[int]:
-        token = batch or uuid.uuid4().hex
         keys = [
             self.all_key,
             f"{self.namespace}:status:imports",
-            f"{self.namespace}:status-batch:{token}",
+            self._batch_key(batch or uuid.uuid4().hex),
+            self.unpersisted_key,
         ]
-        args: list[Any] = [self.maxlen, timestamp, _BATCH_TTL]
+        ttl = _UNPERSISTED_TTL if persist else _BATCH_TTL
+        args: list[Any] = [self.maxlen, timestamp, ttl, "1" if persist else "0"]
         for event in events:
             keys += [
                 self.stream_key(event.import_id),
@@ -128,6 +237,44 @@ class RedisTransport:
             ]
             args += [event.import_id, wire_json(event, timestamp)]
         return [int(i) for i in self._append(keys=keys, args=args)]
+
+    def persisted(self, batches: Sequence[str]) -> None:
+        if batches:
+            keys = [self.unpersisted_key, *(self._batch_key(token) for token in batches)]
+            self._persisted(keys=keys, args=[_BATCH_TTL])
+
+    def reclaim(self, older_than: int, limit: int = 100) -> Reclaimed:
+        now = int(time.time() * 1000)
+        found = self._reclaim(keys=[self.unpersisted_key], args=[now - older_than, now, limit])
+        prefix = len(self._batch_key(""))
+        batches: list[tuple[str, list[tuple[int, int, StatusEvent]]]] = []
+        unreadable: list[str] = []
+        for key, kept in zip(found[1::2], found[2::2], strict=True):
+            token = key.decode()[prefix:]
+            try:
+                stored = json.loads(kept)
+                wires = [json.loads(text) for text in stored["events"]]
+                records = [
+                    (int(i), int(wire["timestamp"]), StatusEvent.from_wire(wire))
+                    for i, wire in zip(stored["ids"], wires, strict=True)
+                ]
+            except (KeyError, TypeError, ValueError, ValidationError) as error:
+                logger.error(
+                    "Dropping unreadable status batch {}: {}: {}",
+                    token,
+                    type(error).__name__,
+                    error,
+                )
+                unreadable.append(token)
+                continue
+            batches.append((token, records))
+        if unreadable:
+            keys = [self._batch_key(token) for token in unreadable]
+            pipeline = self.client.pipeline()
+            pipeline.zrem(self.unpersisted_key, *keys)
+            pipeline.delete(*keys)
+            pipeline.execute()
+        return Reclaimed(batches, int(found[0]), len(unreadable))
 
     def read(self, import_id: str, after: int = 0, limit: int = 1_000) -> list[dict[str, Any]]:
         entries = cast(
@@ -165,8 +312,15 @@ class MemoryTransport:
         self._listeners: list[Listener] = []
 
     def append(
-        self, events: Sequence[StatusEvent], timestamp: int, *, batch: str | None = None
+        self,
+        events: Sequence[StatusEvent],
+        timestamp: int,
+        *,
+        batch: str | None = None,
+        persist: bool = False,
     ) -> list[int]:
+        # Nothing to keep for ``persist``: these events die with the process that would
+        # persist them.
         published: list[tuple[str, dict[str, Any]]] = []
         with self._lock:
             for event in events:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import peewee
@@ -240,3 +245,81 @@ def test_a_retried_append_publishes_nothing_twice(redis_client: redis.Redis) -> 
     assert again == first == [1, 2]
     assert [e["id"] for e in transport.read("imp-1")] == [1, 2]
     assert transport.append([progress(3)], 1_000, batch="token-2") == [3]
+
+
+def test_what_a_killed_process_streamed_but_never_persisted_is_reclaimed(
+    redis_client: redis.Redis, redis_url: str, postgres_url: str
+) -> None:
+    database = init_database(postgres_url)
+    create_tables(database)
+    history = StatusHistory(database)
+    transport = RedisTransport(redis_client)
+    script = Path(__file__).with_name("dying_publisher.py")
+    dying = subprocess.Popen(
+        [sys.executable, str(script), redis_url, postgres_url, "250"], stdout=subprocess.PIPE
+    )
+    try:
+        assert dying.stdout is not None
+        assert dying.stdout.readline() == b"streamed\n"
+    finally:
+        dying.send_signal(signal.SIGKILL)
+        dying.wait()
+    streamed = transport.read("imp-dead", limit=1_000)
+    assert len(streamed) == 250
+    assert history.read("imp-dead") == []  # the gap the relay would show
+
+    broadcaster = Broadcaster(transport, history, StatusConfig(reclaim_after=200))
+    deadline = time.monotonic() + 10
+    while len(history.read("imp-dead", limit=1_000)) < 250 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    broadcaster.close()
+    assert history.read("imp-dead", limit=1_000) == streamed
+    assert broadcaster.counts["reclaimed"] == 250
+    assert redis_client.zcard(transport.unpersisted_key) == 0
+    database.close()
+
+
+def test_persisted_batches_leave_redis_but_keep_their_ids(
+    redis_client: redis.Redis, postgres_url: str
+) -> None:
+    database = init_database(postgres_url)
+    create_tables(database)
+    transport = RedisTransport(redis_client)
+    broadcaster = Broadcaster(transport, StatusHistory(database))
+    for n in range(20):
+        broadcaster.publish(progress(n, note_id=f"note-{n}"))
+    broadcaster.close()
+    assert broadcaster.counts["persisted"] == 20
+    assert redis_client.zcard(transport.unpersisted_key) == 0
+    batches = redis_client.keys("dramatiq_shared:status-batch:*")
+    assert batches
+    kept = [json.loads(redis_client.get(key)) for key in batches]  # type: ignore[arg-type]
+    assert sorted(i for batch in kept for i in batch["ids"]) == list(range(1, 21))
+    assert all(set(batch) == {"ids"} for batch in kept)  # the events went
+    token = batches[0].decode().rsplit(":", 1)[1]
+    again = transport.append([progress(99)], 1_000, batch=token, persist=True)
+    assert again == kept[0]["ids"]  # a late retry still publishes nothing twice
+    assert len(transport.read("imp-1")) == 20
+    database.close()
+
+
+def test_reclaim_counts_expired_batches_and_drops_unreadable_ones(
+    redis_client: redis.Redis,
+) -> None:
+    transport = RedisTransport(redis_client)
+    transport.append([progress(1)], 1_000, batch="good", persist=True)
+    redis_client.set("dramatiq_shared:status-batch:garbled", '{"ids": [7]}')
+    redis_client.zadd(
+        transport.unpersisted_key,
+        {"dramatiq_shared:status-batch:garbled": 0, "dramatiq_shared:status-batch:gone": 0},
+    )
+    found = transport.reclaim(older_than=0)
+    assert (found.expired, found.unreadable) == (1, 1)
+    assert [(token, [i for i, _, _ in records]) for token, records in found.batches] == [
+        ("good", [1])
+    ]
+    assert found.batches[0][1][0][2] == progress(1)
+    assert not redis_client.exists("dramatiq_shared:status-batch:garbled")
+    assert transport.reclaim(older_than=60_000).batches == []  # leased to the first caller
+    transport.persisted(["good"])
+    assert redis_client.zcard(transport.unpersisted_key) == 0
