@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dramatiq
 import peewee
 import redis
@@ -51,6 +53,17 @@ def stored_event_ids(database: peewee.Database, import_id: str) -> list[int]:
         if not page:
             return ids
         ids += [event["id"] for event in page]
+
+
+def unpersisted(client: redis.Redis) -> dict[bytes, int]:
+    """Each status batch streamed for the history and not yet persisted, with its size."""
+    transport = RedisTransport(client)
+    sizes = {}
+    for key in client.zrange(transport.unpersisted_key, 0, -1):
+        kept = client.get(key)
+        if kept is not None:
+            sizes[key] = len(json.loads(kept)["ids"])
+    return sizes
 
 
 def executions(client: redis.Redis, import_id: str) -> dict[int, int]:
