@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import dramatiq
 import peewee
@@ -14,6 +21,40 @@ from dramatiq_shared.cli import main
 from dramatiq_shared.db import DatabaseOperations
 from dramatiq_shared.db.models import init_database
 from dramatiq_shared.db.status_history import StatusHistory
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def workers(
+    redis_url: str, database_url: str, *, processes: int = 2, **environ: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``dramatiq tests.faults.synthetic_app -p PROCESSES -t 4``, in a process group of
+    its own (so a test can SIGKILL all of it), stopped with SIGTERM on the way out.
+
+    Parameters:
+      redis_url: The broker, completion and status Redis.
+      database_url: The workers' database, perhaps through a proxy.
+      processes: Worker processes. Default 2.
+      environ: More environment variables, such as ``DRAMATIQ_SHARED_STATUS_*``.
+    """
+    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, **environ}
+    env.pop("RABBITMQ_URL", None)
+    command = ["-m", "dramatiq", "tests.faults.synthetic_app", "-p", str(processes), "-t", "4"]
+    process = subprocess.Popen(
+        [sys.executable, *command],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(60)
 
 
 def prepare(

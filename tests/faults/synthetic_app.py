@@ -7,6 +7,7 @@ one command in ten runs the maintenance that requeues its messages.
 
 ``store_guarded`` is the same step behind a ``database`` circuit breaker, for the
 database outage: while it is open, messages wait without using their attempts.
+Messages over 64 KiB are refused, for the poison test.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from dramatiq_shared import get_stack, setup_broker
+from dramatiq_shared import ValidationError, get_stack, setup_broker
 from dramatiq_shared.db import DatabaseOperations, NoteData
 
 broker = setup_broker(
@@ -25,6 +26,7 @@ broker = setup_broker(
     breakers={
         "database": {"failure_threshold": 5, "reset_timeout": 1_000, "max_reset_timeout": 4_000}
     },
+    max_message_size=64 * 1024,
 )
 stack = get_stack(broker)
 operations = DatabaseOperations(stack.database)
@@ -43,6 +45,8 @@ def store_guarded(import_id: str, n: int) -> None:
 
 
 def _store(import_id: str, n: int) -> None:
+    if not isinstance(n, int):
+        raise ValidationError.invalid("n", n, "an int")
     executions.hincrby(f"faults:executions:{import_id}", str(n))
     time.sleep(0.001)  # some work, so messages are in flight when the fault comes
     operations.create_or_update_note(

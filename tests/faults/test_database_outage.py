@@ -4,10 +4,6 @@ the work, and all of it completes after recovery."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -19,8 +15,7 @@ from dramatiq_shared import RedisTransport
 from dramatiq_shared.db.models import Note
 
 from .proxy import Proxy
-from .synthetic import endings, executions, prepare, stored_event_ids
-from .test_killed_worker import ROOT
+from .synthetic import endings, executions, prepare, stored_event_ids, workers
 
 pytestmark = pytest.mark.faults
 
@@ -46,17 +41,7 @@ def test_postgres_unreachable_for_10_s_defers_work_and_loses_none(
 ) -> None:
     through_proxy, proxy = proxied_postgres
     database = prepare(redis_url, postgres_url, IMPORT, MESSAGES, actor="store_guarded")
-    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": through_proxy}
-    env.pop("RABBITMQ_URL", None)
-    workers = subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "tests.faults.synthetic_app", "-p", "2", "-t", "4"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+    with workers(redis_url, through_proxy):
         deadline = time.monotonic() + 180
         while Note.select().count() < MESSAGES // 4 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -72,9 +57,6 @@ def test_postgres_unreachable_for_10_s_defers_work_and_loses_none(
         assert Note.select().count() == MESSAGES, "messages were lost"
         while not endings(redis_client, IMPORT) and time.monotonic() < deadline:
             time.sleep(0.1)
-    finally:
-        os.killpg(workers.pid, signal.SIGTERM)
-        workers.wait(60)
 
     ran = executions(redis_client, IMPORT)
     assert set(ran) == set(range(MESSAGES))

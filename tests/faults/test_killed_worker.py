@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import redis
@@ -15,24 +12,12 @@ import redis
 from dramatiq_shared import RedisTransport
 from dramatiq_shared.db.models import Note
 
-from .synthetic import endings, executions, prepare, stored_event_ids, unpersisted
+from .synthetic import endings, executions, prepare, stored_event_ids, unpersisted, workers
 
 pytestmark = pytest.mark.faults
 
-ROOT = Path(__file__).resolve().parents[2]
 MESSAGES = 10_000
 IMPORT = "imp-kill"
-
-
-def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "tests.faults.synthetic_app", "-p", "1", "-t", "4"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
 
 
 def test_a_sigkilled_worker_loses_nothing_and_doubles_nothing(
@@ -40,39 +25,36 @@ def test_a_sigkilled_worker_loses_nothing_and_doubles_nothing(
 ) -> None:
     database = prepare(redis_url, postgres_url, IMPORT, MESSAGES)
 
-    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": postgres_url}
     # The survivor persists what the victim streamed but never did, 2 s on.
-    env["DRAMATIQ_SHARED_STATUS_RECLAIM_AFTER"] = "2000"
-    env.pop("RABBITMQ_URL", None)
-    victim, survivor = start_worker(env), start_worker(env)
+    reclaim = {"DRAMATIQ_SHARED_STATUS_RECLAIM_AFTER": "2000"}
     try:
-        deadline = time.monotonic() + 120
-        while Note.select().count() < MESSAGES // 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.killpg(victim.pid, signal.SIGKILL)  # mid-job: no clean-up of any kind
-        killed_at = time.monotonic()
-        in_flight = MESSAGES - Note.select().count()
-        # What is still unpersisted half a second on is the victim's: the survivor
-        # persists its own within broadcast_interval, and reclaims only after 2 s.
-        at_kill = unpersisted(redis_client)
-        time.sleep(0.5)
-        left = sum(size for key, size in unpersisted(redis_client).items() if key in at_kill)
-        while Note.select().count() < MESSAGES and time.monotonic() < deadline:
-            time.sleep(0.1)
-        recovered = time.monotonic() - killed_at
-        assert Note.select().count() == MESSAGES, "messages were lost"
-        while not endings(redis_client, IMPORT) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        last = RedisTransport(redis_client).read(IMPORT, limit=100_000)[-1]["id"]
-        while len(stored_event_ids(database, IMPORT)) < last and time.monotonic() < deadline:
-            time.sleep(0.1)
-        # The history has every streamed event, the victim's unpersisted ones too.
-        assert stored_event_ids(database, IMPORT) == list(range(1, last + 1))
+        with (
+            workers(redis_url, postgres_url, processes=1, **reclaim) as victim,
+            workers(redis_url, postgres_url, processes=1, **reclaim),
+        ):
+            deadline = time.monotonic() + 120
+            while Note.select().count() < MESSAGES // 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.killpg(victim.pid, signal.SIGKILL)  # mid-job: no clean-up of any kind
+            killed_at = time.monotonic()
+            in_flight = MESSAGES - Note.select().count()
+            # What is still unpersisted half a second on is the victim's: the survivor
+            # persists its own within broadcast_interval, and reclaims only after 2 s.
+            at_kill = unpersisted(redis_client)
+            time.sleep(0.5)
+            left = sum(size for key, size in unpersisted(redis_client).items() if key in at_kill)
+            while Note.select().count() < MESSAGES and time.monotonic() < deadline:
+                time.sleep(0.1)
+            recovered = time.monotonic() - killed_at
+            assert Note.select().count() == MESSAGES, "messages were lost"
+            while not endings(redis_client, IMPORT) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            last = RedisTransport(redis_client).read(IMPORT, limit=100_000)[-1]["id"]
+            while len(stored_event_ids(database, IMPORT)) < last and time.monotonic() < deadline:
+                time.sleep(0.1)
+            # The history has every streamed event, the victim's unpersisted ones too.
+            assert stored_event_ids(database, IMPORT) == list(range(1, last + 1))
     finally:
-        for worker in (victim, survivor):
-            if worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGTERM)
-                worker.wait(60)
         database.close_all()
 
     ran = executions(redis_client, IMPORT)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +14,7 @@ from dramatiq_shared import RedisTransport
 from dramatiq_shared.db.models import Note
 
 from ..conftest import free_port
-from .synthetic import endings, executions, prepare, stored_event_ids
-from .test_killed_worker import ROOT
+from .synthetic import endings, executions, prepare, stored_event_ids, workers
 
 pytestmark = [pytest.mark.faults, pytest.mark.redis]
 
@@ -77,34 +73,23 @@ def test_redis_restarted_mid_run_loses_nothing(
     client = redis.Redis.from_url(persistent_redis.url)
     database = prepare(persistent_redis.url, postgres_url, IMPORT, MESSAGES)
 
-    env = {**os.environ, "REDIS_URL": persistent_redis.url, "DATABASE_URL": postgres_url}
-    env.pop("RABBITMQ_URL", None)
-    workers = subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "tests.faults.synthetic_app", "-p", "2", "-t", "4"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     try:
-        deadline = time.monotonic() + 180
-        while Note.select().count() < MESSAGES // 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        persistent_redis.stop()
-        stopped_at = time.monotonic()
-        in_flight = MESSAGES - Note.select().count()
-        time.sleep(2)
-        persistent_redis.start()
-        while Note.select().count() < MESSAGES and time.monotonic() < deadline:
-            time.sleep(0.1)
-        recovered = time.monotonic() - stopped_at
-        assert Note.select().count() == MESSAGES, "messages were lost"
-        while not endings(client, IMPORT) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        with workers(persistent_redis.url, postgres_url):
+            deadline = time.monotonic() + 180
+            while Note.select().count() < MESSAGES // 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            persistent_redis.stop()
+            stopped_at = time.monotonic()
+            in_flight = MESSAGES - Note.select().count()
+            time.sleep(2)
+            persistent_redis.start()
+            while Note.select().count() < MESSAGES and time.monotonic() < deadline:
+                time.sleep(0.1)
+            recovered = time.monotonic() - stopped_at
+            assert Note.select().count() == MESSAGES, "messages were lost"
+            while not endings(client, IMPORT) and time.monotonic() < deadline:
+                time.sleep(0.1)
     finally:
-        os.killpg(workers.pid, signal.SIGTERM)
-        workers.wait(60)
         database.close_all()
 
     ran = executions(client, IMPORT)

@@ -16,7 +16,14 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries
 from loguru import logger
 
-from dramatiq_shared import Defer, RetryConfig, configure_logging
+from dramatiq_shared import (
+    ConfigError,
+    Defer,
+    MessageTooLargeError,
+    RetryConfig,
+    configure_logging,
+    setup_broker,
+)
 from dramatiq_shared.db.dead_letters import DeadLetterStore
 from dramatiq_shared.middleware import ErrorHandling
 
@@ -179,3 +186,24 @@ def test_a_dead_letter_that_cannot_be_written_is_logged_and_the_broker_keeps_it(
     records = [json.loads(line)["record"] for line in json_lines.getvalue().splitlines()]
     assert any(r["message"].startswith("Could not record dead letter") for r in records)
     assert len(stub_broker.dead_letters) == 1
+
+
+def test_a_message_over_max_message_size_is_refused_at_send(stub_broker: StubBroker) -> None:
+    stub_broker.add_middleware(ErrorHandling(max_message_size=1_024))
+
+    @dramatiq.actor(broker=stub_broker)
+    def store(text: str) -> None:
+        pass
+
+    with pytest.raises(MessageTooLargeError, match=r"more than max_message_size \(1,024\)"):
+        store.send("y" * 2_000)
+    store.send("fits")
+    assert stub_broker.queues["default"].qsize() == 1  # only the one that fits
+
+
+@pytest.mark.parametrize("size", [0, -1, 1.5, "64k"])
+def test_a_bad_max_message_size_is_refused_at_construction(size: Any) -> None:
+    with pytest.raises(ConfigError, match="max_message_size must be an int >= 1"):
+        ErrorHandling(max_message_size=size)
+    with pytest.raises(ConfigError, match="max_message_size must be an int >= 1"):
+        setup_broker(StubBroker(), database="sqlite://", max_message_size=size)
