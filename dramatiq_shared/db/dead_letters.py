@@ -135,9 +135,16 @@ class DeadLetterStore(RunsOperations):
           True when this call enqueued it; False when it had been retried already.
 
         Raises:
-          ValidationError: When there is no dead letter with that id.
+          ValidationError: When there is no dead letter with that id, or it holds no
+            message to run (its body could not be decoded).
         """
         stored = self.get(dead_letter_id)
+        if not stored.actor_name:
+            raise ValidationError(
+                f"id: dead letter {dead_letter_id} cannot be retried: its body could not be"
+                " decoded as a message, so there is nothing to enqueue",
+                field="id",
+            )
 
         def claim_and_enqueue() -> bool:
             with self._runner.transaction():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import dramatiq
@@ -12,10 +13,11 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
-from dramatiq_shared import RetryConfig, ValidationError
+from dramatiq_shared import RetryConfig, ValidationError, close_workers, create_worker
 from dramatiq_shared.cli import main
 from dramatiq_shared.db.dead_letters import DeadLetterStore
 from dramatiq_shared.db.models import DeadLetter
+from dramatiq_shared.middleware import ErrorHandling
 from tests.middleware.conftest import install
 
 
@@ -76,6 +78,29 @@ def test_a_failed_enqueue_leaves_the_dead_letter_unclaimed(database: peewee.Data
     with pytest.raises(redis.ConnectionError):
         store.retry(row.id, DownBroker())
     assert store.get(row.id).retried_at is None
+
+
+def test_an_undecodable_dead_letter_is_refused_a_retry(
+    database: peewee.Database, redis_broker: RedisBroker, redis_client: redis.Redis
+) -> None:
+    redis_broker.add_middleware(ErrorHandling(database=database))
+    redis_broker.declare_queue("default")
+    redis_client.hset("dramatiq:default.msgs", "m-garbled", b"\xff\x00{garbage")
+    redis_client.rpush("dramatiq:default", "m-garbled")
+    store = DeadLetterStore(database)
+    worker = create_worker(redis_broker, worker_threads=1)
+    try:
+        deadline = time.monotonic() + 10
+        while not store.list() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        close_workers([worker])
+    (row,) = store.list()
+    assert row.reason == "its body could not be decoded as a message"
+    with pytest.raises(ValidationError, match=f"id: dead letter {row.id} cannot be retried"):
+        store.retry(row.id, redis_broker)
+    assert store.get(row.id).retried_at is None
+    assert redis_client.llen("dramatiq:default") == 0
 
 
 def test_purge(database: peewee.Database, stub_broker: StubBroker) -> None:
