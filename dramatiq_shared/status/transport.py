@@ -14,11 +14,12 @@ Redis keys, under ``namespace`` (default ``dramatiq_shared``):
                                   ``import_id``, ``id``, ``event``; trimmed likewise
 ``{ns}:status:imports``           sorted set of import ids by last event time (ms)
 ``{ns}:status-batch:{token}``     the ids a batch got, for 10 minutes: a retried
-                                  append whose reply was lost publishes nothing twice;
-                                  with its events too until they are persisted (at
-                                  most an hour), when a history will persist them
-``{ns}:status:unpersisted``       sorted set of those batch keys, by when they were
-                                  appended or last reclaimed
+                                  append whose reply was lost publishes nothing twice
+                                  (for as long as its events are kept, if longer)
+``{ns}:status-batch:{token}:      when a history will persist the batch: its events,
+events``                          until they are persisted (at most an hour)
+``{ns}:status:unpersisted``       sorted set of the batch keys of those, by when they
+                                  were appended or last reclaimed
 ================================  ====================================================
 
 Between the stream and the history there is a window: a broadcaster persists what it
@@ -112,17 +113,17 @@ class Reclaimed(NamedTuple):
     unreadable: int
 
 
-# KEYS: the all-stream, the imports index, the batch's key, the unpersisted set, then a
-# stream and a counter per event. ARGV: maxlen, timestamp, the batch key's TTL (ms),
-# '1' to keep the events until persisted, then an import id and a JSON text per event.
-# A batch whose key exists was appended before (its reply was lost): its ids are
-# returned again and nothing is appended twice.
+# KEYS: the all-stream, the imports index, the batch's key, its events' key, the
+# unpersisted set, then a stream and a counter per event. ARGV: maxlen, timestamp, the
+# batch key's TTL (ms), the TTL of kept events (ms) or 0 to keep none, then an import
+# id and a JSON text per event. A batch whose key exists was appended before (its
+# reply was lost): its ids are returned again and nothing is appended twice.
 _APPEND = """
 local done = redis.call('GET', KEYS[3])
-if done then return cjson.decode(done)['ids'] end
+if done then return cjson.decode(done) end
 local ids, events = {}, {}
-for i = 0, (#KEYS - 4) / 2 - 1 do
-  local stream, counter = KEYS[5 + 2 * i], KEYS[6 + 2 * i]
+for i = 0, (#KEYS - 5) / 2 - 1 do
+  local stream, counter = KEYS[6 + 2 * i], KEYS[7 + 2 * i]
   local import_id, event = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
   local id = redis.call('INCR', counter)
   redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], id .. '-0', 'event', event)
@@ -132,40 +133,30 @@ for i = 0, (#KEYS - 4) / 2 - 1 do
   ids[#ids + 1] = id
   events[#events + 1] = event
 end
-local kept = {ids = ids}
-if ARGV[4] == '1' then
-  kept['events'] = events
-  redis.call('ZADD', KEYS[4], ARGV[2], KEYS[3])
+local ttl = ARGV[3]
+if ARGV[4] ~= '0' then
+  ttl = ARGV[4]
+  redis.call('SET', KEYS[4], cjson.encode(events), 'PX', ttl)
+  redis.call('ZADD', KEYS[5], ARGV[2], KEYS[3])
 end
-redis.call('SET', KEYS[3], cjson.encode(kept), 'PX', ARGV[3])
+redis.call('SET', KEYS[3], cjson.encode(ids), 'PX', ttl)
 return ids
 """
 
-# KEYS: the unpersisted set, then batch keys. ARGV: the batch key's TTL (ms). The ids
-# stay, for a retried append; the events go.
-_PERSISTED = """
-for i = 2, #KEYS do
-  redis.call('ZREM', KEYS[1], KEYS[i])
-  local kept = redis.call('GET', KEYS[i])
-  if kept then
-    local ids = cjson.decode(kept)['ids']
-    redis.call('SET', KEYS[i], cjson.encode({ids = ids}), 'PX', ARGV[1])
-  end
-end
-"""
-
 # KEYS: the unpersisted set. ARGV: appended before (ms), now (ms), limit. Returns the
-# number of expired batches, then key and kept JSON of each batch found, which is
-# leased: its score becomes now, so no one else reclaims it for a while.
+# number of expired batches, then the key, ids and events of each batch found, which
+# is leased: its score becomes now, so no one else reclaims it for a while.
 _RECLAIM = """
 local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 local found = {0}
 for _, key in ipairs(keys) do
-  local kept = redis.call('GET', key)
-  if kept then
+  local ids = redis.call('GET', key)
+  local events = redis.call('GET', key .. ':events')
+  if ids and events then
     redis.call('ZADD', KEYS[1], ARGV[2], key)
     found[#found + 1] = key
-    found[#found + 1] = kept
+    found[#found + 1] = ids
+    found[#found + 1] = events
   else
     redis.call('ZREM', KEYS[1], key)
     found[1] = found[1] + 1
@@ -197,7 +188,6 @@ class RedisTransport:
         self.namespace = namespace
         self.maxlen = maxlen
         self._append = client.register_script(_APPEND)
-        self._persisted = client.register_script(_PERSISTED)
         self._reclaim = client.register_script(_RECLAIM)
 
     def stream_key(self, import_id: str) -> str:
@@ -222,14 +212,16 @@ class RedisTransport:
         batch: str | None = None,
         persist: bool = False,
     ) -> list[int]:
+        key = self._batch_key(batch or uuid.uuid4().hex)
         keys = [
             self.all_key,
             f"{self.namespace}:status:imports",
-            self._batch_key(batch or uuid.uuid4().hex),
+            key,
+            f"{key}:events",
             self.unpersisted_key,
         ]
-        ttl = _UNPERSISTED_TTL if persist else _BATCH_TTL
-        args: list[Any] = [self.maxlen, timestamp, ttl, "1" if persist else "0"]
+        kept = _UNPERSISTED_TTL if persist else 0
+        args: list[Any] = [self.maxlen, timestamp, _BATCH_TTL, kept]
         for event in events:
             keys += [
                 self.stream_key(event.import_id),
@@ -239,9 +231,15 @@ class RedisTransport:
         return [int(i) for i in self._append(keys=keys, args=args)]
 
     def persisted(self, batches: Sequence[str]) -> None:
-        if batches:
-            keys = [self.unpersisted_key, *(self._batch_key(token) for token in batches)]
-            self._persisted(keys=keys, args=[_BATCH_TTL])
+        if not batches:
+            return
+        keys = [self._batch_key(token) for token in batches]
+        pipeline = self.client.pipeline(transaction=False)
+        pipeline.zrem(self.unpersisted_key, *keys)
+        pipeline.delete(*(f"{key}:events" for key in keys))
+        for key in keys:  # the ids stay as long as any batch's, for a retried append
+            pipeline.pexpire(key, _BATCH_TTL)
+        pipeline.execute()
 
     def reclaim(self, older_than: int, limit: int = 100) -> Reclaimed:
         now = int(time.time() * 1000)
@@ -249,14 +247,13 @@ class RedisTransport:
         prefix = len(self._batch_key(""))
         batches: list[tuple[str, list[tuple[int, int, StatusEvent]]]] = []
         unreadable: list[str] = []
-        for key, kept in zip(found[1::2], found[2::2], strict=True):
+        for key, ids, events in zip(found[1::3], found[2::3], found[3::3], strict=True):
             token = key.decode()[prefix:]
             try:
-                stored = json.loads(kept)
-                wires = [json.loads(text) for text in stored["events"]]
+                wires = [json.loads(text) for text in json.loads(events)]
                 records = [
                     (int(i), int(wire["timestamp"]), StatusEvent.from_wire(wire))
-                    for i, wire in zip(stored["ids"], wires, strict=True)
+                    for i, wire in zip(json.loads(ids), wires, strict=True)
                 ]
             except (KeyError, TypeError, ValueError, ValidationError) as error:
                 logger.error(
@@ -268,12 +265,7 @@ class RedisTransport:
                 unreadable.append(token)
                 continue
             batches.append((token, records))
-        if unreadable:
-            keys = [self._batch_key(token) for token in unreadable]
-            pipeline = self.client.pipeline()
-            pipeline.zrem(self.unpersisted_key, *keys)
-            pipeline.delete(*keys)
-            pipeline.execute()
+        self.persisted(unreadable)
         return Reclaimed(batches, int(found[0]), len(unreadable))
 
     def read(self, import_id: str, after: int = 0, limit: int = 1_000) -> list[dict[str, Any]]:

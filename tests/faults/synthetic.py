@@ -103,7 +103,7 @@ def unpersisted(client: redis.Redis) -> dict[bytes, int]:
     for key in client.zrange(transport.unpersisted_key, 0, -1):
         kept = client.get(key)
         if kept is not None:
-            sizes[key] = len(json.loads(kept)["ids"])
+            sizes[key] = len(json.loads(kept))
     return sizes
 
 
