@@ -94,3 +94,15 @@ def test_parser_accuracy(
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["dataset", "quantity", "unit", "name", "all", "three"]
     assert "lines/s" in out
+
+
+@pytest.mark.usefixtures("_postgres_server")
+def test_status_reclaim(
+    bench_redis: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TEST_POSTGRES_URL", POSTGRES_URL)
+    run_benchmark("status_reclaim.py", "--events", "60", "--rounds", "1", monkeypatch=monkeypatch)
+    out = capsys.readouterr().out
+    for scenario in ("one burst", "steps of 10"):
+        assert f"{scenario}: B/A throughput ratio" in out
+        assert f"{scenario}: Redis commands/event" in out
