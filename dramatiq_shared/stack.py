@@ -104,7 +104,8 @@ def setup_broker(
     if broker is not None and getattr(broker, _ATTRIBUTE, None) is not None:
         dramatiq.set_broker(broker)
         return broker
-    if max_message_size is not None:
+    if max_message_size is not None:  # ErrorHandling checks it too, but only after the
+        # database and the broadcaster exist: refused here, nothing is set up half-way.
         check_int("max_message_size", max_message_size, minimum=1, error=ConfigError)
     retry_config = _config(RetryConfig, retry)
     status_config = _config(StatusConfig, status)

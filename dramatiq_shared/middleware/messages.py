@@ -243,7 +243,7 @@ class _Guarded:
         try:
             for field, value in self._broker.client.hscan_iter(key, count=1_000):
                 if value == body:
-                    message_id = field.decode()
+                    message_id = text(field)
                     self._broker.do_nack(queue_name, message_id)
                     break
             self._on_undecodable(queue_name, message_id, body, error)

@@ -38,8 +38,8 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, MutableSequence
+from typing import Any, TypeVar
 
 from loguru import logger
 
@@ -60,6 +60,7 @@ __all__ = [
 Key = tuple[str, str | None, str | None]
 #: An event as published: its id, its timestamp (ms) and the event.
 Record = tuple[int, int, StatusEvent]
+_Batch = TypeVar("_Batch")
 
 
 #: Most published events kept for the history while the database is unreachable.
@@ -285,12 +286,10 @@ class Broadcaster:
             )
             ids = self._retrying("send", append)
             if ids is None:
-                waiting = sum(len(e) for _, _, e in self._outbox)
-                while waiting > MAX_UNPERSISTED and len(self._outbox) > 1:
-                    _, _, dropped = self._outbox.popleft()
-                    waiting -= len(dropped)
-                    self.count("failed", len(dropped))
-                    logger.error("Dropping {} status events the transport never took", len(dropped))
+                dropped = _drop_oldest(self._outbox, lambda batch: len(batch[2]))
+                if dropped:
+                    self.count("failed", dropped)
+                    logger.error("Dropping {} status events the transport never took", dropped)
                 self._send_backoff = min(max(1.0, 2 * self._send_backoff), _MAX_PERSIST_BACKOFF)
                 self._send_blocked_until = time.monotonic() + self._send_backoff
                 return
@@ -315,17 +314,16 @@ class Broadcaster:
 
     def _persist(self) -> None:
         batches, self._to_persist, self._persist_due = self._to_persist, [], None
-        if self._write([record for _, records in batches for record in records]):
-            self.counts["persisted"] += sum(len(records) for _, records in batches)
+        records = [record for _, batch in batches for record in batch]
+        if self._write(records):
+            self.counts["persisted"] += len(records)
             self._persist_backoff = 0.0
             self._persist_blocked_until = 0.0
             self._settle([token for token, _ in batches])
             return
         # Kept and tried again later: the history must hold what the stream has, or
         # the relay would show a gap once the stream trims those events.
-        dropped = 0
-        while len(batches) > 1 and sum(len(r) for _, r in batches) > MAX_UNPERSISTED:
-            dropped += len(batches.pop(0)[1])
+        dropped = _drop_oldest(batches, lambda batch: len(batch[1]))
         if dropped and self._reclaimable is not None:
             logger.warning("Leaving {} status events for a later reclaim", dropped)
         elif dropped:
@@ -400,6 +398,19 @@ class Broadcaster:
             last,
         )
         return None
+
+
+def _drop_oldest(batches: MutableSequence[_Batch], size: Callable[[_Batch], int]) -> int:
+    """Drop the oldest batches, never the newest, while more than ``MAX_UNPERSISTED``
+    events wait in ``batches``; return how many events were dropped."""
+    waiting = sum(size(batch) for batch in batches)
+    dropped = 0
+    while waiting > MAX_UNPERSISTED and len(batches) > 1:
+        oldest = size(batches[0])
+        del batches[0]
+        waiting -= oldest
+        dropped += oldest
+    return dropped
 
 
 _current: Broadcaster | None = None

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 import redis
 from loguru import logger
 
+from .._redis import text
 from ..errors import ValidationError
 from .events import StatusEvent
 
@@ -248,7 +249,7 @@ class RedisTransport:
         batches: list[tuple[str, list[tuple[int, int, StatusEvent]]]] = []
         unreadable: list[str] = []
         for key, ids, events in zip(found[1::3], found[2::3], found[3::3], strict=True):
-            token = key.decode()[prefix:]
+            token = text(key)[prefix:]
             try:
                 wires = [json.loads(text) for text in json.loads(events)]
                 records = [
