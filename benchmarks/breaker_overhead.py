@@ -32,15 +32,12 @@ from typing import Any
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from scratch import commands_processed
 
 from dramatiq_shared import CircuitBreakerConfig
 from dramatiq_shared.middleware import CircuitBreaker
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-
-
-def commands_processed(client: redis.Redis) -> int:
-    return int(client.info("stats")["total_commands_processed"])
 
 
 def run_round(with_breaker: bool, messages: int, threads: int) -> tuple[float, float]:

@@ -1,4 +1,5 @@
-"""A PostgreSQL database for one benchmark run, next to ``TEST_POSTGRES_URL``, dropped after."""
+"""What benchmark runs share: a scratch PostgreSQL database next to ``TEST_POSTGRES_URL``,
+dropped after, and Redis's own command counter."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
+import redis
 
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://dramatiq_shared:dramatiq_shared@127.0.0.1:5432/postgres"
@@ -29,3 +31,8 @@ def scratch_postgres() -> Iterator[str]:
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def commands_processed(client: redis.Redis) -> int:
+    """Commands Redis has run so far, those run by scripts included."""
+    return int(client.info("stats")["total_commands_processed"])

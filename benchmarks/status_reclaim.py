@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from scratch import scratch_postgres
+from scratch import commands_processed, scratch_postgres
 
 from dramatiq_shared import (
     Broadcaster,
@@ -81,7 +81,7 @@ def run_round(
     broadcaster = Broadcaster(
         transport if kept else Unkept(transport), history, StatusConfig(broadcast_interval=0)
     )
-    before = int(client.info("stats")["total_commands_processed"])
+    before = commands_processed(client)
     started = time.perf_counter()
     for first in range(0, events, step):
         for n in range(first, min(first + step, events)):
@@ -89,7 +89,7 @@ def run_round(
         if not broadcaster.flush(timeout=600):
             raise RuntimeError("the broadcaster did not finish in 600 s")
     elapsed = time.perf_counter() - started
-    used = int(client.info("stats")["total_commands_processed"]) - before
+    used = commands_processed(client) - before
     broadcaster.close()
     stored = history.read(name, after=events - 1)
     if [e["id"] for e in stored] != [events]:

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -39,7 +39,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # Markers follow from the fixtures a test uses, so `-m "not postgres"` works without
 # anybody remembering to mark tests by hand.
 _SERVICE_FIXTURES = {
-    "redis": {"redis_client", "redis_broker", "redis_worker", "private_redis"},
+    "redis": {"redis_client", "redis_broker", "redis_worker", "private_redis", "persistent_redis"},
     "postgres": {"postgres_url", "_postgres_server"},
     "rabbitmq": {"rabbitmq_broker"},
 }
@@ -110,35 +110,50 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+def wait_until(condition: Callable[[], object], deadline: float, interval: float = 0.05) -> bool:
+    """Poll ``condition`` until it holds or ``time.monotonic()`` passes ``deadline``.
+
+    Returns:
+      Whether it held: the caller asserts, with a message of its own.
+    """
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[redis.Redis, Any, Any]]:
-    """A redis-server of the test's own, with functions to stop and start it."""
-    port = free_port()
-    command = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(tmp_path),
-    ]
-    server: list[subprocess.Popen[bytes]] = []
+class RedisServer:
+    """A redis-server of a test's own, on 127.0.0.1 and a free port, to stop and start.
 
-    def start() -> None:
-        server.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
-        client = redis.Redis(port=port)
-        for _ in range(100):
+    Parameters:
+      folder: Its working directory (for an append-only file, say).
+      options: More ``redis-server`` options, such as ``"--appendonly", "yes"``.
+    """
+
+    def __init__(self, folder: Path, *options: str) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.command = [
+            "redis-server",
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--dir", str(folder),
+            *options,
+        ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        for _ in range(200):
             try:
                 client.ping()
                 return
@@ -146,18 +161,28 @@ def private_redis(tmp_path: Path) -> Iterator[tuple[redis.Redis, Any, Any]]:
                 time.sleep(0.05)
         raise RuntimeError("private redis-server did not start")
 
-    def stop() -> None:
-        server[-1].terminate()
-        server[-1].wait(10)
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
 
-    try:
-        start()
-    except FileNotFoundError as error:
-        pytest.fail(f"redis-server is not installed: {error}")
-    client = redis.Redis(port=port, socket_connect_timeout=0.2, socket_timeout=0.5)
-    yield client, stop, start
-    if server[-1].poll() is None:
-        stop()
+    def started(self) -> RedisServer:
+        """Start it; under any setting, a missing redis-server fails the test."""
+        try:
+            self.start()
+        except FileNotFoundError as error:
+            pytest.fail(f"redis-server is not installed: {error}")
+        return self
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[redis.Redis, Any, Any]]:
+    """A redis-server of the test's own, without persistence, with functions to stop and
+    start it."""
+    server = RedisServer(tmp_path, "--appendonly", "no").started()
+    client = redis.Redis(port=server.port, socket_connect_timeout=0.2, socket_timeout=0.5)
+    yield client, server.stop, server.start
+    server.stop()
 
 
 # --- PostgreSQL and SQLite ---------------------------------------------------

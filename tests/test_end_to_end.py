@@ -20,6 +20,8 @@ from dramatiq_shared.cli import main
 from dramatiq_shared.db.models import Note, init_database
 from dramatiq_shared.metrics import render
 
+from .conftest import wait_until
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,10 +32,7 @@ def send(broker: RedisBroker, actor: str, queue: str, *args: object) -> None:
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert condition(), "timed out"
+    assert wait_until(condition, time.monotonic() + seconds, interval=0.1), "timed out"
 
 
 def check_commands(

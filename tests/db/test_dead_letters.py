@@ -18,6 +18,7 @@ from dramatiq_shared.cli import main
 from dramatiq_shared.db.dead_letters import DeadLetterStore
 from dramatiq_shared.db.models import DeadLetter
 from dramatiq_shared.middleware import ErrorHandling
+from tests.conftest import wait_until
 from tests.middleware.conftest import install
 
 
@@ -90,9 +91,7 @@ def test_an_undecodable_dead_letter_is_refused_a_retry(
     store = DeadLetterStore(database)
     worker = create_worker(redis_broker, worker_threads=1)
     try:
-        deadline = time.monotonic() + 10
-        while not store.list() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(store.list, time.monotonic() + 10)
     finally:
         close_workers([worker])
     (row,) = store.list()

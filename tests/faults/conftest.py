@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from ..relay.conftest import redis_relay
+from ..relay.conftest import redis_relay, relay_process
 
-__all__ = ["redis_relay"]
+__all__ = ["redis_relay", "relay_process"]

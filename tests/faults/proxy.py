@@ -20,7 +20,6 @@ class Proxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
         self.up = True
-        self.dropped = 0
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._running = True
@@ -33,7 +32,6 @@ class Proxy:
             except OSError:
                 return
             if not self.up:
-                self.dropped += 1
                 client.close()
                 continue
             try:
@@ -68,7 +66,6 @@ class Proxy:
         self.up = False
         with self._lock:
             ends = list(self._open)
-        self.dropped += len(ends) // 2
         for end in ends:
             self._close(end)
 

@@ -57,6 +57,13 @@ def workers(
             process.wait(60)
 
 
+def message(actor: str, *args: object) -> dramatiq.Message[object]:
+    """A message for ``actor`` on the default queue, as any producer would send it."""
+    return dramatiq.Message(
+        queue_name="default", actor_name=actor, args=args, kwargs={}, options={}
+    )
+
+
 def prepare(
     redis_url: str, postgres_url: str, import_id: str, messages: int, actor: str = "store"
 ) -> peewee.Database:
@@ -70,11 +77,7 @@ def prepare(
     tracker.broadcaster.close()
     sender = RedisBroker(url=redis_url)
     for n in range(messages):
-        sender.enqueue(
-            dramatiq.Message(
-                queue_name="default", actor_name=actor, args=(import_id, n), kwargs={}, options={}
-            )
-        )
+        sender.enqueue(message(actor, import_id, n))
     sender.close()
     return database
 

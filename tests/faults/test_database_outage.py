@@ -14,6 +14,7 @@ import redis
 from dramatiq_shared import RedisTransport
 from dramatiq_shared.db.models import Note
 
+from ..conftest import wait_until
 from .proxy import Proxy
 from .synthetic import endings, executions, prepare, stored_event_ids, workers
 
@@ -43,20 +44,17 @@ def test_postgres_unreachable_for_10_s_defers_work_and_loses_none(
     database = prepare(redis_url, postgres_url, IMPORT, MESSAGES, actor="store_guarded")
     with workers(redis_url, through_proxy):
         deadline = time.monotonic() + 180
-        while Note.select().count() < MESSAGES // 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: Note.select().count() >= MESSAGES // 4, deadline)
         proxy.cut()
         cut_at = time.monotonic()
         in_flight = MESSAGES - Note.select().count()
         time.sleep(OUTAGE)
         done_during = Note.select().count()
         proxy.restore()
-        while Note.select().count() < MESSAGES and time.monotonic() < deadline:
-            time.sleep(0.1)
+        done = wait_until(lambda: Note.select().count() == MESSAGES, deadline)
         recovered = time.monotonic() - cut_at - OUTAGE
-        assert Note.select().count() == MESSAGES, "messages were lost"
-        while not endings(redis_client, IMPORT) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        assert done, "messages were lost"
+        wait_until(lambda: endings(redis_client, IMPORT), deadline)
 
     ran = executions(redis_client, IMPORT)
     assert set(ran) == set(range(MESSAGES))

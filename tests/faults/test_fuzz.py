@@ -45,7 +45,7 @@ pytestmark = pytest.mark.faults
 EXAMPLES = settings(
     max_examples=1_000,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
 json_scalars = st.one_of(
@@ -91,20 +91,22 @@ def test_configs_accept_or_refuse_clearly(kind: type) -> None:
     @EXAMPLES
     @given(settings_of(kind))
     def check(mapping: dict[Any, Any]) -> None:
+        refusal = None
         try:
             config = kind.from_mapping(mapping)
         except ConfigError as error:
             refusal = str(error)
-        else:
-            refusal = "accepted"
-        assert refusal
-        if refusal != "accepted":
+        if refusal is not None:
+            assert refusal  # refused, with a message that says why
             return
         for key, value in mapping.items():
-            if isinstance(value, (bool, int, str)) and not isinstance(value, bytes):
-                name = _snake_case(key)
-                if name != "jitter" and name not in ("retryable_errors", "excluded_errors"):
-                    assert getattr(config, name) == value
+            name = _snake_case(key)
+            if isinstance(value, (bool, int, str)) and name not in (
+                "jitter",
+                "retryable_errors",
+                "excluded_errors",
+            ):
+                assert getattr(config, name) == value
 
     check()
 
@@ -138,11 +140,7 @@ events = st.dictionaries(
 def test_status_events_are_valid_or_refused_clearly(fields: dict[str, Any]) -> None:
     try:
         event = StatusEvent.from_mapping(fields)
-    except ValidationError as error:
-        refusal = str(error)
-    else:
-        refusal = ""
-    if refusal:
+    except ValidationError:
         return
     wire = event.to_wire(event_id=1, timestamp=0)
     assert StatusEvent.from_wire(json.loads(json.dumps(wire, allow_nan=False))) == event
@@ -183,16 +181,16 @@ def test_actor_options_are_accepted_or_refused_clearly(suite_broker: StubBroker)
     @given(st.dictionaries(st.sampled_from(OPTIONS), values, min_size=1, max_size=3))
     def check(options: dict[str, Any]) -> None:
         name = next(_names)
+        refused = False
         try:
             register_actions(suite_broker, [create_action_registration(name, len, **options)])
-        except ConfigError as error:
-            refusal = str(error)
+        except ConfigError:
+            refused = True
         else:
-            refusal = ""
             suite_broker.actors.pop(name)
         assert name not in suite_broker.actors  # declared and removed, or refused whole
         throws = options.get("throws")
-        if not refusal and throws is not None:  # used in isinstance() after a failure
+        if not refused and throws is not None:  # used in isinstance() after a failure
             assert isinstance(throws, (type, tuple))
 
     check()
@@ -228,14 +226,13 @@ def test_line_batches_are_written_whole_or_not_at_all(
     @given(st.lists(st.tuples(st.text(max_size=6), line_data), max_size=4))
     def check(batch: list[tuple[str, dict[str, Any]]]) -> None:
         before = list(IngredientLine.select().order_by(IngredientLine.id).tuples())
+        refused = False
         try:
             lines_database.create_or_update_parsed_ingredient_lines(batch)
-        except ValidationError as error:
-            refusal = str(error)
-        else:
-            refusal = ""
+        except ValidationError:
+            refused = True
         after = list(IngredientLine.select().order_by(IngredientLine.id).tuples())
-        if refusal:
+        if refused:
             assert after == before  # nothing half-written
         else:
             assert len(after) >= len(before)

@@ -12,6 +12,7 @@ import redis
 from dramatiq_shared import RedisTransport
 from dramatiq_shared.db.models import Note
 
+from ..conftest import wait_until
 from .synthetic import endings, executions, prepare, stored_event_ids, unpersisted, workers
 
 pytestmark = pytest.mark.faults
@@ -33,8 +34,7 @@ def test_a_sigkilled_worker_loses_nothing_and_doubles_nothing(
             workers(redis_url, postgres_url, processes=1, **reclaim),
         ):
             deadline = time.monotonic() + 120
-            while Note.select().count() < MESSAGES // 3 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: Note.select().count() >= MESSAGES // 3, deadline)
             os.killpg(victim.pid, signal.SIGKILL)  # mid-job: no clean-up of any kind
             killed_at = time.monotonic()
             in_flight = MESSAGES - Note.select().count()
@@ -43,15 +43,12 @@ def test_a_sigkilled_worker_loses_nothing_and_doubles_nothing(
             at_kill = unpersisted(redis_client)
             time.sleep(0.5)
             left = sum(size for key, size in unpersisted(redis_client).items() if key in at_kill)
-            while Note.select().count() < MESSAGES and time.monotonic() < deadline:
-                time.sleep(0.1)
+            done = wait_until(lambda: Note.select().count() == MESSAGES, deadline)
             recovered = time.monotonic() - killed_at
-            assert Note.select().count() == MESSAGES, "messages were lost"
-            while not endings(redis_client, IMPORT) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            assert done, "messages were lost"
+            wait_until(lambda: endings(redis_client, IMPORT), deadline)
             last = RedisTransport(redis_client).read(IMPORT, limit=100_000)[-1]["id"]
-            while len(stored_event_ids(database, IMPORT)) < last and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_until(lambda: len(stored_event_ids(database, IMPORT)) >= last, deadline)
             # The history has every streamed event, the victim's unpersisted ones too.
             assert stored_event_ids(database, IMPORT) == list(range(1, last + 1))
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import dramatiq
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
@@ -14,18 +13,13 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq_shared.db.dead_letters import DeadLetterStore
 from dramatiq_shared.db.models import Note
 
-from .synthetic import endings, prepare, workers
+from ..conftest import wait_until
+from .synthetic import endings, message, prepare, workers
 
 pytestmark = pytest.mark.faults
 
 GOOD = 200
 IMPORT = "imp-poison"
-
-
-def message(actor: str, *args: object) -> dramatiq.Message[object]:
-    return dramatiq.Message(
-        queue_name="default", actor_name=actor, args=args, kwargs={}, options={}
-    )
 
 
 def test_poison_is_dead_lettered_with_its_reason_and_the_worker_goes_on(
@@ -48,16 +42,15 @@ def test_poison_is_dead_lettered_with_its_reason_and_the_worker_goes_on(
     try:
         with workers(redis_url, postgres_url, processes=1) as worker:
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and (
-                Note.select().count() < GOOD or len(dead_letters.list()) < 5
-            ):
-                time.sleep(0.1)
+            wait_until(
+                lambda: Note.select().count() >= GOOD and len(dead_letters.list()) >= 5, deadline
+            )
             assert Note.select().count() == GOOD
-            while not endings(redis_client, IMPORT) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_until(lambda: endings(redis_client, IMPORT), deadline)
             assert worker.poll() is None  # still running
-        reasons = {row.message_id: (row.error_type, row.reason) for row in dead_letters.list()}
-        (too_big,) = [row for row in dead_letters.list() if row.message_id == oversized.message_id]
+        rows = dead_letters.list()
+        reasons = {row.message_id: (row.error_type, row.reason) for row in rows}
+        (too_big,) = [row for row in rows if row.message_id == oversized.message_id]
     finally:
         database.close_all()
 

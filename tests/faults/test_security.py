@@ -4,17 +4,15 @@ the honest client receives every event, in order, without a gap."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import aiohttp
 import pytest
-import redis
 
 from dramatiq_shared.metrics import REGISTRY
 from dramatiq_shared.status.auth import sign
 
 from ..relay.conftest import SECRET, RunningRelay, collect
-from ..relay.test_replay import publisher
+from ..relay.test_replay import publisher, watch
 
 pytestmark = pytest.mark.faults
 
@@ -84,30 +82,14 @@ async def attacks(url: str) -> list[str]:
 
 
 def test_attacks_are_refused_counted_and_the_honest_client_misses_nothing(
-    redis_relay: RunningRelay, redis_url: str, redis_client: redis.Redis
+    redis_relay: RunningRelay, redis_url: str
 ) -> None:
     before = refusals()
     feed = publisher(redis_url, "imp-s", total=TOTAL, pause=0.01)
 
-    async def honest() -> list[int]:
-        ids: list[int] = []
-        async with (
-            aiohttp.ClientSession() as session,
-            session.ws_connect(f"{redis_relay.url}/ws") as ws,
-        ):
-            await ws.send_json(
-                {"type": "subscribe", "import_id": "imp-s", "token": sign("imp-s", SECRET)}
-            )
-
-            def complete(got: list[dict[str, Any]]) -> bool:
-                ids[:] = [f["id"] for f in got if f["type"] == "event"]
-                return bool(ids) and ids[-1] >= TOTAL
-
-            await collect(ws, until=complete, timeout=60)
-        return ids
-
     async def scenario() -> tuple[list[int], list[str]]:
-        watching = asyncio.ensure_future(honest())
+        honest = watch(redis_relay.url, "imp-s", until=lambda ids: bool(ids) and ids[-1] >= TOTAL)
+        watching = asyncio.ensure_future(honest)
         await asyncio.sleep(0.3)
         feed.start()
         answers = await attacks(redis_relay.url)
@@ -129,7 +111,8 @@ def test_attacks_are_refused_counted_and_the_honest_client_misses_nothing(
         "origin 403",
         "history 403",
     ]
-    counted = {reason: refusals()[reason] - before[reason] for reason in REASONS}
+    after = refusals()
+    counted = {reason: after[reason] - before[reason] for reason in REASONS}
     assert counted["unauthorized"] == 1
     assert counted["expired"] == 1
     assert counted["forbidden"] == 2  # over the websocket and over HTTP

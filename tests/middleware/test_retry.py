@@ -340,9 +340,8 @@ def test_a_retry_that_cannot_be_enqueued_is_dead_lettered_not_acked(
     assert any("could not be enqueued again" in r["message"] for r in records)
 
 
-def test_a_retry_waits_out_a_short_broker_outage(
-    redis_client: redis.Redis, redis_url: str, calls: Calls
-) -> None:
+def test_a_retry_waits_out_a_short_broker_outage(redis_client: redis.Redis, redis_url: str) -> None:
+    calls = Calls()
     broker = EnqueueFailsBroker(url=redis_url)
     broker.emit_after("process_boot")
     install(broker, broker_outage=10_000)

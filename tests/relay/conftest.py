@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -16,7 +22,11 @@ from aiohttp import web
 
 from dramatiq_shared.relay import RedisSource, create_app
 
+from ..conftest import free_port
+
 SECRET = "test-secret-of-32-bytes-at-least!"
+
+RelayProcess = tuple[Callable[[], str], Callable[..., None]]
 
 
 class RunningRelay:
@@ -83,3 +93,43 @@ async def collect(
                 break
             received.extend(frames(message.data))
     return received
+
+
+@pytest.fixture
+def relay_process(redis_client: redis.Redis, redis_url: str) -> Iterator[RelayProcess]:
+    """``python -m dramatiq_shared.relay`` on one port: ``start()`` it (returns its URL)
+    and ``stop(sig)`` it, again and again. SIGTERM, the default, closes its sockets with
+    1001 first; SIGKILL says goodbye to no one."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "DRAMATIQ_SHARED_SECRET": SECRET, "REDIS_URL": redis_url}
+    env.pop("DATABASE_URL", None)
+    env.pop("DRAMATIQ_SHARED_DB_URL", None)
+    running: list[subprocess.Popen[bytes]] = []
+
+    def start() -> str:
+        running.append(
+            subprocess.Popen(  # output unread: a chatty relay must not fill a pipe
+                [sys.executable, "-m", "dramatiq_shared.relay", "--port", str(port)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        for _ in range(400):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1).read()
+                return url
+            except OSError:
+                time.sleep(0.025)
+        raise RuntimeError("the relay did not start")
+
+    def stop(sig: signal.Signals = signal.SIGTERM) -> None:
+        running[-1].send_signal(sig)
+        running[-1].wait(30)
+
+    yield start, stop
+    for process in running:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import peewee
-import pytest
 import redis
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -24,8 +19,7 @@ from dramatiq_shared.db import StatusHistory
 from dramatiq_shared.relay import RedisSource, create_app
 from dramatiq_shared.status.auth import sign
 
-from ..conftest import free_port
-from .conftest import SECRET, RunningRelay, collect, frames
+from .conftest import SECRET, RelayProcess, RunningRelay, collect, frames
 
 TOTAL = 5_000
 
@@ -121,49 +115,8 @@ def test_events_the_stream_trimmed_come_from_the_database(
     assert ids == list(range(1, 601))
 
 
-@pytest.fixture
-def relay_process(redis_client: redis.Redis, redis_url: str) -> Iterator[Any]:
-    """Start (and restart) ``python -m dramatiq_shared.relay`` on one port."""
-    port = free_port()
-    env = {**os.environ, "DRAMATIQ_SHARED_SECRET": SECRET, "REDIS_URL": redis_url}
-    env.pop("DATABASE_URL", None)
-    env.pop("DRAMATIQ_SHARED_DB_URL", None)
-    running: list[subprocess.Popen[str]] = []
-
-    def start() -> str:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq_shared.relay", "--port", str(port)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        running.append(process)
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                redis_client.ping()
-                import urllib.request  # noqa: PLC0415
-
-                urllib.request.urlopen(f"{url}/health", timeout=1).read()
-                return url
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(process.stderr.read() if process.stderr else "relay did not start")
-
-    def stop() -> None:
-        running[-1].send_signal(signal.SIGTERM)
-        running[-1].wait(30)  # graceful: sockets closed with 1001 first
-
-    yield start, stop
-    for process in running:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 def test_clients_resume_after_the_relay_process_restarts(
-    relay_process: Any, redis_url: str
+    relay_process: RelayProcess, redis_url: str
 ) -> None:
     start, stop = relay_process
     url = start()

@@ -33,6 +33,7 @@ from dramatiq_shared import (
 )
 from dramatiq_shared.db import StatusHistory
 from dramatiq_shared.status import broadcaster as broadcaster_module
+from tests.conftest import wait_until
 
 
 def progress(n: int, total: int = 1_000, **fields: Any) -> StatusEvent:
@@ -167,15 +168,17 @@ def test_a_transport_that_fails_is_retried_logged_and_sent_once_it_is_back(
     started = time.monotonic()
     broadcaster.publish(StatusEvent("imp-1", NoteStatus.COMPLETED))
     assert time.monotonic() - started < 0.05  # publishing never waits on the transport
-    deadline = time.monotonic() + 20
-    while not any("could not send after" in e for e in errors) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert any("could not send after" in e for e in errors), errors
-    assert broadcaster.counts["sent"] == 0
-    start()
-    assert broadcaster.flush(timeout=30)  # kept, not dropped: sent once Redis is back
-    broadcaster.close()
-    logger.remove(handler)
+    try:
+        failed = wait_until(
+            lambda: any("could not send after" in e for e in errors), time.monotonic() + 20
+        )
+        assert failed, errors
+        assert broadcaster.counts["sent"] == 0
+        start()
+        assert broadcaster.flush(timeout=30)  # kept, not dropped: sent once Redis is back
+    finally:
+        broadcaster.close()
+        logger.remove(handler)
     assert broadcaster.counts["sent"] == 1
     assert broadcaster.counts["failed"] == 0
     assert [e["status"] for e in RedisTransport(client).read("imp-1")] == ["COMPLETED"]
@@ -270,9 +273,7 @@ def test_what_a_killed_process_streamed_but_never_persisted_is_reclaimed(
     assert history.read("imp-dead") == []  # the gap the relay would show
 
     broadcaster = Broadcaster(transport, history, StatusConfig(reclaim_after=200))
-    deadline = time.monotonic() + 10
-    while len(history.read("imp-dead", limit=1_000)) < 250 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(history.read("imp-dead", limit=1_000)) >= 250, time.monotonic() + 10)
     broadcaster.close()
     assert history.read("imp-dead", limit=1_000) == streamed
     assert broadcaster.counts["reclaimed"] == 250
