@@ -38,9 +38,14 @@ def bench_redis(redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.M
     monkeypatch.setenv("BENCH_REDIS_URL", redis_url)
 
 
-@pytest.mark.usefixtures("_postgres_server")  # fails under CI when PostgreSQL is missing
-def test_db_batch(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def bench_postgres(_postgres_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the benchmarks' TEST_POSTGRES_URL at the test server (missing: fails under CI)."""
     monkeypatch.setenv("TEST_POSTGRES_URL", POSTGRES_URL)
+
+
+@pytest.mark.usefixtures("bench_postgres")
+def test_db_batch(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     data = shared_data("labelled_lines.jsonl")
     run_benchmark("db_batch.py", "--lines", "40", "--data", str(data), monkeypatch=monkeypatch)
     out = capsys.readouterr().out
@@ -73,11 +78,8 @@ def test_relay_fanout(
     assert "(all)" in out
 
 
-@pytest.mark.usefixtures("_postgres_server")
-def test_overhead(
-    bench_redis: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("TEST_POSTGRES_URL", POSTGRES_URL)
+@pytest.mark.usefixtures("bench_redis", "bench_postgres")
+def test_overhead(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     run_benchmark("overhead.py", "--messages", "60", "--rounds", "1", monkeypatch=monkeypatch)
     out = capsys.readouterr().out
     for variant in ("plain", "retry", "import"):
@@ -96,11 +98,10 @@ def test_parser_accuracy(
     assert "lines/s" in out
 
 
-@pytest.mark.usefixtures("_postgres_server")
+@pytest.mark.usefixtures("bench_redis", "bench_postgres")
 def test_status_reclaim(
-    bench_redis: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("TEST_POSTGRES_URL", POSTGRES_URL)
     run_benchmark("status_reclaim.py", "--events", "60", "--rounds", "1", monkeypatch=monkeypatch)
     out = capsys.readouterr().out
     for scenario in ("one burst", "steps of 10"):
