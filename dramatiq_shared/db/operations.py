@@ -267,13 +267,30 @@ class DatabaseOperations(RunsOperations):
           ValidationError: When ``note_id`` or ``status`` is invalid.
         """
         check_id("note_id", note_id)
-        value = _status("status", status, NoteStatus).value
-        query = Note.update(status=value, updated_at=utcnow()).where(
-            (Note.id == note_id) & (Note.status != value)
+        return self._set_status(Note.status, note_id, _status("status", status, NoteStatus))
+
+    def set_line_status(self, line_id: str, status: ParseStatus | str) -> bool:
+        """Set a parsed line's status, leaving the rest of it as it is; setting the status
+        it has changes nothing.
+
+        Returns:
+          False when there is no such line.
+
+        Raises:
+          ValidationError: When ``line_id`` or ``status`` is invalid.
+        """
+        check_id("line_id", line_id)
+        status = _status("status", status, ParseStatus)
+        return self._set_status(IngredientLine.parse_status, line_id, status)
+
+    def _set_status(self, column: peewee.Field, key: str, status: NoteStatus | ParseStatus) -> bool:
+        model = column.model
+        query = model.update({column: status.value, model.updated_at: utcnow()}).where(
+            (model.id == key) & (column != status.value)
         )
         if self._runner.run(query.execute):
             return True
-        return bool(self._runner.run(lambda: list(_existing(Note, Note.id, [note_id]))))
+        return bool(self._runner.run(lambda: list(_existing(model, model.id, [key]))))
 
     def line_counts(self, note_id: str) -> dict[ParseStatus, int]:
         """How many lines of a note have each parse status (every status, 0 included).

@@ -229,7 +229,7 @@ def parse_ingredient_line(import_id: str, note_id: str, line_id: str) -> None:
             enrich_ingredient.send(ingredient.id, import_id=import_id)
     if parsed.rules:
         patterns.track(parsed.rules, line_id)
-    _save_status(line, parsed.status)
+    operations.set_line_status(line_id, parsed.status)
     _finish_note_if_done(import_id, note_id, parsed.status, line.reference)
 
 
@@ -238,15 +238,6 @@ def _get(model: type[peewee.Model], key: Any, field: str) -> Any:
     if row is None:
         raise ValidationError(f"{field}: no {model.__name__} {key!r}", field=field)
     return row
-
-
-def _save_status(line: IngredientLine, status: str) -> None:
-    operations.create_or_update_parsed_ingredient_line(
-        line.id,
-        ParsedIngredientLineData(
-            line.block_index, line.line_index, line.reference, line.note_id, status
-        ),
-    )
 
 
 def _finish_note_if_done(
@@ -314,10 +305,7 @@ def note_failed(message: dict[str, Any], info: dict[str, Any]) -> None:
 def line_failed(message: dict[str, Any], info: dict[str, Any]) -> None:
     """A line's message failed for good: the line is ERROR, and its note may be finished."""
     import_id, note_id = _carried(message, "import_id"), _carried(message, "note_id")
-    line_id = _carried(message, "line_id")
-    line = runner.run(lambda: IngredientLine.get_or_none(IngredientLine.id == line_id))
-    if line is not None:
-        _save_status(line, ParseStatus.ERROR.value)
+    operations.set_line_status(_carried(message, "line_id"), ParseStatus.ERROR)
     _finish_note_if_done(import_id, note_id, ParseStatus.ERROR.value, str(info.get("reason")))
 
 

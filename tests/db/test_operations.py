@@ -89,6 +89,23 @@ def test_a_note_status_is_set_idempotently(ops: DatabaseOperations) -> None:
         ops.set_note_status("note-1", "DONE")
 
 
+def test_a_line_status_is_set_idempotently_and_nothing_else_changes(
+    ops: DatabaseOperations,
+) -> None:
+    ops.create_or_update_parsed_ingredient_line("l-1", line(0, 0, parse_status="PENDING"))
+    (before,) = rows(IngredientLine)
+    assert ops.set_line_status("l-1", "ERROR")
+    (after,) = rows(IngredientLine)
+    assert after["parse_status"] == "ERROR"
+    changed = {key for key in before if before[key] != after[key]}
+    assert changed <= {"parse_status", "updated_at"}
+    assert ops.set_line_status("l-1", ParseStatus.ERROR)
+    assert rows(IngredientLine) == [after]  # the same status is no write
+    assert not ops.set_line_status("l-9", "CORRECT")
+    with pytest.raises(ValidationError, match="status must be one of PENDING, CORRECT"):
+        ops.set_line_status("l-1", "DONE")
+
+
 def test_line_counts_count_each_parse_status(ops: DatabaseOperations) -> None:
     assert ops.line_counts("note-1") == dict.fromkeys(ParseStatus, 0)
     ops.create_or_update_parsed_ingredient_lines(
