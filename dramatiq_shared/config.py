@@ -460,6 +460,18 @@ class DatabaseConfig(_Config):
         check_int("retry_attempts", self.retry_attempts, minimum=0, error=ConfigError)
         check_int("batch_size", self.batch_size, minimum=1, error=ConfigError)
 
+    @classmethod
+    def url_configured(cls, environ: Mapping[str, str] | None = None) -> bool:
+        """Whether the environment names a database (``DRAMATIQ_SHARED_DB_URL`` or
+        ``DATABASE_URL``) instead of leaving the embedded SQLite default.
+
+        Parameters:
+          environ: The variables to read; ``os.environ`` when omitted.
+        """
+        environ = os.environ if environ is None else environ
+        variables, _ = cls._env["url"]
+        return any(environ.get(name) for name in variables)
+
     @property
     def redacted_url(self) -> str:
         """The URL with its password hidden, for logs."""

@@ -252,6 +252,12 @@ def test_from_env_prefers_the_specific_database_variable() -> None:
     assert DatabaseConfig.from_env(environ).url == "sqlite:///b.db"
 
 
+def test_a_database_is_configured_by_either_variable() -> None:
+    assert DatabaseConfig.url_configured({"DATABASE_URL": "postgresql://a/x"})
+    assert DatabaseConfig.url_configured({"DRAMATIQ_SHARED_DB_URL": "sqlite:///b.db"})
+    assert not DatabaseConfig.url_configured({"DATABASE_URL": "", "REDIS_URL": "redis://r"})
+
+
 def test_from_env_with_nothing_set_gives_defaults() -> None:
     assert RetryConfig.from_env({}) == RetryConfig()
     assert DatabaseConfig.from_env({"DATABASE_URL": "  "}) == DatabaseConfig()

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if not url:
         raise ConfigError("the relay reads Redis streams: pass --redis-url or set REDIS_URL")
     config = DatabaseConfig.from_env()
-    database_url = args.database or (config.url if _database_configured() else None)
+    database_url = args.database or (config.url if DatabaseConfig.url_configured() else None)
     history = None
     if database_url:
         history = StatusHistory(init_database(DatabaseConfig(url=database_url)))
@@ -83,10 +83,6 @@ def run(args: argparse.Namespace) -> int:
         app, host=args.host, port=args.port, print=None, shutdown_timeout=5, access_log=None
     )
     return 0
-
-
-def _database_configured() -> bool:
-    return any(os.environ.get(name) for name in ("DRAMATIQ_SHARED_DB_URL", "DATABASE_URL"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -94,6 +94,10 @@ patterns = PatternTracker(stack.database)
 runner = OperationRunner(stack.database)
 
 
+#: The figures the nutrition service gives for an ingredient, and Nutrition keeps.
+NUTRIENTS = ("kcal", "protein", "fat", "carbs")
+
+
 class Nutrition(peewee.Model):
     """An ingredient's nutrition per 100 g, as the service gave it: one row each."""
 
@@ -191,17 +195,13 @@ def parse_note(import_id: str, note_id: str) -> None:
     ]
     operations.set_note_status(note_id, NoteStatus.PROCESSING)
     operations.create_or_update_parsed_ingredient_lines(lines)
-    stack.broadcaster.publish(
-        StatusEvent(
-            import_id,
-            NoteStatus.PROCESSING,
-            note_id=note_id,
-            message=f"{recipe.title or note_id}: {len(lines)} lines in {len(blocks)} blocks",
-            context="note",
-            current_count=0,
-            total_count=len(lines),
-            indent_level=1,
-        )
+    _report(
+        import_id,
+        note_id,
+        NoteStatus.PROCESSING,
+        f"{recipe.title or note_id}: {len(lines)} lines in {len(blocks)} blocks",
+        current_count=0,
+        total_count=len(lines),
     )
     if not lines:
         _finish_note_if_done(import_id, note_id)
@@ -248,74 +248,90 @@ def _finish_note_if_done(
     total = sum(counts.values())
     pending = counts[ParseStatus.PENDING]
     if status is not None:
-        stack.broadcaster.publish(
-            StatusEvent(
-                import_id,
-                NoteStatus.PROCESSING,
-                note_id=note_id,
-                message=f"{status}: {text[:100]}",
-                context="line",
-                current_count=total - pending,
-                total_count=total,
-                indent_level=2,
-            )
+        _report(
+            import_id,
+            note_id,
+            NoteStatus.PROCESSING,
+            f"{status}: {text[:100]}",
+            context="line",
+            indent_level=2,
+            current_count=total - pending,
+            total_count=total,
         )
     if pending:
         return
     operations.set_note_status(note_id, NoteStatus.COMPLETED)
     progress = stack.completion.mark_done(import_id, note_id)
     if progress.counted:  # of two last lines finishing at once, one reports the note
-        stack.broadcaster.publish(
-            StatusEvent(
-                import_id,
-                NoteStatus.COMPLETED,
-                note_id=note_id,
-                message=f"{total} lines: " + ", ".join(f"{n} {s.value}" for s, n in counts.items()),
-                context="note",
-                current_count=total,
-                total_count=total,
-                indent_level=1,
-                metadata={status.value: n for status, n in counts.items()},
-            )
+        _report(
+            import_id,
+            note_id,
+            NoteStatus.COMPLETED,
+            f"{total} lines: " + ", ".join(f"{n} {s.value}" for s, n in counts.items()),
+            current_count=total,
+            total_count=total,
+            metadata={s.value: n for s, n in counts.items()},
         )
 
 
 @dramatiq.actor(max_attempts=10, base_delay=1_000)
 def note_failed(message: dict[str, Any], info: dict[str, Any]) -> None:
     """A note's message failed for good: the note is FAILED, with the reason, and counted."""
-    import_id, note_id = _carried(message, "import_id"), _carried(message, "note_id")
+    import_id, note_id = _carried(message, "import_id", "note_id")
     kind = str(info.get("error_type"))
     operations.set_note_status(note_id, NoteStatus.FAILED)
     progress = stack.completion.mark_done(import_id, note_id, ok=False)
     if progress.counted:
-        stack.broadcaster.publish(
-            StatusEvent(
-                import_id,
-                NoteStatus.FAILED,
-                note_id=note_id,
-                message=f"{kind.rpartition('.')[2]}: {info.get('error_message')}"[:2_000],
-                context="note",
-                indent_level=1,
-                metadata={k: info[k] for k in ("attempt", "reason", "error_type") if k in info},
-            )
+        _report(
+            import_id,
+            note_id,
+            NoteStatus.FAILED,
+            f"{kind.rpartition('.')[2]}: {info.get('error_message')}"[:2_000],
+            metadata={k: info[k] for k in ("attempt", "reason", "error_type") if k in info},
         )
+
+
+def _report(
+    import_id: str,
+    note_id: str,
+    status: NoteStatus,
+    message: str,
+    *,
+    context: str = "note",
+    indent_level: int = 1,
+    **fields: Any,
+) -> None:
+    """Publish an event of a note (or, with ``context="line"``, of one of its lines)."""
+    stack.broadcaster.publish(
+        StatusEvent(
+            import_id,
+            status,
+            note_id=note_id,
+            message=message,
+            context=context,
+            indent_level=indent_level,
+            **fields,
+        )
+    )
 
 
 @dramatiq.actor(max_attempts=10, base_delay=1_000)
 def line_failed(message: dict[str, Any], info: dict[str, Any]) -> None:
     """A line's message failed for good: the line is ERROR, and its note may be finished."""
-    import_id, note_id = _carried(message, "import_id"), _carried(message, "note_id")
-    operations.set_line_status(_carried(message, "line_id"), ParseStatus.ERROR)
+    import_id, note_id, line_id = _carried(message, "import_id", "note_id", "line_id")
+    operations.set_line_status(line_id, ParseStatus.ERROR)
     _finish_note_if_done(import_id, note_id, ParseStatus.ERROR.value, str(info.get("reason")))
 
 
-def _carried(message: Mapping[str, Any], name: str) -> Any:
-    """An argument of the failed message, found by name as the middleware finds it."""
+def _carried(message: Mapping[str, Any], *names: str) -> tuple[Any, ...]:
+    """Arguments of the failed message, found by name as the middleware finds them."""
     failed = dramatiq.Message(**message)
-    value = carried(failed, name, broker.actors.get(failed.actor_name))
-    if value is None:
-        raise ValidationError(f"message: the failed message has no {name}", field=name)
-    return value
+    actor = broker.actors.get(failed.actor_name)
+    values = tuple(carried(failed, name, actor) for name in names)
+    for name, value in zip(names, values, strict=True):
+        if value is None:
+            raise ValidationError(f"message: the failed message has no {name}", field=name)
+    return values
 
 
 # --- enrichment, through the breaker --------------------------------------------------
@@ -341,7 +357,7 @@ def enrich_ingredient(ingredient_id: int, import_id: str | None = None) -> None:
     """
     ingredient = _get(Ingredient, ingredient_id, "ingredient_id")
     found = fetch_nutrition(ingredient.name)
-    values = {key: float(found[key]) for key in ("kcal", "protein", "fat", "carbs")}
+    values = {key: float(found[key]) for key in NUTRIENTS}
     query = Nutrition.insert(ingredient=ingredient_id, **values).on_conflict(
         conflict_target=[Nutrition.ingredient],
         update={getattr(Nutrition, key): value for key, value in values.items()},
@@ -368,7 +384,7 @@ def fetch_nutrition(name: str) -> dict[str, Any]:
     except (OSError, ValueError, http.client.HTTPException) as error:
         raise NutritionUnavailableError(f"{url}: {error}") from None
     if not isinstance(body, Mapping) or not all(
-        isinstance(body.get(key), (int, float)) for key in ("kcal", "protein", "fat", "carbs")
+        isinstance(body.get(key), (int, float)) for key in NUTRIENTS
     ):
         raise PermanentError(f"{url}: unexpected answer {str(body)[:200]}")
     return dict(body)

@@ -32,6 +32,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_shared import (
     ConfigError,
+    DatabaseConfig,
     DramatiqSharedError,
     close_workers,
     configure_logging,
@@ -93,9 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Import the recipes of ``args.recipes`` and print the summary; the exit status."""
     distributed = bool(os.environ.get("REDIS_URL"))
-    if distributed and not (
-        os.environ.get("DATABASE_URL") or os.environ.get("DRAMATIQ_SHARED_DB_URL")
-    ):
+    if distributed and not DatabaseConfig.url_configured():
         raise ConfigError(
             "REDIS_URL is set, so `dramatiq examples.recipe_import.actors` processes do the"
             " work, and they must share its database: set DATABASE_URL too (or unset"

@@ -8,7 +8,7 @@ the import ran once or was run again.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import peewee
@@ -53,7 +53,6 @@ class Summary:
     breaker_trips: int = 0
     enrichments_resent: int = 0
     elapsed: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,14 +91,17 @@ def _grouped(query: peewee.Query) -> dict[str, int]:
     return {str(key): int(count) for key, count in query.tuples()}
 
 
-def note_counts(runner: OperationRunner, import_id: str) -> dict[str, int]:
-    """How many of the import's notes have each status."""
-    query = (
+def _notes_by_status(import_id: str) -> peewee.Query:
+    return (
         Note.select(Note.status, peewee.fn.COUNT(Note.id))
         .where(Note.import_ref == import_id)
         .group_by(Note.status)
     )
-    return runner.run(lambda: _grouped(query))
+
+
+def note_counts(runner: OperationRunner, import_id: str) -> dict[str, int]:
+    """How many of the import's notes have each status."""
+    return runner.run(lambda: _grouped(_notes_by_status(import_id)))
 
 
 def _import_ingredients(import_id: str) -> peewee.Query:
@@ -127,11 +129,7 @@ def summarize(runner: OperationRunner, import_id: str, recipes: int) -> Summary:
     """Count what the import left in the database."""
 
     def read() -> Summary:
-        notes = _grouped(
-            Note.select(Note.status, peewee.fn.COUNT(Note.id))
-            .where(Note.import_ref == import_id)
-            .group_by(Note.status)
-        )
+        notes = _grouped(_notes_by_status(import_id))
         found = _grouped(
             IngredientLine.select(IngredientLine.parse_status, peewee.fn.COUNT(IngredientLine.id))
             .join(Note)
