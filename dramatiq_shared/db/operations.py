@@ -51,6 +51,10 @@ _E = TypeVar("_E", bound=enum.Enum)
 MAX_REFERENCE = 2_000
 #: Longest segment value stored.
 MAX_SEGMENT_VALUE = 1_000
+#: Longest note title stored.
+MAX_NOTE_TITLE = 1_000
+#: Longest raw text of a note stored.
+MAX_RAW_TEXT = 1_000_000
 #: Longest normalised ingredient name stored.
 MAX_INGREDIENT_NAME = 255
 
@@ -166,8 +170,8 @@ class NoteData:
     def __post_init__(self) -> None:
         if self.import_id is not None:
             check_id("import_id", self.import_id)
-        check_text("title", self.title, max_length=1_000, allow_empty=True)
-        check_text("raw_text", self.raw_text, max_length=1_000_000, allow_empty=True)
+        check_text("title", self.title, max_length=MAX_NOTE_TITLE, allow_empty=True)
+        check_text("raw_text", self.raw_text, max_length=MAX_RAW_TEXT, allow_empty=True)
         object.__setattr__(self, "status", _status("status", self.status, NoteStatus))
 
 

@@ -51,7 +51,7 @@ from dramatiq_shared import (
     setup_broker,
 )
 from dramatiq_shared.db.models import Ingredient, IngredientLine, Note, database_proxy, utcnow
-from dramatiq_shared.db.operations import MAX_REFERENCE
+from dramatiq_shared.db.operations import MAX_NOTE_TITLE, MAX_RAW_TEXT, MAX_REFERENCE
 from dramatiq_shared.db.runner import OperationRunner
 from dramatiq_shared.logging import carried
 
@@ -82,8 +82,6 @@ NUTRITION_BREAKER = CircuitBreakerConfig(
     max_reset_timeout=30_000,
     excluded_errors=("peewee.PeeweeException",),
 )
-#: Most characters of a recipe's JSON a note keeps (NoteData's raw_text limit).
-MAX_RECIPE_JSON = 1_000_000
 
 broker = setup_broker(breakers={"nutrition": NUTRITION_BREAKER})
 stack = get_stack(broker)
@@ -154,7 +152,7 @@ def import_recipes(
             note_id,
             NoteData(
                 import_id=import_id,
-                title=title[:1_000] if isinstance(title, str) else "",
+                title=title[:MAX_NOTE_TITLE] if isinstance(title, str) else "",
                 raw_text=_note_text(recipe),
             ),
         )
@@ -166,9 +164,9 @@ def import_recipes(
 def _note_text(recipe: Any) -> str:
     """The recipe as the note keeps it: its JSON, or why it is not kept."""
     text = json.dumps(recipe, ensure_ascii=False, default=repr).replace("\x00", "\ufffd")
-    if len(text) <= MAX_RECIPE_JSON:
+    if len(text) <= MAX_RAW_TEXT:
         return text
-    return json.dumps({"refused": f"{len(text)} characters of JSON, at most {MAX_RECIPE_JSON}"})
+    return json.dumps({"refused": f"{len(text)} characters of JSON, at most {MAX_RAW_TEXT}"})
 
 
 @dramatiq.actor(max_attempts=5, base_delay=500, on_retry_exhausted="note_failed")
