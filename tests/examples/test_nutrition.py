@@ -6,7 +6,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,23 +13,10 @@ import pytest
 from examples.recipe_import.nutrition import NutritionServer, figures
 
 
-@pytest.fixture
-def server() -> Iterator[NutritionServer]:
-    running = NutritionServer().start()
-    yield running
-    running.stop()
-
-
-def get(url: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status, json.load(answer)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
-
-
-def post(url: str, body: Any) -> tuple[int, Any]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+def call(url: str, body: Any = None) -> tuple[int, Any]:
+    """GET ``url``, or POST ``body`` as JSON to it: the status and the JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
     try:
         with urllib.request.urlopen(request, timeout=5) as answer:
             return answer.status, json.load(answer)
@@ -38,20 +24,20 @@ def post(url: str, body: Any) -> tuple[int, Any]:
         return error.code, json.load(error)
 
 
-def test_figures_are_stable_per_name(server: NutritionServer) -> None:
-    assert get(f"{server.url}/nutrition?name=salt") == (200, figures("salt"))
+def test_figures_are_stable_per_name(nutrition: NutritionServer) -> None:
+    assert call(f"{nutrition.url}/nutrition?name=salt") == (200, figures("salt"))
     assert figures("salt") == figures("salt") != figures("sugar")
-    assert get(f"{server.url}/nutrition?name=%20")[0] == 400
+    assert call(f"{nutrition.url}/nutrition?name=%20")[0] == 400
 
 
-def test_it_fails_and_slows_down_when_told(server: NutritionServer) -> None:
-    assert post(f"{server.url}/control", {"fail": True})[0] == 200
-    assert get(f"{server.url}/nutrition?name=salt")[0] == 503
-    assert post(f"{server.url}/control", {"fail": False, "delay": 200})[0] == 200
+def test_it_fails_and_slows_down_when_told(nutrition: NutritionServer) -> None:
+    assert call(f"{nutrition.url}/control", {"fail": True})[0] == 200
+    assert call(f"{nutrition.url}/nutrition?name=salt")[0] == 503
+    assert call(f"{nutrition.url}/control", {"fail": False, "delay": 200})[0] == 200
     started = time.monotonic()
-    assert get(f"{server.url}/nutrition?name=salt")[0] == 200
+    assert call(f"{nutrition.url}/nutrition?name=salt")[0] == 200
     assert time.monotonic() - started >= 0.2
-    assert get(f"{server.url}/stats")[1] == {
+    assert call(f"{nutrition.url}/stats")[1] == {
         "requests": 2,
         "failed": 1,
         "fail": False,
@@ -68,7 +54,7 @@ def test_it_fails_and_slows_down_when_told(server: NutritionServer) -> None:
     ],
 )
 def test_a_bad_control_request_is_refused(
-    server: NutritionServer, body: dict[str, Any], reason: str
+    nutrition: NutritionServer, body: dict[str, Any], reason: str
 ) -> None:
-    assert post(f"{server.url}/control", body) == (400, {"error": reason})
-    assert get(f"{server.url}/stats")[1]["fail"] is False
+    assert call(f"{nutrition.url}/control", body) == (400, {"error": reason})
+    assert call(f"{nutrition.url}/stats")[1]["fail"] is False

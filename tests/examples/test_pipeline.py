@@ -13,45 +13,24 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from examples.recipe_import.job import DEFAULT_RECIPES
 from examples.recipe_import.nutrition import NutritionServer
 
 from ..conftest import free_port, shared_data
+from .conftest import ROOT, environment, run_job
 
-ROOT = Path(__file__).resolve().parents[2]
 # What the summaries of two runs of one input must agree on, wherever they ran.
 SAME = ("outcome", "recipes", "notes", "lines", "ingredients", "enriched", "top_patterns")
 
 
-def environment(**settings: str) -> dict[str, str]:
-    """This environment without any server settings, plus ``settings``."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in ("REDIS_URL", "DATABASE_URL", "RABBITMQ_URL", "NUTRITION_URL")
-        and not name.startswith("DRAMATIQ_SHARED_")
-    }
-    return {**env, **settings}
-
-
 def import_job(*args: str, env: dict[str, str], timeout: float = 300) -> tuple[int, dict[str, Any]]:
     """Run ``python -m examples.recipe_import ... --json``: its exit status and summary."""
-    done = subprocess.run(
-        [sys.executable, "-m", "examples.recipe_import", *args, "--json"],
-        check=False,
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    done = run_job(*args, "--json", env=env, timeout=timeout)
     assert done.stdout.strip(), done.stderr[-3000:]
     return done.returncode, json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -71,13 +50,6 @@ def first_recipes(path: Path, count: int, into: Path) -> Path:
     with path.open(encoding="utf-8") as lines:
         into.write_text("".join(line for _, line in zip(range(count), lines, strict=False)))
     return into
-
-
-@pytest.fixture
-def nutrition() -> Iterator[NutritionServer]:
-    server = NutritionServer().start()
-    yield server
-    server.stop()
 
 
 def test_every_shared_recipe_imports_embedded_and_a_rerun_adds_no_rows(tmp_path: Path) -> None:
