@@ -1,0 +1,132 @@
+"""Every Redis key of the library, built in one place.
+
+Keys live in separate spaces under the namespace, so no name a user picks (an import
+id, a breaker name, a host) can collide with a key of another kind or with a global
+key: the user's part always comes last, after a fixed prefix that names its space.
+
+==========================================  ================================================
+``{ns}:import:status:{import_id}``          stream of one import's events (id ``N-0``)
+``{ns}:import:seq:{import_id}``             the import's last event id
+``{ns}:import:completion:{import_id}``      hash: expected, done, failed items of the import
+``{ns}:import:items:{import_id}``           set of the import's items counted so far
+``{ns}:global:status``                      stream of every import's events
+``{ns}:global:imports``                     sorted set of import ids by last event time
+``{ns}:global:unpersisted``                 sorted set of status batches a history has
+                                            yet to persist
+``{ns}:global:breaker-events``              stream of breaker transitions and refusals
+``{ns}:batch:{token}``                      the ids a status batch got
+``{ns}:batch:{token}:events``               the batch's events, until persisted
+``{ns}:breaker:state:{name}``               hash: one breaker's state
+``{ns}:breaker:trial:{name}``               the breaker's half-open trial lease
+``{ns}:breaker:changes``                    pub/sub channel of breaker state changes
+``{ns}:worker:{host}:{pid}``                a worker process's heartbeat
+==========================================  ================================================
+
+Batch tokens are made by the library (hex), so ``{token}:events`` cannot be another
+token. Patterns for SCAN escape the namespace, so a namespace holding ``*`` or ``[``
+matches only itself.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["DEFAULT_NAMESPACE", "Keys"]
+
+#: The namespace every key is under unless a caller names another.
+DEFAULT_NAMESPACE = "dramatiq_shared"
+
+_GLOB = re.compile(r"([*?\[\]\\])")
+
+
+def _escape(text: str) -> str:
+    return _GLOB.sub(r"\\\1", text)
+
+
+class Keys:
+    """The key layout under one namespace.
+
+    Parameters:
+      namespace: Prefix of every key. Default ``"dramatiq_shared"``.
+    """
+
+    __slots__ = ("namespace",)
+
+    def __init__(self, namespace: str = DEFAULT_NAMESPACE) -> None:
+        self.namespace = namespace
+
+    def __repr__(self) -> str:
+        return f"Keys({self.namespace!r})"
+
+    # --- per import ------------------------------------------------------------------
+
+    def status(self, import_id: str) -> str:
+        return f"{self.namespace}:import:status:{import_id}"
+
+    def sequence(self, import_id: str) -> str:
+        return f"{self.namespace}:import:seq:{import_id}"
+
+    def completion(self, import_id: str) -> str:
+        return f"{self.namespace}:import:completion:{import_id}"
+
+    def completion_items(self, import_id: str) -> str:
+        return f"{self.namespace}:import:items:{import_id}"
+
+    # --- global ------------------------------------------------------------------------
+
+    @property
+    def all_status(self) -> str:
+        return f"{self.namespace}:global:status"
+
+    @property
+    def imports(self) -> str:
+        return f"{self.namespace}:global:imports"
+
+    @property
+    def unpersisted(self) -> str:
+        return f"{self.namespace}:global:unpersisted"
+
+    @property
+    def breaker_events(self) -> str:
+        return f"{self.namespace}:global:breaker-events"
+
+    # --- status batches ----------------------------------------------------------------
+
+    def batch(self, token: str) -> str:
+        return f"{self.namespace}:batch:{token}"
+
+    def batch_events(self, token: str) -> str:
+        return f"{self.batch(token)}:events"
+
+    def batch_token(self, key: str) -> str:
+        """The token of a key made by :meth:`batch`."""
+        return key[len(self.batch("")) :]
+
+    # --- breakers ----------------------------------------------------------------------
+
+    def breaker(self, name: str) -> str:
+        return f"{self.namespace}:breaker:state:{name}"
+
+    def breaker_trial(self, name: str) -> str:
+        return f"{self.namespace}:breaker:trial:{name}"
+
+    @property
+    def breaker_changes(self) -> str:
+        return f"{self.namespace}:breaker:changes"
+
+    def breaker_pattern(self) -> str:
+        """A SCAN pattern matching every breaker's state key."""
+        return f"{_escape(self.breaker(''))}*"
+
+    def breaker_name(self, key: str) -> str:
+        """The breaker's name in a key made by :meth:`breaker`."""
+        return key[len(self.breaker("")) :]
+
+    # --- workers -----------------------------------------------------------------------
+
+    def worker(self, host: str, pid: int) -> str:
+        return f"{self.namespace}:worker:{host}:{pid}"
+
+    def worker_pattern(self) -> str:
+        """A SCAN pattern matching every worker's heartbeat key."""
+        return f"{_escape(self.namespace)}:worker:*"
