@@ -1,0 +1,121 @@
+"""Middleware defaults for retries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+
+from .._checks import check_int
+from ..errors import ConfigError, PermanentError, TransientError
+from ._base import ENV_PREFIX, MAX_DELAY, _Config, _env_fields, _parse_int, _parse_names
+from ._error_specs import ErrorSpec, error_matches, resolve_error_specs
+from .breaker import CircuitBreakerConfig
+
+#: How retry delays are spread; ``True`` means ``"decorrelated"``, ``False`` ``"none"``.
+JITTER_MODES = ("decorrelated", "full", "equal", "none")
+
+
+def _parse_jitter(text: str) -> bool | str:
+    lowered = text.strip().lower()
+    return {"true": True, "1": True, "false": False, "0": False}.get(lowered, lowered)
+
+
+@dataclass(frozen=True)
+class RetryConfig(_Config):
+    """Middleware defaults for retries; actors and messages may override each field.
+
+    Environment: ``DRAMATIQ_SHARED_RETRY_MAX_ATTEMPTS``, ``..._BASE_DELAY``,
+    ``..._MAX_DELAY``, ``..._RETRYABLE_ERRORS`` (comma-separated names), ``..._JITTER``
+    (a mode or true/false); a ``circuit_breaker`` is built from the
+    ``DRAMATIQ_SHARED_BREAKER_*`` variables when any of them is set.
+
+    Parameters:
+      max_attempts: Executions in all, the first included. Default 3.
+      base_delay: Milliseconds before the first retry. Default 1000.
+      max_delay: Upper bound of any retry delay, in milliseconds, at most 7 days (what
+        Dramatiq's brokers accept). Default 30000.
+      retryable_errors: ``None`` retries every ``Exception``; otherwise exception
+        classes or names (subclasses included). Default None.
+      jitter: One of :data:`JITTER_MODES`; ``True`` is stored as ``"decorrelated"``
+        and ``False`` as ``"none"``. Default True.
+      circuit_breaker: Default breaker settings, a :class:`CircuitBreakerConfig` or a
+        mapping for :meth:`CircuitBreakerConfig.from_mapping`. Default None.
+    """
+
+    max_attempts: int = 3
+    base_delay: int = 1_000
+    max_delay: int = 30_000
+    retryable_errors: Sequence[ErrorSpec] | None = None
+    jitter: bool | str = True
+    circuit_breaker: CircuitBreakerConfig | None = None
+
+    _env = _env_fields(
+        "RETRY_",
+        {
+            "max_attempts": _parse_int,
+            "base_delay": _parse_int,
+            "max_delay": _parse_int,
+            "retryable_errors": _parse_names,
+            "jitter": _parse_jitter,
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_int("max_attempts", self.max_attempts, minimum=1, error=ConfigError)
+        check_int("base_delay", self.base_delay, minimum=0, error=ConfigError)
+        check_int("max_delay", self.max_delay, minimum=0, maximum=MAX_DELAY, error=ConfigError)
+        if self.max_delay < self.base_delay:
+            raise ConfigError.invalid(
+                "max_delay", self.max_delay, f">= base_delay ({self.base_delay})"
+            )
+        if self.retryable_errors is not None:
+            specs = resolve_error_specs("retryable_errors", self.retryable_errors)
+            object.__setattr__(self, "retryable_errors", specs)
+        object.__setattr__(self, "jitter", _jitter_mode(self.jitter))
+        breaker: Any = self.circuit_breaker  # a mapping is accepted, then converted
+        if isinstance(breaker, Mapping):
+            try:
+                breaker = CircuitBreakerConfig.from_mapping(breaker)
+            except ConfigError as error:
+                # Name the nested field by its path, as the user wrote the mapping.
+                raise ConfigError(f"circuit_breaker.{error}", field="circuit_breaker") from None
+            object.__setattr__(self, "circuit_breaker", breaker)
+        elif breaker is not None and not isinstance(breaker, CircuitBreakerConfig):
+            raise ConfigError.invalid(
+                "circuit_breaker", breaker, "a CircuitBreakerConfig, a mapping or None"
+            )
+
+    @classmethod
+    def _env_extra(cls, environ: Mapping[str, str]) -> dict[str, Any]:
+        if any(key.startswith(f"{ENV_PREFIX}BREAKER_") for key in environ):
+            return {"circuit_breaker": CircuitBreakerConfig.from_env(environ)}
+        return {}
+
+    def is_retryable(self, error: BaseException) -> bool:
+        """Tell whether a failure with ``error`` may be retried under this config.
+
+        A :class:`~dramatiq_shared.errors.PermanentError` never is and a
+        :class:`~dramatiq_shared.errors.TransientError` always is. Otherwise the
+        ``retryable_errors`` filter decides; ``None`` admits every ``Exception`` and
+        Dramatiq's ``TimeLimitExceeded`` (a ``BaseException``, but a failure like any other).
+        """
+        if isinstance(error, PermanentError):
+            return False
+        if isinstance(error, TransientError):
+            return True
+        if self.retryable_errors is None:
+            return isinstance(error, (Exception, TimeLimitExceeded))
+        return error_matches(error, self.retryable_errors)
+
+
+def _jitter_mode(value: Any) -> str:
+    if value is True:
+        return "decorrelated"
+    if value is False:
+        return "none"
+    if value in JITTER_MODES:
+        return str(value)
+    raise ConfigError.invalid("jitter", value, f"True, False or one of {', '.join(JITTER_MODES)}")
