@@ -12,8 +12,10 @@ close a half-open breaker) or a counted failure (which may open it). Failures of
 excluded errors, ``PermanentError``/``ValidationError``, ``Defer`` and Dramatiq's
 ``Shutdown`` are not counted; ``TimeLimitExceeded`` is.
 
-With the :class:`~dramatiq_shared.middleware.Retry` middleware, a failure after which
-the breaker is open (the one that tripped it, a failed trial, or one that finished
+The breaker's ticket travels in the message's
+:class:`~dramatiq_shared.middleware.delivery.Delivery`, so that with the
+:class:`~dramatiq_shared.middleware.Retry` middleware, a failure after which the
+breaker is open (the one that tripped it, a failed trial, or one that finished
 while it was open) does not consume an attempt either: the outage, not the message, is
 at fault, and the message waits for the breaker like the others.
 
@@ -34,9 +36,10 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 
 from .._checks import check_int
-from ..breakers import Breakers, Ticket, Verdict, check_breaker_name
+from ..breakers import Breakers, check_breaker_name
 from ..config import CircuitBreakerConfig
 from ..errors import CircuitOpenError, ConfigError
+from .delivery import Action, BreakerCall, delivery
 from .messages import BROKER_OUTAGE, qualified_name, requeue
 
 __all__ = ["CircuitBreaker"]
@@ -99,7 +102,6 @@ class CircuitBreaker(Middleware):
             "enqueue_attempts", enqueue_attempts, minimum=1, error=ConfigError
         )
         self.broker_outage = check_int("broker_outage", broker_outage, minimum=0, error=ConfigError)
-        self._calls: dict[int, _Call] = {}
 
     @property
     def actor_options(self) -> set[str]:
@@ -125,7 +127,7 @@ class CircuitBreaker(Middleware):
         except CircuitOpenError as error:
             self._defer(broker, message, error)
             raise SkipMessage(str(error)) from None
-        self._calls[id(message)] = _Call(name, ticket)
+        delivery(message).breaker = BreakerCall(breaker, ticket, self.deferral_delay)
 
     def after_process_message(
         self,
@@ -135,31 +137,15 @@ class CircuitBreaker(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        self.outcome(message, exception)
-        self._calls.pop(id(message), None)
+        call = delivery(message).breaker
+        if call is not None:  # Retry may have reported a failure already
+            call.report(exception)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         # Skipped by a middleware after this one: the call never happened.
-        call = self._calls.pop(id(message), None)
-        if call is not None and call.verdict is None:
-            self.breakers[call.breaker].release(call.ticket)
-
-    def outcome(self, message: MessageProxy, exception: BaseException | None) -> Verdict | None:
-        """Report how the message's call ended, once; later calls return the same verdict.
-
-        Returns:
-          The breaker's verdict, or None when the message's actor has no breaker.
-        """
-        call = self._calls.get(id(message))
-        if call is None:
-            return None
-        if call.verdict is None:
-            breaker = self.breakers[call.breaker]
-            if exception is None:
-                call.verdict = breaker.record_success(call.ticket)
-            else:
-                call.verdict = breaker.record_failure(call.ticket, exception)
-        return call.verdict
+        call = delivery(message).breaker
+        if call is not None:
+            call.release()
 
     def deferral_delay(self, remaining: int) -> int:
         """The delay of a message deferred for an open breaker: remaining time plus jitter."""
@@ -181,23 +167,9 @@ class CircuitBreaker(Middleware):
         enqueued = requeue(
             broker, message, delay, attempts=self.enqueue_attempts, outage=self.broker_outage
         )
-        # Set after the enqueue, so the copy does not carry this delivery's decision.
-        options["retry_decision"] = {
-            "action": "deferred" if enqueued else "enqueue_failed",
-            "attempt": options.get("retries", 0) + 1,
-            "max_attempts": None,
-            "delay": delay,
-            "error_type": qualified_name(CircuitOpenError),
-            "reason": str(error),
-        }
-
-
-class _Call:
-    """A breaker-guarded delivery between its hooks."""
-
-    __slots__ = ("breaker", "ticket", "verdict")
-
-    def __init__(self, breaker: str, ticket: Ticket) -> None:
-        self.breaker = breaker
-        self.ticket = ticket
-        self.verdict: Verdict | None = None
+        delivery(message).decide(
+            Action.DEFERRED if enqueued else Action.ENQUEUE_FAILED,
+            delay=delay,
+            reason=str(error),
+            error_type=qualified_name(CircuitOpenError),
+        )

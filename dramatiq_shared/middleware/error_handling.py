@@ -19,15 +19,14 @@ down with it: the body goes to the queue's dead-letter queue (as on RabbitMQ), i
 logged, and is written to the dead-letters table (see
 :func:`~dramatiq_shared.middleware.messages.guard_decoding`).
 
-It works with :class:`~dramatiq_shared.middleware.Retry`, which keeps the error history
-in the message, or alone (then it keeps the history itself).
+It reads the decision of :class:`~dramatiq_shared.middleware.Retry`, when installed,
+from the message's :class:`~dramatiq_shared.middleware.delivery.Delivery`; alone, it
+judges by what the broker is told. Either way the failure is added to the error
+history in the message once per delivery, before any retry is enqueued.
 """
 
 from __future__ import annotations
 
-import time
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
@@ -43,28 +42,13 @@ from ..db.dead_letters import DeadLetterStore
 from ..errors import ConfigError, MessageTooLargeError
 from ..logging import message_context
 from ..metrics import ERRORS
-from .messages import guard_decoding, qualified_name, record_failure
-from .retry import Retry
+from .delivery import Delivery, delivery, is_deferral, seen
+from .messages import guard_decoding, qualified_name
 
 __all__ = ["ErrorHandling"]
 
-#: Decisions after which the message runs again.
-_RUNS_AGAIN = frozenset(("retry", "deferred", "requeued"))
-#: Decisions that consumed no attempt: not failures, logged at INFO.
-_NOT_FAILURES = frozenset(("deferred", "requeued"))
 #: Characters of an error message logged.
 _MESSAGE_LIMIT = 2_000
-
-
-@dataclass
-class _Delivery:
-    """What the middleware keeps about one delivery between its hooks."""
-
-    scope: AbstractContextManager[None]
-    attempt: int
-    started: float
-    exception: BaseException | None = None
-    duration_ms: float = 0.0
 
 
 class ErrorHandling(Middleware):
@@ -92,10 +76,6 @@ class ErrorHandling(Middleware):
         if max_message_size is not None:
             check_int("max_message_size", max_message_size, minimum=1, error=ConfigError)
         self.max_message_size = max_message_size
-        # Keyed by the delivery's proxy object: a message id may be in flight twice
-        # in one process when the broker redelivers it.
-        self._deliveries: dict[int, _Delivery] = {}
-        self._keeps_history: bool | None = None
 
     @property
     def actor_options(self) -> set[str]:
@@ -146,8 +126,7 @@ class ErrorHandling(Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         scope = message_context(message, broker.actors.get(message.actor_name))
         scope.__enter__()
-        attempt = message.options.get("retries", 0) + 1
-        self._deliveries[id(message)] = _Delivery(scope, attempt, time.monotonic())
+        delivery(message).log_scope = scope
         self._check_size(message)  # raised here, it fails the message: not retryable
 
     def _check_size(self, message: dramatiq.Message[Any] | MessageProxy) -> None:
@@ -169,13 +148,12 @@ class ErrorHandling(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        delivery = self._deliveries.get(id(message))
-        if exception is None or delivery is None:
+        current = delivery(message)
+        if exception is None or current.log_scope is None:
             return
-        delivery.exception = exception
-        delivery.duration_ms = round((time.monotonic() - delivery.started) * 1000, 1)
-        if self._history_is_mine(broker):
-            record_failure(message, exception, delivery.attempt)
+        current.finish(exception)
+        if not is_deferral(exception):
+            current.record_failure(message, exception)
         actor = broker.actors.get(message.actor_name)
         hook = actor.options.get("on_error") if actor else None
         if hook is not None:
@@ -192,9 +170,10 @@ class ErrorHandling(Middleware):
         self._finish(broker, message)
 
     def before_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        if id(message) not in self._deliveries:
+        if seen(message):
+            self._finish(broker, message)
+        else:
             self._refused(broker, message)
-        self._finish(broker, message)
 
     def _refused(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         # Failed before it ran: Dramatiq's worker refuses a message for an actor it
@@ -206,46 +185,42 @@ class ErrorHandling(Middleware):
         reason = f"no actor {message.actor_name!r} is declared in this worker"
         _bury(self.dead_letters, message, fields, reason)
 
-    def _history_is_mine(self, broker: dramatiq.Broker) -> bool:
-        # With Retry installed, it records the history before it enqueues the retry.
-        if self._keeps_history is None:
-            self._keeps_history = not any(isinstance(m, Retry) for m in broker.middleware)
-        return self._keeps_history
-
     def _finish(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        delivery = self._deliveries.pop(id(message), None)
-        if delivery is None:
+        current = delivery(message)
+        scope, current.log_scope = current.log_scope, None
+        if scope is None:  # held back before this middleware saw it start
             return
         try:
-            if delivery.exception is not None:
-                self._report(broker, message, delivery)
+            if current.exception is not None:
+                self._report(broker, message, current, current.exception)
         finally:
-            delivery.scope.__exit__(None, None, None)
+            scope.__exit__(None, None, None)
 
-    def _report(self, broker: dramatiq.Broker, message: MessageProxy, delivery: _Delivery) -> None:
-        exception = delivery.exception
-        assert exception is not None
-        decision = message.options.get("retry_decision") or {}
-        if decision.get("attempt") != delivery.attempt:
-            decision = {}  # another retry layer, or none: judge by what the broker is told
-        action = decision.get("action")
-        will_retry = action in _RUNS_AGAIN if action else not message.failed
+    def _report(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        current: Delivery,
+        exception: BaseException,
+    ) -> None:
+        decision = current.decision  # None without Retry: judge by what the broker is told
+        will_retry = decision.action.runs_again if decision else not message.failed
         fields = {
-            "attempt": delivery.attempt,
-            "max_attempts": decision.get("max_attempts", _max_attempts(broker, message)),
+            "attempt": current.attempt,
+            "max_attempts": decision.max_attempts if decision else _max_attempts(broker, message),
             "will_retry": will_retry,
             "error_type": qualified_name(type(exception)),
             "error_message": str(exception)[:_MESSAGE_LIMIT],
-            "duration_ms": delivery.duration_ms,
+            "duration_ms": current.duration_ms,
         }
         record = logger.bind(**fields).opt(exception=exception)
-        if action in _NOT_FAILURES:
-            record.info("Action {}: {}", action, decision.get("reason", ""))
+        if decision is not None and not decision.action.used_attempt:
+            record.info("Action {}: {}", decision.action.value, decision.reason)
         else:
             record.error("Action execution failed")
             ERRORS.labels(message.actor_name, fields["error_type"]).inc()
         if message.failed and self.dead_letters is not None:
-            _bury(self.dead_letters, message, fields, decision.get("reason") or "failed")
+            _bury(self.dead_letters, message, fields, (decision and decision.reason) or "failed")
 
 
 def _bury(

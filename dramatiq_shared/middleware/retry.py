@@ -1,8 +1,10 @@
 """Retries with exponential backoff and jitter, in place of Dramatiq's ``Retries``.
 
-After a failed attempt the middleware decides, records the decision in
-``message.options["retry_decision"]`` for the middleware after it (status
-broadcasting, error handling), and re-enqueues a copy of the message with a delay:
+After a failed attempt the middleware decides, records the
+:class:`~dramatiq_shared.middleware.delivery.Decision` in the message's
+:class:`~dramatiq_shared.middleware.delivery.Delivery` for the middleware after it
+(status broadcasting, error handling), and re-enqueues a copy of the message with a
+delay:
 
 =================  =================================================================
 ``retry``          a retryable failure with attempts left; the copy runs after a delay
@@ -48,12 +50,9 @@ An exception with a ``retry_after`` attribute (seconds, as HTTP's header) or a
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import random
 import threading
 from collections import Counter
-from collections.abc import Mapping
 from typing import Any
 
 import dramatiq
@@ -63,86 +62,21 @@ from dramatiq.middleware.shutdown import Shutdown
 from loguru import logger
 
 from .._checks import check_int
-from ..breakers import Verdict
 from ..config import MAX_DELAY, RetryConfig
 from ..errors import CircuitOpenError, ConfigError, Defer
 from ..metrics import RETRY_DECISIONS
-from .circuit_breaker import CircuitBreaker
-from .messages import BROKER_OUTAGE, qualified_name, record_failure, requeue
+from .delivery import Action, Delivery, delivery
+from .messages import BROKER_OUTAGE, qualified_name, requeue
+from .retry_policy import (
+    MESSAGE_KEYS,
+    RETRY_OPTIONS,
+    backoff_delay,
+    exception_classes,
+    misfit,
+    resolve_settings,
+)
 
-__all__ = ["Retry", "backoff_delay", "resolve_settings"]
-
-#: Retry options an actor or a message may set, besides ``max_retries`` and ``max_defers``.
-RETRY_OPTIONS = ("max_attempts", "base_delay", "max_delay", "retryable_errors", "jitter")
-_MESSAGE_KEYS = frozenset((*RETRY_OPTIONS, "max_retries", "max_defers"))
-
-
-def backoff_delay(
-    mode: str, retry: int, config: RetryConfig, previous: int | None, rng: random.Random
-) -> int:
-    """The delay in milliseconds before the ``retry``-th retry (1-based), per jitter ``mode``."""
-    cap = min(config.max_delay, config.base_delay << min(retry - 1, 62))
-    if mode == "none":
-        return cap
-    if mode == "full":
-        return round(rng.uniform(0, cap))
-    if mode == "equal":
-        return round(rng.uniform(cap / 2, cap))
-    upper = min(config.max_delay, 3 * (previous or config.base_delay))
-    return round(rng.uniform(config.base_delay, max(config.base_delay, upper)))
-
-
-def resolve_settings(
-    config: RetryConfig, max_defers: int, options: Mapping[str, Any], where: str
-) -> tuple[RetryConfig, int]:
-    """Apply the retry options of an actor or a message over ``config`` and ``max_defers``.
-
-    Raises:
-      ConfigError: Naming ``where`` and the option, when one is invalid.
-    """
-    overrides = {key: options[key] for key in RETRY_OPTIONS if key in options}
-    try:
-        if "max_retries" in options and "max_attempts" not in options:
-            retries = check_int("max_retries", options["max_retries"], minimum=0, error=ConfigError)
-            overrides["max_attempts"] = retries + 1
-        if "max_defers" in options:
-            max_defers = check_int(
-                "max_defers", options["max_defers"], minimum=0, error=ConfigError
-            )
-        if overrides:
-            config = dataclasses.replace(config, **overrides)
-    except ConfigError as error:
-        raise ConfigError(f"{where}: {error}", field=error.field) from None
-    return config, max_defers
-
-
-def _exception_classes(value: Any) -> bool:
-    classes = value if isinstance(value, tuple) else (value,)
-    return all(isinstance(c, type) and issubclass(c, BaseException) for c in classes)
-
-
-def _misfit(actor: dramatiq.Actor[..., Any] | None, message: MessageProxy) -> str | None:
-    """Why the message's arguments cannot be passed to the actor, or None when they can.
-
-    A TypeError from calling the actor with arguments that do not fit its signature
-    would fail the same way every time: retrying it only delays the dead letter.
-    """
-    if actor is None:
-        return None
-    try:
-        signature = inspect.signature(actor.fn)
-    except (TypeError, ValueError):  # a builtin or a callable without a signature
-        return None
-    args = message.args if isinstance(message.args, (list, tuple)) else ()
-    kwargs = message.kwargs if isinstance(message.kwargs, Mapping) else {}
-    try:
-        signature.bind(*args, **kwargs)
-    except TypeError as error:
-        parameters = ", ".join(
-            str(p.replace(annotation=p.empty)) for p in signature.parameters.values()
-        )
-        return f"the message's arguments do not fit {actor.actor_name}({parameters}): {error}"
-    return None
+__all__ = ["Retry"]
 
 
 class Retry(Middleware):
@@ -198,7 +132,7 @@ class Retry(Middleware):
     ) -> None:
         self._refuse_second_retry_layer(broker)
         throws = actor.options.get("throws")
-        if throws is not None and not _exception_classes(throws):
+        if throws is not None and not exception_classes(throws):
             raise ConfigError.invalid(
                 f"actor {actor.actor_name!r}: throws",
                 throws,
@@ -241,7 +175,7 @@ class Retry(Middleware):
             settings = self._actors[message.actor_name] = resolve_settings(
                 self.config, self.max_defers, actor.options, f"actor {message.actor_name!r}"
             )
-        if not _MESSAGE_KEYS.intersection(message.options):
+        if not MESSAGE_KEYS.intersection(message.options):
             return settings
         try:
             return resolve_settings(*settings, message.options, f"message {message.message_id}")
@@ -259,22 +193,15 @@ class Retry(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
+        current = delivery(message)
         if exception is None:
+            current.decide(Action.SUCCEEDED)
             return
         config, max_defers = self._settings(broker, message)
-        options = message.options
-        attempt = options.get("retries", 0) + 1
-        error_type = qualified_name(type(exception))
-        decision: dict[str, Any] = {
-            "attempt": attempt,
-            "max_attempts": config.max_attempts,
-            "delay": None,
-            "error_type": error_type,
-        }
-
-        action, delay, reason = self._judge(broker, message, exception, config, max_defers)
+        action, delay, reason = self._judge(
+            broker, message, current, exception, settings=(config, max_defers)
+        )
         if delay is not None:
-            decision["delay"] = delay
             enqueued = requeue(
                 broker,
                 message,
@@ -283,38 +210,48 @@ class Retry(Middleware):
                 outage=self.broker_outage,
             )
             if not enqueued:
-                action, reason = "enqueue_failed", "the retry could not be enqueued"
+                action, reason = Action.ENQUEUE_FAILED, "the retry could not be enqueued"
         else:
             message.fail()
-        decision.update(action=action, reason=reason)
-        # Set after the enqueue, so the copy does not carry this delivery's decision.
-        options["retry_decision"] = decision
-        self._count(action, message.actor_name, error_type)
-        log = logger.bind(retry_decision=decision)
-        if delay is None or action == "enqueue_failed":
+        error_type = qualified_name(type(exception))
+        decision = current.decide(
+            action,
+            max_attempts=config.max_attempts,
+            delay=delay,
+            reason=reason,
+            error_type=error_type,
+        )
+        self._count(action.value, message.actor_name, error_type)
+        log = logger.bind(retry_decision=decision.as_dict())
+        if not action.runs_again:
             log.warning("Message {} failed for good: {}", message.message_id, reason)
-            self._send_exhausted(broker, message, decision, exception)
+            self._send_exhausted(broker, message, current, exception)
         else:
-            log.info("Message {} {} in {} ms: {}", message.message_id, action, delay, reason)
+            log.info("Message {} {} in {} ms: {}", message.message_id, action.value, delay, reason)
 
     def _send_exhausted(
         self,
         broker: dramatiq.Broker,
         message: MessageProxy,
-        decision: Mapping[str, Any],
+        current: Delivery,
         exception: BaseException,
     ) -> None:
         actor = broker.actors.get(message.actor_name)
         target = message.options.get("on_retry_exhausted") or (
             actor.options.get("on_retry_exhausted") if actor else None
         )
-        if not target:
+        decision = current.decision
+        if not target or decision is None:
             return
+        max_attempts = decision.max_attempts or current.attempt
         info = {
-            "retries": decision["attempt"] - 1,
-            "max_retries": decision["max_attempts"] - 1,
-            **{key: decision[key] for key in ("attempt", "max_attempts", "action", "reason")},
-            "error_type": decision["error_type"],
+            "retries": decision.attempt - 1,
+            "max_retries": max_attempts - 1,
+            "attempt": decision.attempt,
+            "max_attempts": max_attempts,
+            "action": decision.action.value,
+            "reason": decision.reason,
+            "error_type": decision.error_type,
             "error_message": str(exception)[:2_000],
         }
         try:
@@ -331,50 +268,44 @@ class Retry(Middleware):
         self,
         broker: dramatiq.Broker,
         message: MessageProxy,
+        current: Delivery,
         exception: BaseException,
-        config: RetryConfig,
-        max_defers: int,
-    ) -> tuple[str, int | None, str]:
+        *,
+        settings: tuple[RetryConfig, int],
+    ) -> tuple[Action, int | None, str]:
         """The action, the delay (None to fail the message) and the reason."""
+        config, max_defers = settings
         options = message.options
-        attempt = options.get("retries", 0) + 1
         if isinstance(exception, Shutdown):
-            return "requeued", 0, "the worker shut down"
+            return Action.REQUEUED, 0, "the worker shut down"
         if isinstance(exception, Defer):
             defers = options.get("defers", 0)
             if defers >= max_defers:
-                record_failure(message, exception, attempt)
-                return "exhausted", None, f"deferred {defers} times, max_defers is {max_defers}"
+                current.record_failure(message, exception)
+                reason = f"deferred {defers} times, max_defers is {max_defers}"
+                return Action.EXHAUSTED, None, reason
             options["defers"] = defers + 1
-            return "deferred", min(exception.delay, MAX_DELAY), exception.reason
+            return Action.DEFERRED, min(exception.delay, MAX_DELAY), exception.reason
         if isinstance(exception, CircuitOpenError):
             # A breaker used inside the actor refused the call: wait for it, as a
             # message of a breaker-guarded actor does.
-            return "deferred", self._breaker_delay(broker, exception.remaining), str(exception)
-        record_failure(message, exception, attempt)
-        action, delay, reason = self._decide(broker, message, exception, config, attempt)
-        if action in ("retry", "exhausted"):
-            verdict = self._breaker_verdict(broker, message, exception)
-            if verdict is not None and verdict.is_open:
+            wait = self._breaker_delay(current, exception.remaining)
+            return Action.DEFERRED, wait, str(exception)
+        current.record_failure(message, exception)
+        action, delay, reason = self._decide(broker, message, exception, config, current.attempt)
+        if action in (Action.RETRY, Action.EXHAUSTED) and current.breaker is not None:
+            verdict = current.breaker.report(exception)
+            if verdict.is_open:
                 # The outage, not the message, is at fault: no attempt is used.
-                delay = self._breaker_delay(broker, verdict.remaining)
-                return "deferred", delay, "its circuit breaker is open"
-        options["retries"] = attempt
+                wait = self._breaker_delay(current, verdict.remaining)
+                return Action.DEFERRED, wait, "its circuit breaker is open"
+        options["retries"] = current.attempt
         return action, delay, reason
 
-    def _breaker_middleware(self, broker: dramatiq.Broker) -> CircuitBreaker | None:
-        return next((m for m in broker.middleware if isinstance(m, CircuitBreaker)), None)
-
-    def _breaker_verdict(
-        self, broker: dramatiq.Broker, message: MessageProxy, exception: BaseException
-    ) -> Verdict | None:
-        breakers = self._breaker_middleware(broker)
-        return breakers.outcome(message, exception) if breakers else None
-
-    def _breaker_delay(self, broker: dramatiq.Broker, remaining: int) -> int:
-        breakers = self._breaker_middleware(broker)
-        if breakers is not None:
-            return breakers.deferral_delay(remaining)
+    def _breaker_delay(self, current: Delivery, remaining: int) -> int:
+        if current.breaker is not None:
+            delay: int = current.breaker.deferral_delay(remaining)
+            return delay
         with self._lock:
             jitter: int = self._random.randint(0, 1_000)
         return remaining + jitter
@@ -386,20 +317,21 @@ class Retry(Middleware):
         exception: BaseException,
         config: RetryConfig,
         attempt: int,
-    ) -> tuple[str, int | None, str]:
+    ) -> tuple[Action, int | None, str]:
         actor = broker.actors.get(message.actor_name)
         throws = message.options.get("throws") or (actor and actor.options.get("throws"))
         if throws and isinstance(exception, throws):
-            return "not_retryable", None, f"{type(exception).__name__} is in the actor's throws"
-        misfit = _misfit(actor, message) if isinstance(exception, TypeError) else None
-        if misfit is not None:
-            return "not_retryable", None, misfit
+            reason = f"{type(exception).__name__} is in the actor's throws"
+            return Action.NOT_RETRYABLE, None, reason
+        unfit = misfit(actor, message) if isinstance(exception, TypeError) else None
+        if unfit is not None:
+            return Action.NOT_RETRYABLE, None, unfit
         if not config.is_retryable(exception):
-            return "not_retryable", None, f"{type(exception).__name__} is not retryable"
+            return Action.NOT_RETRYABLE, None, f"{type(exception).__name__} is not retryable"
         if attempt >= config.max_attempts:
-            return "exhausted", None, f"all {config.max_attempts} attempts failed"
+            return Action.EXHAUSTED, None, f"all {config.max_attempts} attempts failed"
         delay = self._delay(message, exception, config, attempt)
-        return "retry", delay, f"attempt {attempt} of {config.max_attempts} failed"
+        return Action.RETRY, delay, f"attempt {attempt} of {config.max_attempts} failed"
 
     def _delay(
         self,

@@ -16,14 +16,14 @@ FAILED          when it failed for good (metadata: error_type, error_message, at
 The event's context is the actor option ``status_context`` (default: the actor's
 name); ``status=False`` opts an actor out. Put the middleware before
 :class:`~dramatiq_shared.middleware.Retry` in the broker's list, so it reads Retry's
-decision, and after :class:`~dramatiq_shared.middleware.CircuitBreaker`, so a message
+decision (from the message's :class:`~dramatiq_shared.middleware.delivery.Delivery`),
+and after :class:`~dramatiq_shared.middleware.CircuitBreaker`, so a message
 the breaker holds back is not reported as started. A failure to publish is logged and
 counted; it never touches the message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import dramatiq
@@ -36,12 +36,10 @@ from ..errors import ConfigError
 from ..logging import carried
 from ..status.broadcaster import Broadcaster
 from ..status.events import MAX_TEXT, NoteStatus, StatusEvent
+from .delivery import delivery
 from .messages import qualified_name
 
 __all__ = ["StatusBroadcast"]
-
-#: Decisions after which the message runs again.
-_RUNS_AGAIN = frozenset(("retry", "deferred", "requeued"))
 
 
 class StatusBroadcast(Middleware):
@@ -87,8 +85,7 @@ class StatusBroadcast(Middleware):
             self._report_failure(broker, message, exception)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        decision = message.options.get("retry_decision")
-        if decision:  # held back by a middleware that decided what happens next
+        if delivery(message).decision is not None:  # held back by a middleware that decided
             self._report_failure(broker, message, None)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
@@ -97,28 +94,25 @@ class StatusBroadcast(Middleware):
     def _report_failure(
         self, broker: dramatiq.Broker, message: MessageProxy, exception: BaseException | None
     ) -> None:
-        decision: Mapping[str, Any] = message.options.get("retry_decision") or {}
-        error_type = decision.get("error_type") or qualified_name(type(exception))
-        action = decision.get("action")
-        runs_again = action in _RUNS_AGAIN if action else not message.failed
+        decision = delivery(message).decision
+        error_type = (decision and decision.error_type) or qualified_name(type(exception))
+        runs_again = decision.action.runs_again if decision else not message.failed
         if runs_again:
-            metadata = {
-                key: decision[key]
-                for key in ("attempt", "max_attempts", "delay", "reason")
-                if decision.get(key) is not None
-            }
-            reason = decision.get("reason") or "it runs again"
-            self._publish(
-                broker,
-                message,
-                NoteStatus.RETRYING,
-                f"retrying: {reason}",
-                {**metadata, "error_type": error_type},
-            )
+            metadata: dict[str, Any] = {"error_type": error_type}
+            if decision is not None:
+                fields = (
+                    ("attempt", decision.attempt),
+                    ("max_attempts", decision.max_attempts),
+                    ("delay", decision.delay),
+                    ("reason", decision.reason or None),
+                )
+                metadata.update((key, value) for key, value in fields if value is not None)
+            reason = (decision and decision.reason) or "it runs again"
+            self._publish(broker, message, NoteStatus.RETRYING, f"retrying: {reason}", metadata)
         else:
             metadata = {"error_type": error_type, "error_message": str(exception or "")[:500]}
-            if decision.get("attempt") is not None:
-                metadata["attempt"] = decision["attempt"]
+            if decision is not None:
+                metadata["attempt"] = decision.attempt
             self._publish(broker, message, NoteStatus.FAILED, f"failed: {error_type}", metadata)
 
     def _publish(

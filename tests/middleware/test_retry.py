@@ -22,7 +22,8 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from dramatiq_shared import ConfigError, Defer, PermanentError, RetryConfig, TransientError
 from dramatiq_shared.db.dead_letters import DeadLetterStore
 from dramatiq_shared.middleware import Retry
-from dramatiq_shared.middleware.retry import backoff_delay
+from dramatiq_shared.middleware.delivery import delivery
+from dramatiq_shared.middleware.retry_policy import backoff_delay
 
 from .conftest import Calls, EnqueueFailsBroker, dead_lettered, decisions, drain, install
 
@@ -233,7 +234,9 @@ def test_a_dramatiq_retry_delay_is_clamped_to_max_delay(stub_broker: StubBroker)
     message = stub_broker.enqueue(asks.message())
     proxy = dramatiq.broker.MessageProxy(message)
     retry.after_process_message(stub_broker, proxy, exception=dramatiq.Retry(delay=10_000))
-    assert proxy.options["retry_decision"]["delay"] == 50
+    decision = delivery(proxy).decision
+    assert decision is not None
+    assert decision.delay == 50
 
 
 def test_defer_consumes_no_attempt_and_stops_at_max_defers(

@@ -1,0 +1,213 @@
+"""One object per delivery of a message: what the middleware tell each other about it.
+
+A delivery is one run of a message in this worker process, from the first
+``before_process_message`` to the ack or nack. :func:`delivery` gives the middleware
+its :class:`Delivery`, kept on the message proxy, so it lives exactly as long as the
+delivery does, never travels with a retry, and is never confused with another
+delivery of the same message id. Who writes what:
+
+=====================  ===========================  ===============================
+field                  written by                   read by
+=====================  ===========================  ===============================
+``attempt``            whoever asks first           all
+``decision``           Retry, CircuitBreaker        StatusBroadcast, ErrorHandling
+``breaker``            CircuitBreaker               Retry (the verdict after a
+                                                    failure)
+``log_scope``,         ErrorHandling                ErrorHandling
+``exception``,
+``duration_ms``
+=====================  ===========================  ===============================
+
+The middleware import this module, never each other: each works alone on a broker,
+and reads a missing field as "no middleware of that kind is installed".
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from dramatiq.broker import MessageProxy
+from dramatiq.middleware.shutdown import Shutdown
+
+from ..errors import CircuitOpenError, Defer
+from .messages import record_failure
+
+__all__ = [
+    "Action",
+    "BreakerCall",
+    "Decision",
+    "Delivery",
+    "delivery",
+    "is_deferral",
+    "seen",
+]
+
+_ATTRIBUTE = "_dramatiq_shared_delivery"
+
+
+class Action(str, enum.Enum):
+    """What became of a delivery."""
+
+    #: A retryable failure with attempts left: a copy runs after a delay.
+    RETRY = "retry"
+    #: ``max_attempts`` executions failed (or ``max_defers`` deferrals): failed for good.
+    EXHAUSTED = "exhausted"
+    #: A failure that retrying would not mend: failed for good.
+    NOT_RETRYABLE = "not_retryable"
+    #: Runs again after a delay without using an attempt (``Defer``, an open breaker).
+    DEFERRED = "deferred"
+    #: The worker shut down mid-message: runs again at once, no attempt used.
+    REQUEUED = "requeued"
+    #: The copy that would run again could not be enqueued: failed, so dead-lettered.
+    ENQUEUE_FAILED = "enqueue_failed"
+    #: The actor returned.
+    SUCCEEDED = "succeeded"
+
+    @property
+    def runs_again(self) -> bool:
+        """Whether a copy of the message will run."""
+        return self in _RUNS_AGAIN
+
+    @property
+    def used_attempt(self) -> bool:
+        """Whether the delivery failed and counted as an attempt."""
+        return self not in (Action.DEFERRED, Action.REQUEUED, Action.SUCCEEDED)
+
+
+_RUNS_AGAIN = frozenset((Action.RETRY, Action.DEFERRED, Action.REQUEUED))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the retry layer (or a breaker holding the message back) decided."""
+
+    action: Action
+    attempt: int
+    max_attempts: int | None = None
+    #: Milliseconds until the copy runs, when one does.
+    delay: int | None = None
+    reason: str = ""
+    #: The qualified name of the error's class, when it failed.
+    error_type: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The decision as plain values, for a log record."""
+        fields = asdict(self)
+        fields["action"] = self.action.value
+        return fields
+
+
+class Breaker(Protocol):
+    """What a :class:`BreakerCall` needs of a circuit breaker."""
+
+    def record_success(self, ticket: Any) -> Any: ...
+
+    def record_failure(self, ticket: Any, error: BaseException) -> Any: ...
+
+    def release(self, ticket: Any) -> None: ...
+
+
+class BreakerCall:
+    """A breaker-guarded delivery: its breaker, its ticket, and the verdict once reported.
+
+    Parameters:
+      breaker: The breaker the actor runs under.
+      ticket: What the breaker's ``acquire()`` gave.
+      deferral_delay: Turns a breaker's remaining open time (ms) into the delay of a
+        message deferred for it.
+    """
+
+    __slots__ = ("_breaker", "_ticket", "deferral_delay", "reported", "verdict")
+
+    def __init__(self, breaker: Breaker, ticket: Any, deferral_delay: Any) -> None:
+        self._breaker = breaker
+        self._ticket = ticket
+        self.deferral_delay = deferral_delay
+        self.reported = False
+        self.verdict: Any = None
+
+    def report(self, exception: BaseException | None) -> Any:
+        """Tell the breaker how the call ended, once; later calls return the same verdict."""
+        if not self.reported:
+            self.reported = True
+            if exception is None:
+                self.verdict = self._breaker.record_success(self._ticket)
+            else:
+                self.verdict = self._breaker.record_failure(self._ticket, exception)
+        return self.verdict
+
+    def release(self) -> None:
+        """Give the breaker its permission back unused: the call never happened."""
+        if not self.reported:
+            self.reported = True
+            self._breaker.release(self._ticket)
+
+
+class Delivery:
+    """What the middleware know of one delivery; get it with :func:`delivery`."""
+
+    __slots__ = (
+        "attempt",
+        "breaker",
+        "decision",
+        "duration_ms",
+        "exception",
+        "failure_recorded",
+        "log_scope",
+        "started",
+    )
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+        self.started = time.monotonic()
+        self.decision: Decision | None = None
+        self.breaker: BreakerCall | None = None
+        self.log_scope: AbstractContextManager[None] | None = None
+        self.exception: BaseException | None = None
+        self.duration_ms = 0.0
+        self.failure_recorded = False
+
+    def finish(self, exception: BaseException | None) -> None:
+        """Note how the actor's run ended, and how long it took."""
+        self.exception = exception
+        self.duration_ms = round((time.monotonic() - self.started) * 1000, 1)
+
+    def record_failure(self, message: MessageProxy, exception: BaseException) -> None:
+        """Add this attempt's failure to the message's error history, once a delivery."""
+        if not self.failure_recorded:
+            self.failure_recorded = True
+            record_failure(message, exception, self.attempt)
+
+    def decide(self, action: Action, **fields: Any) -> Decision:
+        """Record the decision of this delivery and return it."""
+        self.decision = Decision(action, self.attempt, **fields)
+        return self.decision
+
+
+def delivery(message: MessageProxy) -> Delivery:
+    """The :class:`Delivery` of ``message``, made on first use.
+
+    The attempt is read from ``message.options["retries"]`` then, before any
+    middleware counts this attempt in it.
+    """
+    found: Delivery | None = message.__dict__.get(_ATTRIBUTE)
+    if found is None:
+        found = Delivery(message.options.get("retries", 0) + 1)
+        message.__dict__[_ATTRIBUTE] = found
+    return found
+
+
+def seen(message: MessageProxy) -> bool:
+    """Whether a middleware has asked for this message's delivery yet: a message the
+    worker refused before processing it (``ActorNotFound``) has none."""
+    return _ATTRIBUTE in message.__dict__
+
+
+def is_deferral(exception: BaseException) -> bool:
+    """Whether ``exception`` asks to run the message later rather than reporting a failure:
+    ``Defer``, an open breaker inside the actor, or the worker shutting down."""
+    return isinstance(exception, (Defer, CircuitOpenError, Shutdown))
