@@ -1,124 +1,197 @@
 """What the whole suite costs per message, next to bare Dramatiq, measured side by side.
 
-N no-op messages go through a RedisBroker with 8 worker threads, timed from worker start
-until the last message is processed, in alternating rounds (A B A B ...) of
+N messages go through a RedisBroker with 8 worker threads, in alternating rounds
+(A B A B ...) of
 
-* A -- bare Dramatiq (its default middleware);
+* A -- bare Dramatiq (its default middleware, Retries with short backoffs);
 * B -- the full stack of ``setup_broker()``: error handling, retry, a breaker on the
        actor (closed), status lifecycle events for messages with an import id,
        heartbeats, and PostgreSQL as the database;
 
-for three kinds of message: plain; 10% failing once and retried; every one carrying
-an import id (so B publishes PROCESSING and COMPLETED for each). It prints the medians
-and the B/A throughput ratio of each.
+for these kinds of message:
 
-    python benchmarks/overhead.py                       # 20,000 messages, 5 rounds each
-    python benchmarks/overhead.py --messages 500 --rounds 1 --variants plain
+=========  ========================================================================
+plain      a no-op actor
+import     every message carries an import id (B publishes PROCESSING, COMPLETED)
+retry      10% of the messages fail once and are retried
+cpu        the actor burns 2 ms of pure-Python CPU (a worker that does real work)
+dead       every message fails for good (A: Dramatiq's DLQ; B: also the dead-letters
+           table and the structured log record)
+=========  ========================================================================
 
-Uses Redis database 14 of ``BENCH_REDIS_URL`` (default redis://127.0.0.1:6379/14),
-which it flushes, and a scratch PostgreSQL database next to ``TEST_POSTGRES_URL``.
+Each round is measured from the worker's start until the last message is done and,
+in B, its status events are persisted. Per variant it prints medians of throughput,
+the CPU time of this process per message (getrusage, user + sys, every thread: on an
+idle machine a no-op worker waits on Redis and hides the CPU the suite spends, which
+a worker that does real work pays in full), and the commands Redis ran per message
+(its ``total_commands_processed``, scripts' own commands included), then B/A ratios.
+
+    python benchmarks/overhead.py                       # 4,000 messages, 3 rounds each
+    python benchmarks/overhead.py --messages 500 --rounds 1 --variants plain,cpu
+
+Redis is a private ``redis-server`` it starts on a free port, so no other client's
+commands are counted; ``BENCH_REDIS_URL`` names another (flushed!). PostgreSQL is a
+scratch database next to ``TEST_POSTGRES_URL``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from scratch import scratch_postgres
+from scratch import commands_processed, redis_server, scratch_postgres
 
 from dramatiq_shared import configure_logging, get_stack, setup_broker
 from dramatiq_shared.db import create_tables, init_database
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-VARIANTS = ("plain", "retry", "import")
+VARIANTS = ("plain", "import", "retry", "cpu", "dead")
+#: Seconds of pure-Python work per message of the ``cpu`` variant.
+CPU_BURN = 0.002
 
 
-def run_round(full: bool, variant: str, messages: int, threads: int, database: str) -> float:
-    """Messages per second of one round."""
-    client = redis.Redis.from_url(REDIS_URL)
+class Round(NamedTuple):
+    rate: float  # messages per second
+    cpu_us: float  # CPU microseconds per message
+    commands: float  # Redis commands per message
+
+
+def median(rounds: list[Round]) -> Round:
+    return Round(*(statistics.median(figures) for figures in zip(*rounds, strict=True)))
+
+
+def burn(seconds: float) -> None:
+    """Spin in Python (holding the GIL, as real actor code does) for ``seconds`` of CPU."""
+    deadline = time.thread_time() + seconds
+    while time.thread_time() < deadline:
+        pass
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_round(
+    full: bool, variant: str, messages: int, *, threads: int, redis_url: str, database: str
+) -> Round:
+    client = redis.Redis.from_url(redis_url)
     client.flushdb()
-    broker = RedisBroker(url=REDIS_URL)
+    broker = RedisBroker(url=redis_url)
     options: dict[str, Any]
     if full:
         setup_broker(
             broker,
             database=database,
-            redis_url=REDIS_URL,
-            retry={"maxAttempts": 4, "baseDelay": 1, "maxDelay": 10},
-            breakers={"bench": {"failureThreshold": messages}},
+            redis_url=redis_url,
+            retry={"maxAttempts": 1 if variant == "dead" else 4, "baseDelay": 1, "maxDelay": 10},
+            breakers={"bench": {"failureThreshold": 10 * messages}},
         )
         options = {"breaker": "bench"}
     else:
         dramatiq.set_broker(broker)
-        options = {"max_retries": 3, "min_backoff": 1, "max_backoff": 10}
+        retries = 0 if variant == "dead" else 3
+        options = {"max_retries": retries, "min_backoff": 1, "max_backoff": 10}
     done = threading.Event()
     lock = threading.Lock()
-    processed = [0]
+    finished = [0]
     failed_once: set[int] = set()
+
+    def count() -> None:
+        with lock:
+            finished[0] += 1
+            if finished[0] == messages:
+                done.set()
 
     @dramatiq.actor(broker=broker, actor_name="noop", **options)
     def noop(n: int, import_id: str | None = None) -> None:
-        if variant == "retry" and n % 10 == 0 and n not in failed_once:
+        if variant == "cpu":
+            burn(CPU_BURN)
+        elif variant == "retry" and n % 10 == 0 and n not in failed_once:
             failed_once.add(n)
             raise ConnectionError("fails once")
-        with lock:
-            processed[0] += 1
-            if processed[0] == messages:
-                done.set()
+        elif variant == "dead":
+            count()  # before the failure: done once every message has failed
+            raise ValueError("fails for good")
+        count()
 
     for n in range(messages):
-        if variant == "import":
-            noop.send(n, import_id=f"imp-{n % 20}")
-        else:
-            noop.send(n)
+        noop.send(n, import_id=f"imp-{n % 20}" if variant == "import" else None)
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
-    started = time.perf_counter()
+    commands, cpu, started = commands_processed(client), cpu_seconds(), time.perf_counter()
     worker.start()
     if not done.wait(900):
-        raise RuntimeError(f"only {processed[0]} of {messages} messages were processed")
+        raise RuntimeError(f"only {finished[0]} of {messages} messages were processed")
+    if variant == "dead":  # done counts failures as they start: wait for the dead letters
+        dead = f"{broker.namespace}:default.XQ"
+        while client.zcard(dead) < messages:
+            time.sleep(0.005)
+    if full:
+        get_stack(broker).broadcaster.flush()
     elapsed = time.perf_counter() - started
+    cpu, commands = cpu_seconds() - cpu, commands_processed(client) - commands
     worker.stop()
     if full:
         get_stack(broker).broadcaster.close()
     broker.close()
     client.flushdb()
-    return messages / elapsed
+    return Round(messages / elapsed, cpu / messages * 1e6, commands / messages)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=20_000, help="per round (20000)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of A and of B (5)")
+    parser.add_argument("--messages", type=int, default=4_000, help="per round (4000)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of A and of B (3)")
     parser.add_argument("--threads", type=int, default=8, help="worker threads (8)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="plain,retry,import")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=",".join(VARIANTS))
     args = parser.parse_args(argv)
     # Both sides log the same way, to nowhere: the terminal is not what is measured.
     configure_logging("WARNING", sink=open(os.devnull, "w"))  # noqa: SIM115 - for the run
 
-    with scratch_postgres() as database:
+    summary = []
+    with scratch_postgres() as database, redis_server() as redis_url:
         create_tables(init_database(database))
         for variant in args.variants.split(","):
-            rates: dict[bool, list[float]] = {False: [], True: []}
+            rounds: dict[bool, list[Round]] = {False: [], True: []}
             for number in range(args.rounds):
                 for full in (False, True):
-                    rate = run_round(full, variant, args.messages, args.threads, database)
-                    rates[full].append(rate)
+                    measured = run_round(
+                        full,
+                        variant,
+                        args.messages,
+                        threads=args.threads,
+                        redis_url=redis_url,
+                        database=database,
+                    )
+                    rounds[full].append(measured)
                     side = "B suite" if full else "A bare "
-                    print(f"{variant:<7} round {number + 1} {side} {rate:9.0f} msg/s", flush=True)
-            bare, suite = statistics.median(rates[False]), statistics.median(rates[True])
+                    print(
+                        f"{variant:<6} round {number + 1} {side} {measured.rate:7.0f} msg/s"
+                        f" {measured.cpu_us:7.0f} us/msg {measured.commands:6.2f} cmd/msg",
+                        flush=True,
+                    )
+            a, b = (median(rounds[side]) for side in (False, True))
+            summary.append((variant, a, b))
             print(
-                f"{variant:<7} median A {bare:9.0f} msg/s, median B {suite:9.0f} msg/s,"
-                f" B/A {suite / bare:.3f}",
+                f"{variant:<6} median A {a.rate:7.0f} msg/s, B {b.rate:7.0f} msg/s, B/A"
+                f" {b.rate / a.rate:.3f}; CPU A {a.cpu_us:.0f}, B {b.cpu_us:.0f} us/msg, B/A"
+                f" {b.cpu_us / a.cpu_us:.3f}; Redis A {a.commands:.2f}, B {b.commands:.2f} cmd/msg",
                 flush=True,
             )
+    print("\nvariant  msg/s A   msg/s B   B/A    CPU us A  CPU us B  B/A    cmd/msg A  cmd/msg B")
+    for variant, a, b in summary:
+        print(
+            f"{variant:<7} {a.rate:8.0f}  {b.rate:8.0f}  {b.rate / a.rate:5.3f}  {a.cpu_us:8.0f}"
+            f"  {b.cpu_us:8.0f}  {b.cpu_us / a.cpu_us:5.3f}  {a.commands:9.2f}  {b.commands:9.2f}"
+        )
     return 0
 
 

@@ -1,9 +1,13 @@
 """What benchmark runs share: a scratch PostgreSQL database next to ``TEST_POSTGRES_URL``,
-dropped after, and Redis's own command counter."""
+dropped after, a private Redis server, and Redis's own command counter."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,3 +40,30 @@ def scratch_postgres() -> Iterator[str]:
 def commands_processed(client: redis.Redis) -> int:
     """Commands Redis has run so far, those run by scripts included."""
     return int(client.info("stats")["total_commands_processed"])
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """Yield the URL of a Redis only this run uses: ``BENCH_REDIS_URL`` when set, else a
+    ``redis-server`` started on a free port of 127.0.0.1 and stopped afterwards."""
+    if os.environ.get("BENCH_REDIS_URL"):
+        yield os.environ["BENCH_REDIS_URL"]
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory() as folder:
+        command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        server = subprocess.Popen([*command, "--dir", folder], stdout=subprocess.DEVNULL)
+        try:
+            client = redis.Redis(port=port)
+            for _ in range(200):
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            server.terminate()
+            server.wait(30)

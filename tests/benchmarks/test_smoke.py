@@ -82,8 +82,8 @@ def test_relay_fanout(
 def test_overhead(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     run_benchmark("overhead.py", "--messages", "60", "--rounds", "1", monkeypatch=monkeypatch)
     out = capsys.readouterr().out
-    for variant in ("plain", "retry", "import"):
-        assert f"{variant:<7} median A" in out
+    for variant in ("plain", "import", "retry", "cpu", "dead"):
+        assert f"{variant:<6} median A" in out
 
 
 def test_parser_accuracy(
