@@ -1,45 +1,35 @@
 """The Broadcaster: status events to the live transport and the database, off the worker thread.
 
 ``publish()`` validates an event and hands it to a background thread, so the actor
-that reports progress pays for a lock and a list append, not a round trip. That thread:
+that reports progress pays for a lock and a list append, not a round trip. That thread
+wires three parts together:
 
-* coalesces: a non-terminal event whose (import, note, context) sent one less than
-  ``broadcast_interval`` ago waits, and a newer one of the same key replaces it (the
-  newest wins). A waiting event goes out when its interval has passed, or just before
-  any later event of its import, so each import's events keep the order they were
-  published in. Terminal events (COMPLETED, FAILED) are never held back;
-* appends what goes out to the transport, one round trip per batch, which gives each
-  event its id;
-* writes the same events to the database in batches of ``batch_size``, at the latest
-  ``broadcast_interval`` after the first of them, at once after a terminal event, and
-  when the broadcaster is flushed or closed (the middleware closes it at worker
-  shutdown).
+* a :class:`~.coalescer.Coalescer` decides what goes out now: a progress event that
+  follows one of its (import, note, context) by less than ``broadcast_interval``
+  waits, the newest winning, without changing the order of its import's events;
+  terminal events (COMPLETED, FAILED) are never held back;
+* an :class:`~.outbox.Outbox` appends what goes out to the transport, one round trip
+  per batch, which gives each event its id;
+* a :class:`~.persister.Persister` writes the same events to the database in batches,
+  and on a :class:`~.transport.Reclaimable` transport (Redis) persists what a killed
+  process streamed but never persisted (counted ``reclaimed``).
 
 A failing transport or database is retried ``max_retries`` times within ``timeout``;
 a batch still refused is kept and tried again later, in order, backing off up to 30 s.
 A batch keeps one token across its tries, so a try whose reply was lost (Redis going
 down mid-call) is not appended twice, and the history never has a gap where the
 stream has none. Only beyond 100,000 waiting events are the oldest dropped, logged
-and counted (``failed``, ``persist_failed``). A status event is a side concern: its failure never
-fails or delays the job that reported it.
-
-On a transport that outlives the process (:class:`~.transport.Reclaimable`, such as
-Redis), events are kept there until the history has them, so a process killed between
-streaming and persisting loses nothing: every ``reclaim_after`` milliseconds each
-broadcaster persists what was left unpersisted that long (counted ``reclaimed``).
-Writing an event twice leaves one row, so reclaiming what a slow but live process
-still holds costs a write and nothing else.
+and counted (``failed``, ``persist_failed``). A status event is a side concern: its
+failure never fails or delays the job that reported it.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
-import uuid
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Mapping, MutableSequence
-from typing import Any, TypeVar
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from loguru import logger
 
@@ -47,8 +37,11 @@ from ..config import StatusConfig
 from ..db.status_history import StatusHistory
 from ..errors import ConfigError
 from ..metrics import BROADCASTS
+from .coalescer import Coalescer
 from .events import StatusEvent
-from .transport import Reclaimable, Transport
+from .outbox import Batch, Outbox
+from .persister import Persister
+from .transport import Transport
 
 __all__ = [
     "Broadcaster",
@@ -56,17 +49,6 @@ __all__ = [
     "get_broadcaster",
     "set_broadcaster",
 ]
-
-Key = tuple[str, str | None, str | None]
-#: An event as published: its id, its timestamp (ms) and the event.
-Record = tuple[int, int, StatusEvent]
-_Batch = TypeVar("_Batch")
-
-
-#: Most published events kept for the history while the database is unreachable.
-MAX_UNPERSISTED = 100_000
-#: Longest wait, in seconds, between two tries at writing the history.
-_MAX_PERSIST_BACKOFF = 30.0
 
 
 class Broadcaster:
@@ -95,21 +77,18 @@ class Broadcaster:
         self._wake = threading.Condition(lock)  # the thread waits for work on it
         self._idle = threading.Condition(lock)  # flush() waits for the thread on it
         self._busy = False
+        self._flush_requested = False
         self._closed = False
         # Owned by the background thread:
-        self._last_sent: dict[Key, float] = {}
-        self._waiting: dict[str, OrderedDict[Key, StatusEvent]] = {}
-        self._to_persist: list[tuple[str, list[Record]]] = []  # (batch token, records)
-        self._persist_due: float | None = None
-        self._outbox: deque[tuple[str, int, list[StatusEvent]]] = deque()
-        self._send_backoff = 0.0  # seconds; grows while the transport is unreachable
-        self._send_blocked_until = 0.0
-        self._persist_backoff = 0.0  # seconds; grows while the database is unreachable
-        self._persist_blocked_until = 0.0
-        self._reclaimable = (
-            transport if database is not None and isinstance(transport, Reclaimable) else None
+        self._coalescer = Coalescer(self.config.broadcast_interval / 1000)
+        self._sender: Outbox[StatusEvent] = Outbox(
+            "send", self._append, self.config, together=False, dropped=self._unsent
         )
-        self._reclaim_due = time.monotonic() + self.config.reclaim_after / 1000
+        self._persister = (
+            None
+            if database is None
+            else Persister(database, transport, self.config, counts=self.counts, count=self.count)
+        )
         self._thread = threading.Thread(target=self._run, name="status-broadcaster", daemon=True)
         self._thread.start()
 
@@ -137,6 +116,8 @@ class Broadcaster:
     def flush(self, timeout: float = 10.0) -> bool:
         """Send and persist everything published so far, waiting up to ``timeout`` seconds.
 
+        Waiting batches are tried at once, however long the last refusal said to wait.
+
         Returns:
           True when everything went out in time.
         """
@@ -158,28 +139,29 @@ class Broadcaster:
             self._closed = True
             self._wake.notify()
         self._thread.join(timeout)
-        unsent = sum(len(events) for _, _, events in self._outbox)
+        unsent = len(self._sender)
         if unsent:
             logger.error(
                 "{} status events were never sent: the transport stayed out of reach", unsent
             )
             self.count("failed", unsent)
-        unpersisted = self._unpersisted()
-        if unpersisted and self._reclaimable is not None:
-            logger.warning("{} status events are left for another process to persist", unpersisted)
-        elif unpersisted:
-            logger.error("{} status events never reached the history", unpersisted)
-            self.counts["persist_failed"] += unpersisted
+        if self._persister is not None:
+            self._persister.close()
+
+    def count(self, outcome: str, number: int = 1) -> None:
+        """Count ``number`` events with ``outcome``, here and in the Prometheus metric.
+
+        Parameters:
+          outcome: What became of them, such as ``"sent"`` or ``"failed"``.
+          number: How many. Default 1.
+        """
+        self.counts[outcome] += number
+        BROADCASTS.labels(outcome).inc(number)
 
     # --- the background thread --------------------------------------------------------------
 
-    _flush_requested = False
-
-    def _unpersisted(self) -> int:
-        return sum(len(records) for _, records in self._to_persist)
-
     def _pending(self) -> bool:
-        return bool(self._to_persist or self._outbox) or any(self._waiting.values())
+        return bool(self._sender or self._persister or self._coalescer)
 
     def _run(self) -> None:
         while True:
@@ -204,213 +186,41 @@ class Broadcaster:
                 return
 
     def _next_deadline(self) -> float | None:
-        now = time.monotonic()
-        interval = self.config.broadcast_interval / 1000
+        """Seconds until the thread has something to do unasked; None for never."""
         deadlines = [
-            self._last_sent.get(key, 0.0) + interval - now
-            for waiting in self._waiting.values()
-            for key in waiting
+            self._coalescer.next_due(),
+            self._sender.retry_at if self._sender else None,
+            self._persister.next_deadline() if self._persister is not None else None,
         ]
-        if self._persist_due is not None:
-            deadlines.append(self._persist_due - now)
-        if self._outbox:
-            deadlines.append(self._send_blocked_until - now)
-        if self._reclaimable is not None:
-            deadlines.append(self._reclaim_due - now)
-        return min(deadlines) if deadlines else None
+        due = [deadline for deadline in deadlines if deadline is not None]
+        return min(due) - time.monotonic() if due else None
 
     def _handle(self, incoming: list[StatusEvent], flushing: bool) -> None:
-        now = time.monotonic()
-        interval = self.config.broadcast_interval / 1000
-        outgoing: list[StatusEvent] = []
-        for event in incoming:
-            waiting = self._waiting.setdefault(event.import_id, OrderedDict())
-            if event.is_terminal or now - self._last_sent.get(event.key, -interval) >= interval:
-                outgoing.extend(waiting.values())  # the import's earlier events go first
-                waiting.clear()
-                outgoing.append(event)
-                self._last_sent[event.key] = now
-            else:
-                if event.key in waiting:
-                    self.count("coalesced")
-                waiting[event.key] = event
-                waiting.move_to_end(event.key)
-        for import_id, waiting in list(self._waiting.items()):
-            due = any(now - self._last_sent.get(key, -interval) >= interval for key in waiting)
-            if waiting and (due or flushing):
-                outgoing.extend(waiting.values())
-                for key in waiting:
-                    self._last_sent[key] = now
-                waiting.clear()
-            if not waiting:
-                del self._waiting[import_id]
-        if outgoing:
-            self._send(outgoing)
-        elif self._outbox:
-            self._drain_outbox()
-        if self._to_persist and (
-            flushing
-            or (self._persist_due is not None and now >= self._persist_due)
-            or (
-                now >= self._persist_blocked_until
-                and (
-                    self._unpersisted() >= self.config.batch_size
-                    or any(event.is_terminal for event in outgoing)
-                )
-            )
-        ):
-            self._persist()
-        if self._reclaimable is not None and now >= max(
-            self._reclaim_due, self._persist_blocked_until
-        ):
-            self._reclaim(self._reclaimable)
+        released = self._coalescer.take(incoming, time.monotonic(), flush=flushing)
+        if released.coalesced:
+            self.count("coalesced", released.coalesced)
+        if released.events:
+            self._sender.add(Batch(released.events))
+        if self._sender:
+            self._sender.drain(force=flushing)
+        if self._persister is not None:
+            terminal = any(event.is_terminal for event in released.events)
+            self._persister.run(flush=flushing, terminal=terminal)
 
-    def _send(self, events: list[StatusEvent]) -> None:
-        # A batch keeps its token across tries: a try whose reply was lost already gave
-        # the events ids, and the next try gets the same ids instead of new copies.
-        self._outbox.append((uuid.uuid4().hex, int(time.time() * 1000), events))
-        self._drain_outbox()
-
-    def _drain_outbox(self) -> None:
-        """Send the waiting batches in order; on a failure, keep them and back off."""
-        if time.monotonic() < self._send_blocked_until:
-            return
-        while self._outbox:
-            batch, timestamp, events = self._outbox[0]
-            append = functools.partial(
-                self.transport.append,
-                events,
-                timestamp,
-                batch=batch,
-                persist=self.history is not None,
-            )
-            ids = self._retrying("send", append)
-            if ids is None:
-                dropped = _drop_oldest(self._outbox, lambda batch: len(batch[2]))
-                if dropped:
-                    self.count("failed", dropped)
-                    logger.error("Dropping {} status events the transport never took", dropped)
-                self._send_backoff = min(max(1.0, 2 * self._send_backoff), _MAX_PERSIST_BACKOFF)
-                self._send_blocked_until = time.monotonic() + self._send_backoff
-                return
-            self._outbox.popleft()
-            self._send_backoff = 0.0
-            self.count("sent", len(events))
-            if self.history is not None:
-                records = [(i, timestamp, e) for i, e in zip(ids, events, strict=True)]
-                self._to_persist.append((batch, records))
-                if self._persist_due is None:
-                    self._persist_due = time.monotonic() + self.config.broadcast_interval / 1000
-
-    def count(self, outcome: str, number: int = 1) -> None:
-        """Count ``number`` events with ``outcome``, here and in the Prometheus metric.
-
-        Parameters:
-          outcome: What became of them, such as ``"sent"`` or ``"failed"``.
-          number: How many. Default 1.
-        """
-        self.counts[outcome] += number
-        BROADCASTS.labels(outcome).inc(number)
-
-    def _persist(self) -> None:
-        batches, self._to_persist, self._persist_due = self._to_persist, [], None
-        records = [record for _, batch in batches for record in batch]
-        if self._write(records):
-            self.counts["persisted"] += len(records)
-            self._persist_backoff = 0.0
-            self._persist_blocked_until = 0.0
-            self._settle([token for token, _ in batches])
-            return
-        # Kept and tried again later: the history must hold what the stream has, or
-        # the relay would show a gap once the stream trims those events.
-        dropped = _drop_oldest(batches, lambda batch: len(batch[1]))
-        if dropped and self._reclaimable is not None:
-            logger.warning("Leaving {} status events for a later reclaim", dropped)
-        elif dropped:
-            logger.error("Dropping the {} oldest status events the history never got", dropped)
-            self.counts["persist_failed"] += dropped
-        self._to_persist = batches
-        self._persist_backoff = min(max(1.0, 2 * self._persist_backoff), _MAX_PERSIST_BACKOFF)
-        self._persist_blocked_until = time.monotonic() + self._persist_backoff
-        self._persist_due = self._persist_blocked_until
-
-    def _write(self, records: list[Record]) -> bool:
-        history = self.history
-        assert history is not None
-        write = functools.partial(history.write, records, batch_size=self.config.batch_size)
-        return self._retrying("persist", write) is not None
-
-    def _settle(self, batches: list[str]) -> None:
-        """Tell the transport these batches are persisted; a failure only costs a rewrite."""
-        if self._reclaimable is None:
-            return
-        try:
-            self._reclaimable.persisted(batches)
-        except Exception as error:
-            logger.warning(
-                "Persisted status events stay in the transport until reclaimed: {}: {}",
-                type(error).__name__,
-                error,
-            )
-
-    def _reclaim(self, transport: Reclaimable, limit: int = 100) -> None:
-        """Persist what other (dead) processes streamed and never persisted."""
-        self._reclaim_due = time.monotonic() + self.config.reclaim_after / 1000
-        try:
-            found = transport.reclaim(self.config.reclaim_after, limit)
-        except Exception as error:
-            logger.warning("Could not reclaim status events: {}: {}", type(error).__name__, error)
-            return
-        if found.expired or found.unreadable:
-            logger.error(
-                "{} batches of status events expired and {} were unreadable before anyone"
-                " persisted them",
-                found.expired,
-                found.unreadable,
-            )
-            self.counts["lost_batches"] += found.expired + found.unreadable
-        records = [record for _, records in found.batches for record in records]
-        if records and self._write(records):
-            self._settle([token for token, _ in found.batches])
-            self.count("reclaimed", len(records))
-            logger.info("Persisted {} status events left unpersisted", len(records))
-            if len(found.batches) == limit:  # there may be more
-                self._reclaim_due = time.monotonic()
-
-    def _retrying(self, what: str, action: Any) -> Any:
-        deadline = time.monotonic() + self.config.timeout / 1000
-        last: Exception | None = None
-        attempt = 0
-        for attempt in range(self.config.max_retries + 1):
-            try:
-                result = action()
-                return True if result is None else result
-            except Exception as error:
-                last = error
-                if attempt == self.config.max_retries or time.monotonic() >= deadline:
-                    break
-                time.sleep(min(0.05 * 2**attempt, max(0.0, deadline - time.monotonic())))
-        logger.opt(exception=last).error(
-            "Status events could not {} after {} tries: {}: {}",
-            what,
-            attempt + 1,
-            type(last).__name__,
-            last,
+    def _append(self, batches: Sequence[Batch[StatusEvent]]) -> None:
+        """Append one batch to the transport and queue it, numbered, for the history."""
+        (batch,) = batches
+        ids = self.transport.append(
+            batch.items, batch.timestamp, batch=batch.token, persist=self._persister is not None
         )
-        return None
+        self.count("sent", len(batch.items))
+        if self._persister is not None:
+            records = [(i, batch.timestamp, e) for i, e in zip(ids, batch.items, strict=True)]
+            self._persister.add(Batch(records, batch.timestamp, batch.token))
 
-
-def _drop_oldest(batches: MutableSequence[_Batch], size: Callable[[_Batch], int]) -> int:
-    """Drop the oldest batches, never the newest, while more than ``MAX_UNPERSISTED``
-    events wait in ``batches``; return how many events were dropped."""
-    waiting = sum(size(batch) for batch in batches)
-    dropped = 0
-    while waiting > MAX_UNPERSISTED and len(batches) > 1:
-        oldest = size(batches[0])
-        del batches[0]
-        waiting -= oldest
-        dropped += oldest
-    return dropped
+    def _unsent(self, events: int) -> None:
+        self.count("failed", events)
+        logger.error("Dropping {} status events the transport never took", events)
 
 
 _current: Broadcaster | None = None

@@ -32,7 +32,6 @@ from dramatiq_shared import (
     set_broadcaster,
 )
 from dramatiq_shared.db import StatusHistory
-from dramatiq_shared.status import broadcaster as broadcaster_module
 from tests.conftest import wait_until
 
 
@@ -327,15 +326,3 @@ def test_reclaim_counts_expired_batches_and_drops_unreadable_ones(
     assert transport.reclaim(older_than=60_000).batches == []  # leased to the first caller
     transport.persisted(["good"])
     assert redis_client.zcard(transport.unpersisted_key) == 0
-
-
-def test_only_the_oldest_batches_are_dropped_and_never_the_newest(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(broadcaster_module, "MAX_UNPERSISTED", 10)
-    batches = [["a"] * 4, ["b"] * 4, ["c"] * 4, ["d"] * 4]
-    assert broadcaster_module._drop_oldest(batches, len) == 8  # 16 waiting → 8
-    assert batches == [["c"] * 4, ["d"] * 4]
-    newest_alone = [["e"] * 25]
-    assert broadcaster_module._drop_oldest(newest_alone, len) == 0
-    assert newest_alone == [["e"] * 25]
