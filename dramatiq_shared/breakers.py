@@ -1,186 +1,71 @@
-"""Circuit breakers whose state every worker process shares, built on pybreaker.
+"""Circuit breakers whose state every worker process shares, with pybreaker's surface.
 
-:class:`SharedCircuitBreaker` is a ``pybreaker.CircuitBreaker``: the same
-constructor settings, exclusion list, ``success_threshold``, listeners, decorator and
-``calling()`` context manager. What it changes is where the state lives and how it
-moves. pybreaker's own ``CircuitRedisStorage`` checks the threshold and switches to
-open in separate steps, lets every process that sees the timeout pass send its own
-half-open trial, and holds a lock for the whole wrapped call. Here each transition is
-one Lua script run atomically by Redis:
-
-* the breaker opens exactly once when ``failure_threshold`` consecutive counted
-  failures have been reported, whichever processes reported them;
-* after ``reset_timeout`` the first caller moves it to half-open, and exactly one trial
-  runs at a time across all processes, under a lease that expires after
-  ``trial_timeout`` so a trial whose worker died cannot block the breaker; callers
-  refused meanwhile are told to wait for the rest of the lease, at most
-  ``reset_timeout``;
-* a failed trial re-opens it for twice the previous time, up to ``max_reset_timeout``;
-  ``success_threshold`` successful trials close it.
+:class:`SharedCircuitBreaker` offers what pybreaker users know: ``call``, decorator use,
+``calling()``, ``with breaker:``, ``name``, ``fail_max``, ``reset_timeout``,
+``success_threshold``, ``current_state``, ``fail_counter``, ``open()``, ``close()``,
+``half_open()`` and ``pybreaker.CircuitBreakerListener`` listeners. It is not a
+``pybreaker.CircuitBreaker``: pybreaker's state machine reads and moves its storage in
+separate steps, lets every process that sees the timeout pass send a trial, and reads
+Redis as soon as it is built. Here the breaker holds a state store
+(:class:`~dramatiq_shared._breaker_state.BreakerState`) and each transition is one
+atomic operation of that store: a Lua script in Redis
+(:mod:`~dramatiq_shared._breaker_redis`, which describes the guarantees), or a locked
+method in this process for embedded runs (:mod:`~dramatiq_shared._breaker_local`).
 
 The wrapped call runs outside any lock. A healthy (closed, no failures) breaker costs
-one Redis round trip per call, to read the state; the success after it costs none.
+one Redis round trip per call, to ask; the success after it costs none.
 
-Redis keys, under ``namespace`` (default ``dramatiq_shared``):
-
-=====================================  ============================================
-``{ns}:breaker:{name}``                hash: state, failures, successes, opened_at,
-                                       open_until, reopens (times are Redis's clock)
-``{ns}:breaker:{name}:trial``          the half-open trial lease (a token, with TTL)
-``{ns}:breaker-events``                stream of transitions and rejected calls, for
-                                       the relay: breaker, event, state, remaining
-=====================================  ============================================
-
-When Redis cannot be reached the breaker follows its ``fallback``: ``"closed"`` (the
-default) lets calls through unrecorded and logs a warning at most once a minute;
-``"open"`` refuses them. Either way it tries Redis again after a second, and carries on
+When Redis cannot be reached, at construction or at any call, the breaker follows its
+``fallback``: ``"closed"`` (the default) lets calls through unrecorded, ``"open"``
+refuses them. Nothing raises out of ``Breakers[...]``, ``acquire``, ``record_*``,
+``release`` or ``current_state``; the outage is logged once, and the breaker carries on
 as before once Redis answers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pybreaker
 import redis
 from dramatiq.middleware.shutdown import Shutdown
 from loguru import logger
 
-from ._breaker_local import LocalState, local_scripts
-from ._redis import text
+from ._breaker_local import LocalState
+from ._breaker_redis import RedisState
+from ._breaker_state import BreakerState, Reply, StateUnavailableError
 from .config import CircuitBreakerConfig
 from .errors import CircuitOpenError, ConfigError, Defer, PermanentError
+from .keys import DEFAULT_NAMESPACE, Keys
 from .metrics import BREAKER_REJECTED, BREAKER_STATE, BREAKER_TRANSITIONS, STATE_VALUES
 
-__all__ = ["BREAKER_STATES", "Breakers", "SharedCircuitBreaker", "Ticket", "Verdict"]
+__all__ = [
+    "BREAKER_STATES",
+    "Breakers",
+    "SharedCircuitBreaker",
+    "StateUnavailableError",
+    "Ticket",
+    "Verdict",
+    "check_breaker_name",
+]
 
 _T = TypeVar("_T")
 
 BREAKER_STATES = (pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN)
-#: Seconds between warnings that Redis is unreachable, per breaker.
-_WARN_EVERY = 60.0
-#: Seconds the breaker uses its fallback before asking Redis again.
-_REDIS_RETRY = 1.0
 #: Milliseconds a caller is told to wait when the fallback is "open".
 _FALLBACK_WAIT = 5_000
-#: Entries the events stream keeps, roughly.
-_STREAM_LENGTH = 10_000
-
-# Time is Redis's clock, so all processes agree on it; read only when needed, so a
-# closed breaker's check is two hash reads.
-_NOW = """
-local clock = nil
-local function now()
-  if not clock then
-    local t = redis.call('TIME')
-    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  end
-  return clock
-end
-local function event(kind, state, remaining)
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[#ARGV], '*', 'breaker', ARGV[1],
-             'event', kind, 'state', state, 'remaining', remaining, 'time', now())
-end
-"""
-
-# ARGV: name, lease token, lease ttl (ms), reset timeout (ms), stream length. While a
-# trial runs, other callers wait for the rest of its lease, at most reset_timeout.
-_ACQUIRE = (
-    _NOW
-    + """
-local fields = redis.call('HMGET', KEYS[1], 'state', 'failures')
-local state = fields[1] or 'closed'
-if state == 'closed' then return {'closed', tonumber(fields[2] or '0')} end
-local moved = 0
-if state == 'open' then
-  local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
-  if now() < open_until then
-    event('rejected', 'open', open_until - now())
-    return {'open', open_until - now()}
-  end
-  redis.call('HSET', KEYS[1], 'state', 'half-open', 'successes', 0)
-  event('half-open', 'half-open', 0)
-  moved = 1
-end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
-  return {'trial', moved}
-end
-local wait = math.min(redis.call('PTTL', KEYS[2]), tonumber(ARGV[4]))
-if wait < 0 then wait = 0 end
-event('rejected', 'half-open', wait)
-return {'busy', wait}
-"""
-)
-
-# ARGV: name, lease token ('' for none), failure threshold, reset timeout, max reset
-# timeout, stream length
-_FAILURE = (
-    _NOW
-    + """
-local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
-if state == 'closed' then
-  local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-  if failures < tonumber(ARGV[3]) then return {'closed', failures} end
-  local timeout = tonumber(ARGV[4])
-  redis.call('HSET', KEYS[1], 'state', 'open', 'failures', 0, 'successes', 0,
-             'opened_at', now(), 'open_until', now() + timeout, 'reopens', 0)
-  event('opened', 'open', timeout)
-  return {'opened', timeout}
-end
-if state == 'half-open' and ARGV[2] ~= '' and redis.call('GET', KEYS[2]) == ARGV[2] then
-  local reopens = redis.call('HINCRBY', KEYS[1], 'reopens', 1)
-  local timeout = math.min(tonumber(ARGV[5]), tonumber(ARGV[4]) * 2 ^ reopens)
-  redis.call('HSET', KEYS[1], 'state', 'open', 'successes', 0,
-             'opened_at', now(), 'open_until', now() + timeout)
-  redis.call('DEL', KEYS[2])
-  event('opened', 'open', timeout)
-  return {'opened', timeout}
-end
-if state == 'open' then
-  local remaining = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0') - now()
-  if remaining < 0 then remaining = 0 end
-  return {'open', remaining}
-end
-return {state, 0}
-"""
-)
-
-# ARGV: name, lease token ('' for none), success threshold, stream length
-_SUCCESS = (
-    _NOW
-    + """
-local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
-if state == 'closed' then
-  redis.call('HSET', KEYS[1], 'failures', 0)
-  return {'closed', 0}
-end
-if state == 'half-open' and ARGV[2] ~= '' and redis.call('GET', KEYS[2]) == ARGV[2] then
-  redis.call('DEL', KEYS[2])
-  local successes = redis.call('HINCRBY', KEYS[1], 'successes', 1)
-  if successes >= tonumber(ARGV[3]) then
-    redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', 0, 'successes', 0, 'reopens', 0)
-    event('closed', 'closed', 0)
-    return {'closed', 1}
-  end
-  return {'half-open', 0}
-end
-return {state, 0}
-"""
-)
-
-# ARGV: lease token
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+_STATE_CLASSES: dict[str, Callable[..., pybreaker.CircuitBreakerState]] = {
+    pybreaker.STATE_CLOSED: pybreaker.CircuitClosedState,
+    pybreaker.STATE_OPEN: pybreaker.CircuitOpenState,
+    pybreaker.STATE_HALF_OPEN: pybreaker.CircuitHalfOpenState,
+}
 
 
 @dataclass
@@ -214,8 +99,8 @@ def _never_counts(error: BaseException) -> bool:
     return isinstance(error, (PermanentError, Defer, Shutdown, CircuitOpenError))
 
 
-class SharedCircuitBreaker(pybreaker.CircuitBreaker):
-    """A pybreaker circuit breaker whose state lives in Redis, moved by atomic scripts.
+class SharedCircuitBreaker:
+    """A circuit breaker whose state lives in Redis, moved by atomic scripts.
 
     Use it as pybreaker's: ``breaker.call(fn, ...)``, ``@breaker``, ``with
     breaker.calling():``, or simply ``with breaker:``. A refused call raises
@@ -227,10 +112,14 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
       name: The breaker's name; breakers of one name share state across processes.
       config: Its settings.
       client: The Redis client holding the state; None keeps it in this process (an
-        embedded run: its threads share it, other processes do not).
+        embedded run: its threads share it, other processes do not). Nothing is sent
+        to Redis before the first call.
       namespace: Prefix of the Redis keys. Default ``"dramatiq_shared"``.
       listeners: pybreaker listeners, told of calls, failures, successes and transitions.
       fallback: ``"closed"`` or ``"open"``: how to behave while Redis is unreachable.
+
+    Raises:
+      ConfigError: When the fallback is neither.
     """
 
     def __init__(
@@ -239,44 +128,75 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         config: CircuitBreakerConfig,
         client: redis.Redis | None,
         *,
-        namespace: str = "dramatiq_shared",
+        namespace: str = DEFAULT_NAMESPACE,
         listeners: Sequence[pybreaker.CircuitBreakerListener] = (),
         fallback: str = "closed",
     ) -> None:
         if fallback not in ("closed", "open"):
             raise ConfigError.invalid("fallback", fallback, "'closed' or 'open'")
         self.config = config
-        key = f"{namespace}:breaker:{name}"
-        self._keys = [key, f"{key}:trial", f"{namespace}:breaker-events"]
-        storage: pybreaker.CircuitBreakerStorage
-        if client is None:
-            storage = LocalState(config)
-            self._scripts: Mapping[str, Any] = local_scripts(storage)
-        else:
-            storage = _RedisState(client, key, config)
-            self._scripts = {
-                "acquire": client.register_script(_ACQUIRE),
-                "failure": client.register_script(_FAILURE),
-                "success": client.register_script(_SUCCESS),
-                "release": client.register_script(_RELEASE),
-            }
-        super().__init__(
-            fail_max=config.failure_threshold,
-            reset_timeout=config.reset_timeout / 1000,
-            success_threshold=config.success_threshold,
-            exclude=[lambda error: config.is_excluded(error) or _never_counts(error)],
-            listeners=listeners,
-            state_storage=storage,
-            name=name,
-        )
         self.fallback = fallback
-        self._redis_down_until = 0.0
-        self._warned_at = -_WARN_EVERY
+        self._name = name
+        self._listeners = list(listeners)
+        self._state: BreakerState = (
+            LocalState(config)
+            if client is None
+            else RedisState(client, name, config, Keys(namespace))
+        )
         self._local = threading.local()
+
+    # --- pybreaker's settings and introspection ---------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def fail_max(self) -> int:
+        return self.config.failure_threshold
+
+    @property
+    def reset_timeout(self) -> float:
+        """Seconds the breaker stays open before a trial, as pybreaker counts them."""
+        return self.config.reset_timeout / 1000
+
+    @property
+    def success_threshold(self) -> int:
+        return self.config.success_threshold
 
     @property
     def trial_timeout(self) -> int:
         return self.config.trial_timeout
+
+    @property
+    def current_state(self) -> str:
+        """The shared state now; the fallback while Redis is unreachable."""
+        try:
+            return self._state.read().state
+        except StateUnavailableError:
+            return self.fallback
+
+    @property
+    def fail_counter(self) -> int:
+        """Counted failures in a row; 0 while Redis is unreachable."""
+        try:
+            return self._state.read().failures
+        except StateUnavailableError:
+            return 0
+
+    @property
+    def listeners(self) -> tuple[pybreaker.CircuitBreakerListener, ...]:
+        return tuple(self._listeners)
+
+    def add_listener(self, listener: pybreaker.CircuitBreakerListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: pybreaker.CircuitBreakerListener) -> None:
+        self._listeners.remove(listener)
+
+    def is_system_error(self, error: BaseException) -> bool:
+        """Whether ``error`` counts as a failure: neither excluded nor one that never counts."""
+        return not (self.config.is_excluded(error) or _never_counts(error))
 
     # --- the protocol: acquire, then one of record_success / record_failure / release ---
 
@@ -291,36 +211,30 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             already running; ``remaining`` says how long to wait.
         """
         token = uuid.uuid4().hex
-        reply = self._run(
-            "acquire", token, self.trial_timeout, self.config.reset_timeout, default=None
-        )
-        if reply is None:
+        try:
+            reply = self._state.acquire(token)
+        except StateUnavailableError:
             if self.fallback == "open":
-                raise CircuitOpenError(self.name or "", _FALLBACK_WAIT)
+                raise CircuitOpenError(self.name, _FALLBACK_WAIT) from None
             return Ticket(unrecorded=True)
-        state, number = _decode(reply)
-        if state == "closed":
-            return Ticket(failures=number)
-        if state == "trial":
-            if number:
-                self._notify(pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN)
+        self._moved(reply)
+        if reply.kind == "closed":
+            return Ticket(failures=reply.number)
+        if reply.kind == "trial":
             return Ticket(trial=token)
-        self._count_rejection()
-        raise CircuitOpenError(self.name or "", number)
+        self._tell("rejected")
+        raise CircuitOpenError(self.name, reply.number)
 
     def record_success(self, ticket: Ticket) -> Verdict:
-        """Report that the call succeeded; may close a half-open breaker."""
-        for listener in self.listeners:
-            listener.success(self)
+        """Report that the call succeeded; may close a half-open breaker.
+
+        Returns:
+          The breaker's state after the report.
+        """
+        self._tell("success")
         if ticket.unrecorded or (ticket.trial is None and ticket.failures == 0):
             return Verdict(pybreaker.STATE_CLOSED)  # nothing to reset: no round trip
-        reply = self._run("success", ticket.trial or "", self.success_threshold, default=None)
-        if reply is None:
-            return Verdict(pybreaker.STATE_CLOSED)
-        state, moved = _decode(reply)
-        if moved:
-            self._notify(pybreaker.STATE_HALF_OPEN, pybreaker.STATE_CLOSED)
-        return Verdict(state)
+        return self._verdict(self._state.record_success, ticket.trial)
 
     def record_failure(self, ticket: Ticket, error: BaseException) -> Verdict:
         """Report that the call failed with ``error``; counted unless it is excluded.
@@ -329,45 +243,77 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         one gives its lease back so the next caller tries.
 
         Returns:
-          The breaker's state after the report, with the time it stays open.
+          The breaker's state after the report, with the time it stays open;
+          ``Verdict("not counted")`` for an excluded error.
         """
         if not self.is_system_error(error):
             self.release(ticket)
             return Verdict("not counted")
-        for listener in self.listeners:
-            listener.failure(self, error)
+        self._tell("failure", error)
         if ticket.unrecorded:
             return Verdict(pybreaker.STATE_CLOSED)
-        reply = self._run(
-            "failure",
-            ticket.trial or "",
-            self.fail_max,
-            self.config.reset_timeout,
-            self.config.max_reset_timeout or self.config.reset_timeout,
-            default=None,
-        )
-        if reply is None:
-            return Verdict(pybreaker.STATE_CLOSED)
-        state, number = _decode(reply)
-        if state == "opened":
-            previous = pybreaker.STATE_HALF_OPEN if ticket.trial else pybreaker.STATE_CLOSED
-            self._notify(previous, pybreaker.STATE_OPEN)
-            return Verdict(pybreaker.STATE_OPEN, number)
-        return Verdict(state, number if state == pybreaker.STATE_OPEN else 0)
+        return self._verdict(self._state.record_failure, ticket.trial)
 
     def release(self, ticket: Ticket) -> None:
         """Give back a trial lease without a verdict (the call was skipped or excluded)."""
         if ticket.trial is not None:
-            self._run("release", ticket.trial, default=None)
+            with contextlib.suppress(StateUnavailableError):
+                self._state.release(ticket.trial)
+
+    def _verdict(self, record: Callable[[str | None], Reply], token: str | None) -> Verdict:
+        try:
+            reply = record(token)
+        except StateUnavailableError:
+            return Verdict(self.fallback, _FALLBACK_WAIT if self.fallback == "open" else 0)
+        self._moved(reply)
+        return Verdict(reply.kind, reply.number if reply.kind == pybreaker.STATE_OPEN else 0)
+
+    # --- pybreaker's manual controls ---------------------------------------------------
+
+    def open(self) -> bool:
+        """Open the breaker for every process, for ``reset_timeout``.
+
+        Returns:
+          True, as pybreaker does when it raises on a trip.
+
+        Raises:
+          StateUnavailableError: When Redis cannot be reached.
+        """
+        self._moved(self._state.force(pybreaker.STATE_OPEN))
+        return True
+
+    def half_open(self) -> None:
+        """Let the next caller of any process make a trial.
+
+        Raises:
+          StateUnavailableError: When Redis cannot be reached.
+        """
+        self._moved(self._state.force(pybreaker.STATE_HALF_OPEN))
+
+    def close(self) -> None:
+        """Close the breaker for every process, its counts reset.
+
+        Raises:
+          StateUnavailableError: When Redis cannot be reached.
+        """
+        self._moved(self._state.force(pybreaker.STATE_CLOSED))
 
     # --- pybreaker's ways of calling ------------------------------------------------
 
     def call(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Call ``func`` through the breaker; its exceptions propagate unchanged."""
         with self:
-            for listener in self.listeners:
-                listener.before_call(self, func, *args, **kwargs)
+            self._tell("before_call", func, *args, **kwargs)
             return func(*args, **kwargs)
+
+    def __call__(self, func: Callable[..., _T]) -> Callable[..., _T]:
+        """Decorate ``func`` so that each call goes through the breaker."""
+
+        @functools.wraps(func)
+        def guarded(*args: Any, **kwargs: Any) -> _T:
+            return self.call(func, *args, **kwargs)
+
+        return guarded
 
     @contextlib.contextmanager
     def calling(self) -> Iterator[None]:
@@ -395,117 +341,25 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             stack = self._local.stack = []
         return stack
 
-    # --- Redis, with the fallback ------------------------------------------------------
+    # --- listeners ---------------------------------------------------------------------
 
-    def _run(self, script: str, *args: Any, default: Any) -> Any:
-        # Every script but "release" takes the breaker's name first and the stream's
-        # length last (see the scripts above).
-        if script == "release":
-            keys, argv = self._keys[1:2], list(args)
-        else:
-            keys, argv = self._keys, [self.name, *args, _STREAM_LENGTH]
-        if time.monotonic() < self._redis_down_until:
-            return default
-        try:
-            return self._scripts[script](keys=keys, args=argv)
-        except redis.RedisError as error:
-            self._redis_down_until = time.monotonic() + _REDIS_RETRY
-            if time.monotonic() - self._warned_at >= _WARN_EVERY:
-                self._warned_at = time.monotonic()
-                logger.warning(
-                    "Circuit breaker {} cannot reach Redis ({}: {}); behaving {} until it can",
-                    self.name,
-                    type(error).__name__,
-                    error,
-                    self.fallback,
-                )
-            return default
+    def _tell(self, event: str, *args: Any, **kwargs: Any) -> None:
+        # "rejected" is this library's addition: pybreaker's listeners lack it.
+        for listener in self._listeners:
+            method = getattr(listener, event, None)
+            if method is not None:
+                method(self, *args, **kwargs)
 
-    def _notify(self, old: str, new: str) -> None:
-        states = {
-            pybreaker.STATE_CLOSED: pybreaker.CircuitClosedState,
-            pybreaker.STATE_OPEN: pybreaker.CircuitOpenState,
-            pybreaker.STATE_HALF_OPEN: pybreaker.CircuitHalfOpenState,
-        }
-        # notify=False: the state objects only describe; Redis already moved.
-        before = states[old](self, prev_state=None, notify=False)
-        after = states[new](self, prev_state=before, notify=False)
-        for listener in self.listeners:
-            listener.state_change(self, before, after)
-
-    def _count_rejection(self) -> None:
-        for listener in self.listeners:
-            rejected = getattr(listener, "rejected", None)
-            if rejected is not None:
-                rejected(self)
-
-
-def _decode(reply: Sequence[Any]) -> tuple[str, int]:
-    state = text(reply[0])
-    return state, int(reply[1])
-
-
-class _RedisState(pybreaker.CircuitBreakerStorage):
-    """pybreaker's storage interface over the breaker's Redis hash.
-
-    The breaker's own transitions go through the atomic scripts; this serves
-    pybreaker's introspection (``current_state``, ``fail_counter``) and its manual
-    ``open()``, ``half_open()`` and ``close()``.
-    """
-
-    def __init__(self, client: redis.Redis, key: str, config: CircuitBreakerConfig) -> None:
-        super().__init__("redis")
-        self._client = client
-        self._key = key
-        self._config = config
-
-    def _get(self, field: str, default: str) -> str:
-        value = self._client.hget(self._key, field)
-        return text(value) if value is not None else default
-
-    @property
-    def state(self) -> str:
-        return self._get("state", pybreaker.STATE_CLOSED)
-
-    @state.setter
-    def state(self, state: str) -> None:
-        fields: dict[Any, Any] = {"state": state, "successes": 0}
-        if state == pybreaker.STATE_OPEN:
-            seconds, micros = self._client.time()  # Redis's clock, as the scripts use
-            now = seconds * 1000 + micros // 1000
-            fields.update(opened_at=now, open_until=now + self._config.reset_timeout)
-        elif state == pybreaker.STATE_CLOSED:
-            fields.update(failures=0, reopens=0)
-        self._client.hset(self._key, mapping=fields)
-
-    def increment_counter(self) -> None:
-        self._client.hincrby(self._key, "failures", 1)
-
-    def reset_counter(self) -> None:
-        self._client.hset(self._key, "failures", 0)
-
-    def increment_success_counter(self) -> None:
-        self._client.hincrby(self._key, "successes", 1)
-
-    def reset_success_counter(self) -> None:
-        self._client.hset(self._key, "successes", 0)
-
-    @property
-    def counter(self) -> int:
-        return int(self._get("failures", "0"))
-
-    @property
-    def success_counter(self) -> int:
-        return int(self._get("successes", "0"))
-
-    @property
-    def opened_at(self) -> datetime | None:
-        value = self._get("opened_at", "")
-        return datetime.fromtimestamp(int(value) / 1000, timezone.utc) if value else None
-
-    @opened_at.setter
-    def opened_at(self, when: datetime) -> None:
-        self._client.hset(self._key, "opened_at", int(when.timestamp() * 1000))
+    def _moved(self, reply: Reply) -> None:
+        if not reply.moved_from:
+            return
+        new = pybreaker.STATE_HALF_OPEN if reply.kind in ("trial", "busy") else reply.kind
+        # Listeners get pybreaker's state objects, built with notify=False: they only
+        # describe a transition the store has already made.
+        cb = cast(Any, self)
+        before = _STATE_CLASSES[reply.moved_from](cb, prev_state=None, notify=False)
+        after = _STATE_CLASSES[new](cb, prev_state=before, notify=False)
+        self._tell("state_change", before, after)
 
 
 class _Transitions(pybreaker.CircuitBreakerListener):
@@ -532,14 +386,16 @@ class _Transitions(pybreaker.CircuitBreakerListener):
         log = logger.warning if new_state.name == pybreaker.STATE_OPEN else logger.info
         log("Circuit breaker {} moved from {} to {}", cb.name, old, new_state.name)
 
-    def rejected(self, cb: pybreaker.CircuitBreaker) -> None:
-        self._count(cb.name or "", "rejected")
-        BREAKER_REJECTED.labels(cb.name or "").inc()
+    def rejected(self, cb: SharedCircuitBreaker) -> None:
+        self._count(cb.name, "rejected")
+        BREAKER_REJECTED.labels(cb.name).inc()
         logger.debug("Circuit breaker {} refused a call", cb.name)
 
 
 class Breakers(Mapping[str, SharedCircuitBreaker]):
     """The named breakers of a process: ``breakers["usda-api"]``, made on first use.
+
+    Making one sends nothing to Redis, so it works while Redis is down.
 
     Parameters:
       client: The Redis client holding every breaker's state; None keeps it in this
@@ -559,7 +415,7 @@ class Breakers(Mapping[str, SharedCircuitBreaker]):
         *,
         configs: Mapping[str, CircuitBreakerConfig | Mapping[str, Any]] | None = None,
         default: CircuitBreakerConfig | None = None,
-        namespace: str = "dramatiq_shared",
+        namespace: str = DEFAULT_NAMESPACE,
         fallback: str = "closed",
     ) -> None:
         if fallback not in ("closed", "open"):

@@ -22,6 +22,7 @@ from loguru import logger
 
 from dramatiq_shared import CircuitBreakerConfig, CircuitOpenError, PermanentError, ValidationError
 from dramatiq_shared.breakers import Breakers, SharedCircuitBreaker
+from dramatiq_shared.keys import Keys
 
 FAST = CircuitBreakerConfig(failure_threshold=3, reset_timeout=300, trial_timeout=2_000)
 
@@ -58,7 +59,7 @@ def fail(cb: SharedCircuitBreaker, error: BaseException | None = None) -> None:
 def events(client: redis.Redis) -> list[str]:
     return [
         fields[b"event"].decode()
-        for _, fields in client.xrange("dramatiq_shared:breaker-events")
+        for _, fields in client.xrange(Keys().breaker_events)
         if fields[b"event"] != b"rejected"
     ]
 
