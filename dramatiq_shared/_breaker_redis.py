@@ -15,7 +15,7 @@ the events stream, for the relay. Keys come from :class:`~dramatiq_shared.keys.K
 An unreachable Redis raises :class:`StateUnavailableError`. The first failure of an outage
 is logged as a warning and the first answer after it as an info, once per client
 whatever the number of breakers; meanwhile Redis is asked again only once a second, so
-a lost server does not cost each call a connect timeout.
+a lost server does not cost each call a connect timeout (and the client's retries).
 """
 
 from __future__ import annotations
@@ -178,8 +178,20 @@ class _Outage:
         self._retry_at = 0.0
 
     def skip(self) -> bool:
-        """Whether to answer without asking Redis: it is down and was asked lately."""
-        return self._down and time.monotonic() < self._retry_at
+        """Whether to answer without asking Redis: it is down, and was asked lately.
+
+        The caller told False while Redis is down probes it for everyone: the others
+        skip until the next interval, so an outage blocks one caller at a time on the
+        client's timeouts, not all of them.
+        """
+        if not self._down:
+            return False
+        with self._lock:
+            now = time.monotonic()
+            if now < self._retry_at:
+                return True
+            self._retry_at = now + RETRY_AFTER
+            return False
 
     def failed(self, error: redis.RedisError) -> None:
         with self._lock:
