@@ -38,6 +38,10 @@ class Recorder(pybreaker.CircuitBreakerListener):
         self.changes: list[tuple[str, str]] = []
         self.failures = 0
         self.successes = 0
+        self.calls: list[Any] = []
+
+    def before_call(self, cb: Any, func: Any, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((func, args, kwargs))
 
     def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
         self.changes.append((old_state.name, new_state.name))
@@ -346,14 +350,37 @@ def test_redis_going_down_mid_run_with_the_open_fallback_refuses_calls(
 
 
 def test_pybreakers_manual_controls_work_on_the_shared_state(redis_client: redis.Redis) -> None:
-    cb = breaker(redis_client)
+    recorder = Recorder()
+    cb = breaker(redis_client, listeners=[recorder])
     other = breaker(redis_client)
-    cb.open()
+    assert cb.open() is True
     assert other.current_state == "open"
     with pytest.raises(CircuitOpenError):
         other.acquire()
+    cb.half_open()
+    assert other.current_state == "half-open"
     cb.close()
     assert other.call(lambda: "ok") == "ok"
+    assert recorder.changes == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
+
+
+def test_it_offers_pybreakers_settings_and_tells_listeners_of_calls(
+    redis_client: redis.Redis,
+) -> None:
+    recorder = Recorder()
+    cb = breaker(redis_client, CircuitBreakerConfig(success_threshold=2), listeners=[recorder])
+    assert (cb.name, cb.fail_max, cb.reset_timeout, cb.success_threshold) == ("svc", 5, 60.0, 2)
+    assert cb.listeners == (recorder,)
+
+    def add(a: int, b: int = 0) -> int:
+        return a + b
+
+    assert cb.call(add, 1, b=2) == 3
+    assert recorder.calls == [(add, (1,), {"b": 2})]
+    assert recorder.successes == 1
+    cb.remove_listener(recorder)
+    cb.call(add, 1)
+    assert len(recorder.calls) == 1
 
 
 # --- the same transitions in one process, without Redis -----------------------------
