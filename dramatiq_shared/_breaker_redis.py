@@ -10,7 +10,9 @@
   ``success_threshold`` successful trials close it.
 
 Time is Redis's clock, so all processes agree on it. Every transition is appended to
-the events stream, for the relay. Keys come from :class:`~dramatiq_shared.keys.Keys`.
+the events stream, for the relay, and published on the changes channel with a closed
+breaker's first failure, for :mod:`~dramatiq_shared._breaker_cache`. Keys come from
+:class:`~dramatiq_shared.keys.Keys`.
 
 An unreachable Redis raises :class:`StateUnavailableError`. The first failure of an outage
 is logged as a warning and the first answer after it as an info, once per client
@@ -41,7 +43,9 @@ RETRY_AFTER = 1.0
 #: Entries the events stream keeps, roughly.
 STREAM_LENGTH = 10_000
 
-# KEYS: state hash, trial lease, events stream. ARGV: name first, stream length last.
+# KEYS: state hash, trial lease, events stream, changes channel. ARGV: name first,
+# stream length last. Each transition, and a closed breaker's first failure, is
+# published (the breaker's name) for the processes caching "closed, no failures".
 _PRELUDE = """
 local clock = nil
 local function now()
@@ -51,9 +55,13 @@ local function now()
   end
   return clock
 end
+local function changed()
+  redis.call('PUBLISH', KEYS[4], ARGV[1])
+end
 local function event(kind, state, remaining)
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[#ARGV], '*', 'breaker', ARGV[1],
              'event', kind, 'state', state, 'remaining', remaining, 'time', now())
+  if kind ~= 'rejected' then changed() end
 end
 local function remaining()
   return math.max(0, tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0') - now())
@@ -104,6 +112,7 @@ return {'busy', wait, moved}
 _FAILURE = """
 if state == 'closed' then
   local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+  if failures == 1 then changed() end
   if failures < tonumber(ARGV[3]) then return {'closed', failures, ''} end
   open(tonumber(ARGV[4]), 0)
   return {'open', tonumber(ARGV[4]), 'closed'}
@@ -251,7 +260,12 @@ class RedisState:
         keys = keys or Keys()
         self._config = config
         self._name = name
-        self._keys = [keys.breaker(name), keys.breaker_trial(name), keys.breaker_events]
+        self._keys = [
+            keys.breaker(name),
+            keys.breaker_trial(name),
+            keys.breaker_events,
+            keys.breaker_changes,
+        ]
         self._outage = _outage_of(client)
         # register_script only hashes the source: no round trip until a script runs.
         self._scripts = {

@@ -6,6 +6,8 @@ of the trials this process ran, as JSON.
 ``hold``: takes the trial lease, prints "trial", and sleeps (the test kills it).
 ``failures``: THREADS threads each report 25 failed calls; prints how many times this
 process saw the breaker open, as JSON.
+``watch``: calls through the healthy breaker, prints "ready" once its view answers,
+then calls until one is refused and prints that moment's ``time.time()``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pybreaker
 import redis
 
 from dramatiq_shared import CircuitBreakerConfig, CircuitOpenError
-from dramatiq_shared.breakers import SharedCircuitBreaker
+from dramatiq_shared.breakers import Breakers
 
 CONFIGS = {
     "trials": CircuitBreakerConfig(
@@ -28,6 +30,7 @@ CONFIGS = {
     ),
     "hold": CircuitBreakerConfig(failure_threshold=1, reset_timeout=100, trial_timeout=1_500),
     "failures": CircuitBreakerConfig(failure_threshold=50, reset_timeout=60_000),
+    "watch": CircuitBreakerConfig(failure_threshold=1, reset_timeout=60_000),
 }
 
 
@@ -42,8 +45,25 @@ class Openings(pybreaker.CircuitBreakerListener):
             self.seen.append(old_state.name)
 
 
+def watch(breaker: Any) -> None:
+    warm_until = time.monotonic() + 0.5
+    while time.monotonic() < warm_until:  # the view subscribes and learns it is healthy
+        breaker.call(lambda: None)
+    print("ready", flush=True)
+    while True:
+        try:
+            breaker.call(lambda: None)
+        except CircuitOpenError:
+            print(time.time(), flush=True)
+            return
+
+
 def main(url: str, mode: str, threads: str, start: str) -> None:
-    breaker = SharedCircuitBreaker("svc", CONFIGS[mode], redis.Redis.from_url(url))
+    # Through Breakers, as workers do: its cached view answers while the breaker is healthy.
+    breaker = Breakers(redis.Redis.from_url(url), default=CONFIGS[mode])["svc"]
+    if mode == "watch":
+        watch(breaker)
+        return
     if mode == "hold":
         breaker.acquire()
         print("trial", flush=True)
