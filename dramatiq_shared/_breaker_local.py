@@ -1,169 +1,143 @@
 """Breaker state in this process, for embedded runs without Redis.
 
-The same transitions as the Lua scripts of :mod:`dramatiq_shared.breakers`, taken
-under a lock instead of inside Redis, with the same replies, so
-:class:`~dramatiq_shared.breakers.SharedCircuitBreaker` runs unchanged on either.
+The transitions of :mod:`dramatiq_shared._breaker_redis`'s Lua scripts, taken under a
+lock instead of inside Redis, with the same replies (one table of cases tests both).
 Shared by the threads of one process only: with several worker processes, use Redis.
+It exists because an embedded run (StubBroker, no Redis) still needs working breakers.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
-from typing import Any
 
-import pybreaker
-
+from ._breaker_state import Reply, Snapshot
 from .config import CircuitBreakerConfig
 
-__all__ = ["LocalState", "local_scripts"]
-
-Script = Callable[..., list[Any]]
+__all__ = ["LocalState"]
 
 
 def _now() -> int:
     return int(time.time() * 1000)
 
 
-class LocalState(pybreaker.CircuitBreakerStorage):
-    """One breaker's state: the fields of the Redis hash, and the trial lease."""
+class LocalState:
+    """One breaker's state in memory: the fields of the Redis hash, and the trial lease.
+
+    Parameters:
+      config: The breaker's settings.
+    """
 
     def __init__(self, config: CircuitBreakerConfig) -> None:
-        super().__init__("memory")
-        self.lock = threading.Lock()
-        self.fields: dict[str, int | str] = {"state": "closed", "failures": 0, "successes": 0}
-        self.lease: tuple[str, float] | None = None  # token, expiry (monotonic seconds)
         self._config = config
+        self._lock = threading.Lock()
+        self._state = "closed"
+        self._failures = 0
+        self._successes = 0
+        self._open_until = 0
+        self._reopens = 0
+        self._lease: tuple[str, float] | None = None  # token, expiry (monotonic seconds)
 
-    def lease_holder(self) -> str | None:
-        if self.lease is not None and self.lease[1] <= time.monotonic():
-            self.lease = None
-        return self.lease[0] if self.lease else None
+    # --- the transitions, each under the lock --------------------------------------
 
-    @property
-    def state(self) -> str:
-        return str(self.fields["state"])
+    def acquire(self, token: str) -> Reply:
+        with self._lock:
+            if self._state == "closed":
+                return Reply("closed", self._failures)
+            moved = ""
+            if self._state == "open":
+                wait = self._remaining()
+                if wait > 0:
+                    return Reply("open", wait)
+                self._half_open()
+                moved = "open"
+            holder = self._holder()
+            if holder is None:
+                self._lease = (token, time.monotonic() + self._config.trial_timeout / 1000)
+                return Reply("trial", 0, moved)
+            wait = round((holder[1] - time.monotonic()) * 1000)
+            return Reply("busy", max(0, min(wait, self._config.reset_timeout)), moved)
 
-    @state.setter
-    def state(self, state: str) -> None:
-        with self.lock:
-            self.fields.update(state=state, successes=0)
+    def record_failure(self, token: str | None) -> Reply:
+        config = self._config
+        with self._lock:
+            if self._state == "closed":
+                self._failures += 1
+                if self._failures < config.failure_threshold:
+                    return Reply("closed", self._failures)
+                self._open(config.reset_timeout, 0)
+                return Reply("open", config.reset_timeout, "closed")
+            if self._state == "half-open" and self._holds_trial(token):
+                reopens = self._reopens + 1
+                ceiling = config.max_reset_timeout or config.reset_timeout
+                timeout = min(ceiling, config.reset_timeout * 2**reopens)
+                self._open(timeout, reopens)
+                return Reply("open", timeout, "half-open")
+            if self._state == "open":
+                return Reply("open", self._remaining())
+            return Reply("half-open")
+
+    def record_success(self, token: str | None) -> Reply:
+        with self._lock:
+            if self._state == "closed":
+                self._failures = 0
+                return Reply("closed")
+            if self._state == "half-open" and self._holds_trial(token):
+                self._lease = None
+                self._successes += 1
+                if self._successes >= self._config.success_threshold:
+                    self._close()
+                    return Reply("closed", 0, "half-open")
+                return Reply("half-open")
+            if self._state == "open":
+                return Reply("open", self._remaining())
+            return Reply("half-open")
+
+    def release(self, token: str) -> None:
+        with self._lock:
+            if self._holds_trial(token):
+                self._lease = None
+
+    def read(self) -> Snapshot:
+        with self._lock:
+            wait = self._remaining() if self._state == "open" else 0
+            return Snapshot(self._state, self._failures, self._successes, wait)
+
+    def force(self, state: str) -> Reply:
+        with self._lock:
+            before = self._state
             if state == "open":
-                now = _now()
-                self.fields.update(opened_at=now, open_until=now + self._config.reset_timeout)
+                self._open(self._config.reset_timeout, 0)
             elif state == "closed":
-                self.fields.update(failures=0, reopens=0)
+                self._close()
+            else:
+                self._lease = None
+                self._half_open()
+            wait = self._config.reset_timeout if state == "open" else 0
+            return Reply(state, wait, before if before != state else "")
 
-    def increment_counter(self) -> None:
-        with self.lock:
-            self.fields["failures"] = int(self.fields["failures"]) + 1
+    # --- the steps the transitions share, as the Lua prelude's functions -------------
 
-    def reset_counter(self) -> None:
-        self.fields["failures"] = 0
+    def _remaining(self) -> int:
+        return max(0, self._open_until - _now())
 
-    def increment_success_counter(self) -> None:
-        with self.lock:
-            self.fields["successes"] = int(self.fields["successes"]) + 1
+    def _open(self, timeout: int, reopens: int) -> None:
+        self._state, self._failures, self._successes = "open", 0, 0
+        self._open_until, self._reopens = _now() + timeout, reopens
+        self._lease = None
 
-    def reset_success_counter(self) -> None:
-        self.fields["successes"] = 0
+    def _close(self) -> None:
+        self._state, self._failures, self._successes, self._reopens = "closed", 0, 0, 0
+        self._lease = None
 
-    @property
-    def counter(self) -> int:
-        return int(self.fields["failures"])
+    def _half_open(self) -> None:
+        self._state, self._successes = "half-open", 0
 
-    @property
-    def success_counter(self) -> int:
-        return int(self.fields["successes"])
+    def _holder(self) -> tuple[str, float] | None:
+        if self._lease is not None and self._lease[1] <= time.monotonic():
+            self._lease = None
+        return self._lease
 
-    @property
-    def opened_at(self) -> datetime | None:
-        value = self.fields.get("opened_at")
-        return datetime.fromtimestamp(int(value) / 1000, timezone.utc) if value else None
-
-    @opened_at.setter
-    def opened_at(self, when: datetime) -> None:
-        self.fields["opened_at"] = int(when.timestamp() * 1000)
-
-
-def local_scripts(state: LocalState) -> dict[str, Script]:
-    """The four scripts, over ``state``, called as Redis scripts are: ``(keys=, args=)``."""
-    fields = state.fields
-
-    def acquire(keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
-        _, token, lease_ttl, reset_timeout, _ = args
-        with state.lock:
-            if fields["state"] == "closed":
-                return ["closed", fields["failures"]]
-            moved = 0
-            if fields["state"] == "open":
-                remaining = int(fields.get("open_until", 0)) - _now()
-                if remaining > 0:
-                    return ["open", remaining]
-                fields.update(state="half-open", successes=0)
-                moved = 1
-            if state.lease_holder() is None:
-                state.lease = (token, time.monotonic() + int(lease_ttl) / 1000)
-                return ["trial", moved]
-            wait = round((state.lease[1] - time.monotonic()) * 1000) if state.lease else 0
-            return ["busy", max(0, min(wait, int(reset_timeout)))]
-
-    def failure(keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
-        _, token, threshold, reset_timeout, max_reset, _ = args
-        with state.lock:
-            if fields["state"] == "closed":
-                fields["failures"] = int(fields["failures"]) + 1
-                if int(fields["failures"]) < int(threshold):
-                    return ["closed", fields["failures"]]
-                now = _now()
-                fields.update(
-                    state="open",
-                    failures=0,
-                    successes=0,
-                    opened_at=now,
-                    open_until=now + int(reset_timeout),
-                    reopens=0,
-                )
-                return ["opened", int(reset_timeout)]
-            if fields["state"] == "half-open" and token and state.lease_holder() == token:
-                reopens = int(fields.get("reopens", 0)) + 1
-                timeout = min(int(max_reset), int(reset_timeout) * 2**reopens)
-                now = _now()
-                fields.update(
-                    state="open",
-                    successes=0,
-                    opened_at=now,
-                    open_until=now + timeout,
-                    reopens=reopens,
-                )
-                state.lease = None
-                return ["opened", timeout]
-            if fields["state"] == "open":
-                return ["open", max(0, int(fields.get("open_until", 0)) - _now())]
-            return [fields["state"], 0]
-
-    def success(keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
-        _, token, threshold, _ = args
-        with state.lock:
-            if fields["state"] == "closed":
-                fields["failures"] = 0
-                return ["closed", 0]
-            if fields["state"] == "half-open" and token and state.lease_holder() == token:
-                state.lease = None
-                fields["successes"] = int(fields["successes"]) + 1
-                if int(fields["successes"]) >= int(threshold):
-                    fields.update(state="closed", failures=0, successes=0, reopens=0)
-                    return ["closed", 1]
-                return ["half-open", 0]
-            return [fields["state"], 0]
-
-    def release(keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
-        with state.lock:
-            if state.lease_holder() == args[0]:
-                state.lease = None
-                return [1]
-            return [0]
-
-    return {"acquire": acquire, "failure": failure, "success": success, "release": release}
+    def _holds_trial(self, token: str | None) -> bool:
+        holder = self._holder()
+        return bool(token) and holder is not None and holder[0] == token

@@ -19,9 +19,14 @@ import redis
 from dramatiq.middleware.shutdown import Shutdown
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 from loguru import logger
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from dramatiq_shared import CircuitBreakerConfig, CircuitOpenError, PermanentError, ValidationError
 from dramatiq_shared.breakers import Breakers, SharedCircuitBreaker
+from dramatiq_shared.keys import Keys
+
+from .conftest import free_port
 
 FAST = CircuitBreakerConfig(failure_threshold=3, reset_timeout=300, trial_timeout=2_000)
 
@@ -33,6 +38,10 @@ class Recorder(pybreaker.CircuitBreakerListener):
         self.changes: list[tuple[str, str]] = []
         self.failures = 0
         self.successes = 0
+        self.calls: list[Any] = []
+
+    def before_call(self, cb: Any, func: Any, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((func, args, kwargs))
 
     def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
         self.changes.append((old_state.name, new_state.name))
@@ -58,7 +67,7 @@ def fail(cb: SharedCircuitBreaker, error: BaseException | None = None) -> None:
 def events(client: redis.Redis) -> list[str]:
     return [
         fields[b"event"].decode()
-        for _, fields in client.xrange("dramatiq_shared:breaker-events")
+        for _, fields in client.xrange(Keys().breaker_events)
         if fields[b"event"] != b"rejected"
     ]
 
@@ -204,6 +213,19 @@ def run_trial_processes(
     ]
 
 
+def test_32_workers_in_4_processes_open_the_breaker_exactly_once(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    processes = run_trial_processes(redis_url, "failures", 4, 8)
+    openings = 0
+    for process in processes:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        openings += json.loads(out)
+    assert openings == 1  # 800 failures reported, threshold 50: one process saw it open
+    assert events(redis_client) == ["opened"]
+
+
 def test_half_open_with_32_concurrent_workers_runs_one_trial_at_a_time(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
@@ -254,47 +276,111 @@ def test_a_trial_whose_worker_is_killed_frees_the_lease_after_its_ttl(
 # --- Redis going away ----------------------------------------------------------------
 
 
-def test_redis_down_behaves_closed_warns_once_and_recovers(
+def unreachable() -> redis.Redis:
+    """A client of a port nobody listens on."""
+    return redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+
+
+def test_a_breaker_made_while_redis_is_unreachable_falls_back_closed() -> None:
+    cb = Breakers(unreachable())["x"]
+    assert cb.call(lambda: "served") == "served"
+    fail(cb)
+    assert cb.record_failure(cb.acquire(), RuntimeError("down")).state == "closed"
+    cb.release(cb.acquire())
+    assert (cb.current_state, cb.fail_counter) == ("closed", 0)
+
+
+def test_a_breaker_made_while_redis_is_unreachable_falls_back_open() -> None:
+    cb = Breakers(unreachable(), fallback="open")["x"]
+    with pytest.raises(CircuitOpenError) as refused:
+        cb.call(lambda: "never")
+    assert refused.value.remaining > 0
+    assert cb.current_state == "open"
+
+
+def test_redis_going_down_mid_run_falls_back_logs_once_and_recovers(
     private_redis: tuple[redis.Redis, Any, Any],
 ) -> None:
     client, stop, start = private_redis
-    warnings: list[str] = []
-    handler = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    records: list[tuple[str, str]] = []
+    sink = logger.add(
+        lambda m: records.append((m.record["level"].name, m.record["message"])),
+        filter=lambda r: "reach Redis" in r["message"],
+    )
     try:
-        cb = breaker(client, CircuitBreakerConfig(failure_threshold=2, reset_timeout=60_000))
+        breakers = Breakers(client, default=CircuitBreakerConfig(failure_threshold=2))
+        fail(breakers["svc"])
+        held = breakers["svc"].acquire()  # a call under way when Redis goes
         stop()
+        cb = breakers["made-during-the-outage"]
         for _ in range(10):  # calls go through, unrecorded
             assert cb.call(lambda: "served") == "served"
             fail(cb)
-        assert len([w for w in warnings if "cannot reach Redis" in w]) == 1
+            fail(breakers["svc"])
+        assert breakers["svc"].record_failure(held, RuntimeError("down")).state == "closed"
+        assert breakers["svc"].current_state == "closed"
+        assert [level for level, _ in records] == ["WARNING"]  # one outage, one warning
         start()
-        time.sleep(1.1)  # the breaker asks Redis again after a second
+        time.sleep(1.1)  # the breakers ask Redis again after a second
+        assert breakers["svc"].current_state == "closed"  # a new server: a fresh state
+        assert [level for level, _ in records] == ["WARNING", "INFO"]
         fail(cb)
         fail(cb)
         assert cb.current_state == "open"
     finally:
-        logger.remove(handler)
+        logger.remove(sink)
 
 
-def test_redis_down_with_the_open_fallback_refuses_calls(
+def test_redis_going_down_mid_run_with_the_open_fallback_refuses_calls(
     private_redis: tuple[redis.Redis, Any, Any],
 ) -> None:
-    client, stop, _ = private_redis
-    cb = breaker(client, fallback="open")
+    client, stop, start = private_redis
+    breakers = Breakers(client, fallback="open")
+    held = breakers["svc"].acquire()
     stop()
     with pytest.raises(CircuitOpenError):
-        cb.call(lambda: "never")
+        breakers["svc"].call(lambda: "never")
+    with pytest.raises(CircuitOpenError):
+        breakers["other"].acquire()
+    assert breakers["svc"].record_failure(held, RuntimeError("down")).is_open
+    assert breakers["svc"].current_state == "open"
+    start()
+    time.sleep(1.1)
+    assert breakers["svc"].call(lambda: "served") == "served"
 
 
 def test_pybreakers_manual_controls_work_on_the_shared_state(redis_client: redis.Redis) -> None:
-    cb = breaker(redis_client)
+    recorder = Recorder()
+    cb = breaker(redis_client, listeners=[recorder])
     other = breaker(redis_client)
-    cb.open()
+    assert cb.open() is True
     assert other.current_state == "open"
     with pytest.raises(CircuitOpenError):
         other.acquire()
+    cb.half_open()
+    assert other.current_state == "half-open"
     cb.close()
     assert other.call(lambda: "ok") == "ok"
+    assert recorder.changes == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
+
+
+def test_it_offers_pybreakers_settings_and_tells_listeners_of_calls(
+    redis_client: redis.Redis,
+) -> None:
+    recorder = Recorder()
+    cb = breaker(redis_client, CircuitBreakerConfig(success_threshold=2), listeners=[recorder])
+    assert (cb.name, cb.fail_max, cb.reset_timeout, cb.success_threshold) == ("svc", 5, 60.0, 2)
+    assert cb.listeners == (recorder,)
+
+    def add(a: int, b: int = 0) -> int:
+        return a + b
+
+    assert cb.call(add, 1, b=2) == 3
+    assert recorder.calls == [(add, (1,), {"b": 2})]
+    assert recorder.successes == 1
+    cb.remove_listener(recorder)
+    cb.call(add, 1)
+    assert len(recorder.calls) == 1
 
 
 # --- the same transitions in one process, without Redis -----------------------------

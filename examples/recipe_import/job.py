@@ -39,6 +39,7 @@ from dramatiq_shared import (
     create_worker,
 )
 from dramatiq_shared.cli import progress_bar
+from dramatiq_shared.keys import Keys
 from dramatiq_shared.status.auth import sign
 
 from .recipes import read_recipes
@@ -191,7 +192,7 @@ def _counters(stack: Any) -> tuple[int, int]:
     from dramatiq_shared.middleware.heartbeat import live_workers  # noqa: PLC0415
 
     retries = sum(int(w.get("retried", 0)) for w in live_workers(stack.redis))
-    events = stack.redis.xrange("dramatiq_shared:breaker-events")
+    events = stack.redis.xrange(Keys().breaker_events)
     trips = sum(
         1 for _, e in events if e.get(b"breaker") == b"nutrition" and e.get(b"event") == b"opened"
     )

@@ -13,6 +13,7 @@ import redis
 
 from dramatiq_shared import RedisTransport
 from dramatiq_shared.db.models import Note
+from dramatiq_shared.keys import Keys
 
 from ..conftest import wait_until
 from .proxy import Proxy
@@ -62,7 +63,7 @@ def test_postgres_unreachable_for_10_s_defers_work_and_loses_none(
     assert redis_client.zcard("dramatiq:default.XQ") == 0  # nothing gave up
     opened = [
         fields
-        for _, fields in redis_client.xrange("dramatiq_shared:breaker-events")
+        for _, fields in redis_client.xrange(Keys().breaker_events)
         if fields[b"breaker"] == b"database" and fields[b"event"] == b"opened"
     ]
     assert opened  # the breaker held the work back rather than burning attempts

@@ -21,6 +21,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_shared import CircuitBreakerConfig, ConfigError, RetryConfig
+from dramatiq_shared.keys import Keys
 from dramatiq_shared.middleware import CircuitBreaker
 
 from .conftest import Calls, EnqueueFailsBroker, dead_lettered, decisions, install
@@ -244,7 +245,7 @@ def test_an_outage_seen_by_4_worker_processes_opens_the_breaker_once(
 
     transitions = [
         fields[b"event"].decode()
-        for _, fields in redis_client.xrange("dramatiq_shared:breaker-events")
+        for _, fields in redis_client.xrange(Keys().breaker_events)
         if fields[b"event"] != b"rejected"
     ]
     assert transitions == ["opened", "half-open", "closed"]

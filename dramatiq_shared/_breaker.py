@@ -1,0 +1,336 @@
+"""The circuit breaker itself: pybreaker's surface over a state store.
+
+See :mod:`dramatiq_shared.breakers`, which exports everything here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import pybreaker
+import redis
+from dramatiq.middleware.shutdown import Shutdown
+
+from ._breaker_local import LocalState
+from ._breaker_redis import RedisState
+from ._breaker_state import BreakerState, Reply, StateUnavailableError
+from .config import CircuitBreakerConfig
+from .errors import CircuitOpenError, ConfigError, Defer, PermanentError
+from .keys import DEFAULT_NAMESPACE, Keys
+
+__all__ = ["SharedCircuitBreaker", "Ticket", "Verdict"]
+
+_T = TypeVar("_T")
+
+#: Milliseconds a caller is told to wait when the fallback is "open".
+_FALLBACK_WAIT = 5_000
+_STATE_CLASSES: dict[str, Callable[..., pybreaker.CircuitBreakerState]] = {
+    pybreaker.STATE_CLOSED: pybreaker.CircuitClosedState,
+    pybreaker.STATE_OPEN: pybreaker.CircuitOpenState,
+    pybreaker.STATE_HALF_OPEN: pybreaker.CircuitHalfOpenState,
+}
+
+
+@dataclass
+class Ticket:
+    """A permission to call, from :meth:`SharedCircuitBreaker.acquire`.
+
+    ``trial`` holds the lease token when this call is the half-open trial;
+    ``failures`` is the failure count the breaker had when the call was allowed;
+    ``unrecorded`` is set when Redis could not be asked and the fallback let it through.
+    """
+
+    trial: str | None = None
+    failures: int = 0
+    unrecorded: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the breaker made of a finished call: its state after, and for how long it is open."""
+
+    state: str
+    remaining: int = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.state == pybreaker.STATE_OPEN
+
+
+def _never_counts(error: BaseException) -> bool:
+    # Bad input, deliberate deferrals and shutdowns say nothing about the service.
+    return isinstance(error, (PermanentError, Defer, Shutdown, CircuitOpenError))
+
+
+class SharedCircuitBreaker:
+    """A circuit breaker whose state lives in Redis, moved by atomic scripts.
+
+    Use it as pybreaker's: ``breaker.call(fn, ...)``, ``@breaker``, ``with
+    breaker.calling():``, or simply ``with breaker:``. A refused call raises
+    :class:`~dramatiq_shared.errors.CircuitOpenError` (with ``remaining`` milliseconds)
+    rather than pybreaker's ``CircuitBreakerError``. Nested use in one thread (a
+    breaker-guarded actor calling through the same breaker) is one call.
+
+    Parameters:
+      name: The breaker's name; breakers of one name share state across processes.
+      config: Its settings.
+      client: The Redis client holding the state; None keeps it in this process (an
+        embedded run: its threads share it, other processes do not). Nothing is sent
+        to Redis before the first call.
+      namespace: Prefix of the Redis keys. Default ``"dramatiq_shared"``.
+      listeners: pybreaker listeners, told of calls, failures, successes and transitions.
+      fallback: ``"closed"`` or ``"open"``: how to behave while Redis is unreachable.
+      state: The state store, instead of one made from ``client`` (which is then
+        unused): :class:`Breakers` gives a cached one.
+
+    Raises:
+      ConfigError: When the fallback is neither.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        client: redis.Redis | None,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        listeners: Sequence[pybreaker.CircuitBreakerListener] = (),
+        fallback: str = "closed",
+        state: BreakerState | None = None,
+    ) -> None:
+        if fallback not in ("closed", "open"):
+            raise ConfigError.invalid("fallback", fallback, "'closed' or 'open'")
+        self.config = config
+        self.fallback = fallback
+        self._name = name
+        self._listeners = list(listeners)
+        if state is None:
+            state = (
+                LocalState(config)
+                if client is None
+                else RedisState(client, name, config, Keys(namespace))
+            )
+        self._state = state
+        self._local = threading.local()
+
+    # --- pybreaker's settings and introspection ---------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def fail_max(self) -> int:
+        return self.config.failure_threshold
+
+    @property
+    def reset_timeout(self) -> float:
+        """Seconds the breaker stays open before a trial, as pybreaker counts them."""
+        return self.config.reset_timeout / 1000
+
+    @property
+    def success_threshold(self) -> int:
+        return self.config.success_threshold
+
+    @property
+    def trial_timeout(self) -> int:
+        return self.config.trial_timeout
+
+    @property
+    def current_state(self) -> str:
+        """The shared state now; the fallback while Redis is unreachable."""
+        try:
+            return self._state.read().state
+        except StateUnavailableError:
+            return self.fallback
+
+    @property
+    def fail_counter(self) -> int:
+        """Counted failures in a row; 0 while Redis is unreachable."""
+        try:
+            return self._state.read().failures
+        except StateUnavailableError:
+            return 0
+
+    @property
+    def listeners(self) -> tuple[pybreaker.CircuitBreakerListener, ...]:
+        return tuple(self._listeners)
+
+    def add_listener(self, listener: pybreaker.CircuitBreakerListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: pybreaker.CircuitBreakerListener) -> None:
+        self._listeners.remove(listener)
+
+    def is_system_error(self, error: BaseException) -> bool:
+        """Whether ``error`` counts as a failure: neither excluded nor one that never counts."""
+        return not (self.config.is_excluded(error) or _never_counts(error))
+
+    # --- the protocol: acquire, then one of record_success / record_failure / release ---
+
+    def acquire(self) -> Ticket:
+        """Ask to make a call.
+
+        Returns:
+          A ticket to hand back with the call's outcome.
+
+        Raises:
+          CircuitOpenError: When the breaker is open, or half-open with its one trial
+            already running; ``remaining`` says how long to wait.
+        """
+        token = uuid.uuid4().hex
+        try:
+            reply = self._state.acquire(token)
+        except StateUnavailableError:
+            if self.fallback == "open":
+                raise CircuitOpenError(self.name, _FALLBACK_WAIT) from None
+            return Ticket(unrecorded=True)
+        self._moved(reply)
+        if reply.kind == "closed":
+            return Ticket(failures=reply.number)
+        if reply.kind == "trial":
+            return Ticket(trial=token)
+        self._tell("rejected")
+        raise CircuitOpenError(self.name, reply.number)
+
+    def record_success(self, ticket: Ticket) -> Verdict:
+        """Report that the call succeeded; may close a half-open breaker.
+
+        Returns:
+          The breaker's state after the report.
+        """
+        self._tell("success")
+        if ticket.unrecorded or (ticket.trial is None and ticket.failures == 0):
+            return Verdict(pybreaker.STATE_CLOSED)  # nothing to reset: no round trip
+        return self._verdict(self._state.record_success, ticket.trial)
+
+    def record_failure(self, ticket: Ticket, error: BaseException) -> Verdict:
+        """Report that the call failed with ``error``; counted unless it is excluded.
+
+        An excluded error neither counts nor resets the count; a trial that ends in
+        one gives its lease back so the next caller tries.
+
+        Returns:
+          The breaker's state after the report, with the time it stays open;
+          ``Verdict("not counted")`` for an excluded error.
+        """
+        if not self.is_system_error(error):
+            self.release(ticket)
+            return Verdict("not counted")
+        self._tell("failure", error)
+        if ticket.unrecorded:
+            return Verdict(pybreaker.STATE_CLOSED)
+        return self._verdict(self._state.record_failure, ticket.trial)
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back a trial lease without a verdict (the call was skipped or excluded)."""
+        if ticket.trial is not None:
+            with contextlib.suppress(StateUnavailableError):
+                self._state.release(ticket.trial)
+
+    def _verdict(self, record: Callable[[str | None], Reply], token: str | None) -> Verdict:
+        try:
+            reply = record(token)
+        except StateUnavailableError:
+            return Verdict(self.fallback, _FALLBACK_WAIT if self.fallback == "open" else 0)
+        self._moved(reply)
+        return Verdict(reply.kind, reply.number if reply.kind == pybreaker.STATE_OPEN else 0)
+
+    # --- pybreaker's manual controls ---------------------------------------------------
+
+    def open(self) -> bool:
+        """Open the breaker for every process, for ``reset_timeout``.
+
+        Returns:
+          True, as pybreaker does when it raises on a trip.
+
+        Raises:
+          StateUnavailableError: When Redis cannot be reached.
+        """
+        self._moved(self._state.force(pybreaker.STATE_OPEN))
+        return True
+
+    def half_open(self) -> None:
+        """Let the next caller of any process make a trial.
+
+        Raises:
+          StateUnavailableError: When Redis cannot be reached.
+        """
+        self._moved(self._state.force(pybreaker.STATE_HALF_OPEN))
+
+    def close(self) -> None:
+        """Close the breaker for every process, its counts reset.
+
+        Raises:
+          StateUnavailableError: When Redis cannot be reached.
+        """
+        self._moved(self._state.force(pybreaker.STATE_CLOSED))
+
+    # --- pybreaker's ways of calling ------------------------------------------------
+
+    def call(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Call ``func`` through the breaker; its exceptions propagate unchanged."""
+        with self:
+            self._tell("before_call", func, *args, **kwargs)
+            return func(*args, **kwargs)
+
+    def __call__(self, func: Callable[..., _T]) -> Callable[..., _T]:
+        """Decorate ``func`` so that each call goes through the breaker."""
+
+        @functools.wraps(func)
+        def guarded(*args: Any, **kwargs: Any) -> _T:
+            return self.call(func, *args, **kwargs)
+
+        return guarded
+
+    @contextlib.contextmanager
+    def calling(self) -> Iterator[None]:
+        """A context manager: the block is the call."""
+        with self:
+            yield
+
+    def __enter__(self) -> SharedCircuitBreaker:
+        stack = self._stack()
+        stack.append(None if stack else self.acquire())
+        return self
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        ticket = self._stack().pop()
+        if ticket is None:
+            return  # nested in a call through this breaker: the outer one reports
+        if error is None:
+            self.record_success(ticket)
+        else:
+            self.record_failure(ticket, error)
+
+    def _stack(self) -> list[Ticket | None]:
+        stack: list[Ticket | None] | None = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
+    # --- listeners ---------------------------------------------------------------------
+
+    def _tell(self, event: str, *args: Any, **kwargs: Any) -> None:
+        # "rejected" is this library's addition: pybreaker's listeners lack it.
+        for listener in self._listeners:
+            method = getattr(listener, event, None)
+            if method is not None:
+                method(self, *args, **kwargs)
+
+    def _moved(self, reply: Reply) -> None:
+        if not reply.moved_from:
+            return
+        new = pybreaker.STATE_HALF_OPEN if reply.kind in ("trial", "busy") else reply.kind
+        # Listeners get pybreaker's state objects, built with notify=False: they only
+        # describe a transition the store has already made.
+        cb = cast(Any, self)
+        before = _STATE_CLASSES[reply.moved_from](cb, prev_state=None, notify=False)
+        after = _STATE_CLASSES[new](cb, prev_state=before, notify=False)
+        self._tell("state_change", before, after)

@@ -1,0 +1,168 @@
+"""A process-local view in front of the Redis state: a healthy breaker costs no round trip.
+
+:class:`CachedState` answers ``acquire`` of a breaker it knows to be closed with no
+failures without asking Redis; everything else (every failure and success report,
+every call of a breaker that is not closed and clean, the trial lease) goes to the
+:class:`~dramatiq_shared._breaker_redis.RedisState` behind it, so the guarantees of the
+Lua scripts hold as before: the breaker opens exactly once at its threshold, and one
+half-open trial runs fleet-wide.
+
+What the view knows comes from Redis's own replies: a reply ``closed`` with no failures
+marks the breaker clean. The scripts publish the breaker's name on
+``Keys.breaker_changes`` at every transition and at a closed breaker's first failure;
+a :class:`View`'s subscriber thread then forgets the breaker, and the next call asks
+Redis. A reply is kept only if no message about its breaker arrived while it was on
+its way, so a stale reply cannot overwrite a newer change. While the subscriber is not
+connected (not started yet, or Redis lost), the view knows nothing and every call asks
+Redis, which is also how an outage reaches the breaker's fallback.
+
+A process whose view says clean lets calls through until the message arrives (a few
+milliseconds; the tests require under 50): the price of not asking.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import redis
+
+from ._breaker_redis import RETRY_AFTER, RedisState
+from ._breaker_state import Reply, Snapshot
+from ._redis import text
+from .keys import Keys
+
+__all__ = ["CachedState", "View"]
+
+#: Seconds the subscriber waits for a message before checking it should still run.
+_POLL = 1.0
+
+
+class View:
+    """Which breakers of one Redis are closed and clean, as this process last learnt.
+
+    Parameters:
+      client: The Redis client; the subscriber opens a pub/sub connection of its pool.
+      keys: The key layout, for the changes channel. Default ``Keys()``.
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
+        self._client = client
+        self._channel = (keys or Keys()).breaker_changes
+        self._lock = threading.Lock()
+        self._clean: set[str] = set()
+        self._epochs: dict[str, int] = {}  # messages seen per breaker
+        self._generation = 0  # subscriptions made: a new one forgets what was missed
+        self._listening = False
+        self._pid = 0
+        self._stopped = threading.Event()
+
+    def is_clean(self, name: str) -> bool:
+        """Whether ``name`` is known closed with no failures; starts the subscriber."""
+        if self._pid != os.getpid():  # first use, or a forked child: no thread yet
+            self._start()
+        return self._listening and name in self._clean
+
+    def since(self, name: str) -> tuple[int, int]:
+        """A mark for ``name`` to take before asking Redis, for :meth:`learn`."""
+        with self._lock:
+            return self._generation, self._epochs.get(name, 0)
+
+    def learn(self, name: str, mark: tuple[int, int], reply: Reply) -> None:
+        """Keep what ``reply`` says of ``name``, unless the breaker changed since ``mark``."""
+        clean = reply.kind == "closed" and reply.number == 0
+        with self._lock:
+            if not clean:
+                self._clean.discard(name)
+            elif self._listening and mark == (self._generation, self._epochs.get(name, 0)):
+                self._clean.add(name)
+
+    def stop(self) -> None:
+        """Stop the subscriber; the view then knows nothing."""
+        self._stopped.set()
+        self._forget(listening=False)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._listening = False
+            self._clean.clear()
+        threading.Thread(target=self._subscribe, name="breaker-changes", daemon=True).start()
+
+    def _forget(self, *, listening: bool) -> None:
+        with self._lock:
+            self._clean.clear()
+            self._generation += 1
+            self._listening = listening
+
+    def _subscribe(self) -> None:
+        while not self._stopped.is_set():
+            pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            try:
+                pubsub.subscribe(self._channel)
+                while not self._stopped.is_set():
+                    message = pubsub.get_message(timeout=_POLL)
+                    if message is not None:
+                        self._receive(message)
+            except Exception:
+                # Not only RedisError: redis-py raises TypeError from a socket closed
+                # under it. Messages may be lost from here on: know nothing until
+                # subscribed again. The outage is logged by the state the calls go to.
+                self._forget(listening=False)
+                self._stopped.wait(RETRY_AFTER)
+            finally:
+                pubsub.close()
+
+    def _receive(self, message: dict[str, object]) -> None:
+        if message["type"] == "subscribe":
+            self._forget(listening=True)  # from now on no change goes unnoticed
+        elif message["type"] == "message":
+            name = text(message["data"])  # type: ignore[arg-type]
+            with self._lock:
+                self._clean.discard(name)
+                self._epochs[name] = self._epochs.get(name, 0) + 1
+
+
+class CachedState:
+    """A breaker's :class:`RedisState`, its closed-and-clean ``acquire`` answered by a view.
+
+    Parameters:
+      name: The breaker's name.
+      inner: Its state in Redis.
+      view: The view of the breakers of that Redis.
+    """
+
+    def __init__(self, name: str, inner: RedisState, view: View) -> None:
+        self._name = name
+        self._inner = inner
+        self._view = view
+
+    def acquire(self, token: str) -> Reply:
+        if self._view.is_clean(self._name):
+            return Reply("closed", 0)
+        mark = self._view.since(self._name)
+        return self._learnt(mark, self._inner.acquire(token))
+
+    def record_failure(self, token: str | None) -> Reply:
+        mark = self._view.since(self._name)
+        return self._learnt(mark, self._inner.record_failure(token))
+
+    def record_success(self, token: str | None) -> Reply:
+        mark = self._view.since(self._name)
+        return self._learnt(mark, self._inner.record_success(token))
+
+    def release(self, token: str) -> None:
+        self._inner.release(token)
+
+    def read(self) -> Snapshot:
+        return self._inner.read()
+
+    def force(self, state: str) -> Reply:
+        mark = self._view.since(self._name)
+        return self._learnt(mark, self._inner.force(state))
+
+    def _learnt(self, mark: tuple[int, int], reply: Reply) -> Reply:
+        self._view.learn(self._name, mark, reply)
+        return reply

@@ -1,0 +1,77 @@
+"""What a circuit breaker's state store does, whichever holds it.
+
+:class:`~dramatiq_shared.breakers.SharedCircuitBreaker` decides nothing itself: every
+transition is one call to a :class:`BreakerState`, which applies it atomically and
+answers with a :class:`Reply`. Two stores implement it: Redis (shared by every process,
+:mod:`dramatiq_shared._breaker_redis`) and this process's memory (embedded runs,
+:mod:`dramatiq_shared._breaker_local`). A store that caches another (answering a closed
+breaker's ``acquire`` from a view kept fresh by pub/sub) implements it too, and the
+breaker cannot tell the difference.
+
+Replies are data, so one table of cases tests every store (``tests/test_breaker_state.py``).
+``Reply.number`` means, by ``kind``:
+
+==============  ===================================================================
+``closed``      the failures counted in a row so far
+``open``        milliseconds until a trial is let through
+``half-open``   0: the trial is running or a caller may take it
+``trial``       0: (acquire only) the caller holds the half-open trial lease
+``busy``        (acquire only) milliseconds to wait while another caller's trial runs
+==============  ===================================================================
+
+``Reply.moved_from`` is the state the operation moved the breaker out of, or ``""``
+when it stayed: the breaker tells its listeners of exactly these transitions.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+__all__ = ["BreakerState", "Reply", "Snapshot", "StateUnavailableError"]
+
+
+class Reply(NamedTuple):
+    """A state store's answer to one operation (see the module's table)."""
+
+    kind: str
+    number: int = 0
+    moved_from: str = ""
+
+
+class Snapshot(NamedTuple):
+    """A breaker's state as read, for introspection."""
+
+    state: str
+    failures: int = 0
+    successes: int = 0
+    remaining: int = 0
+
+
+class StateUnavailableError(ConnectionError):
+    """The store holding a breaker's state cannot be reached; the breaker falls back."""
+
+
+class BreakerState(Protocol):
+    """One breaker's state and its transitions, each applied atomically.
+
+    ``token`` identifies a caller's half-open trial lease; only the holder's outcome
+    moves a half-open breaker. Every method may raise :class:`StateUnavailableError`.
+    """
+
+    def acquire(self, token: str) -> Reply:
+        """Ask to call: ``closed`` or ``trial`` let it through, ``open`` or ``busy`` refuse."""
+
+    def record_failure(self, token: str | None) -> Reply:
+        """Count a failure: opens at the threshold, or re-opens when it ends the trial."""
+
+    def record_success(self, token: str | None) -> Reply:
+        """Reset the failures, or count a successful trial, closing at the threshold."""
+
+    def release(self, token: str) -> None:
+        """Give the trial lease back unjudged, so the next caller takes the trial."""
+
+    def read(self) -> Snapshot:
+        """The state now, without moving it."""
+
+    def force(self, state: str) -> Reply:
+        """Move to ``state`` whatever the counts (manual open, close, half-open)."""
