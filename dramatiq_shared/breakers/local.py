@@ -1,6 +1,6 @@
 """Breaker state in this process, for embedded runs without Redis.
 
-The transitions of :mod:`dramatiq_shared._breaker_redis`'s Lua scripts, taken under a
+The transitions of :mod:`dramatiq_shared.breakers.redis_state`'s Lua scripts, taken under a
 lock instead of inside Redis, with the same replies (one table of cases tests both).
 Shared by the threads of one process only: with several worker processes, use Redis.
 It exists because an embedded run (StubBroker, no Redis) still needs working breakers.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 import time
 
-from ._breaker_state import Reply, Snapshot
-from .config import CircuitBreakerConfig
+from ..config import CircuitBreakerConfig
+from .state import Reply, Snapshot
 
 __all__ = ["LocalState"]
 

@@ -25,8 +25,7 @@ from redis.retry import Retry
 from dramatiq_shared import CircuitBreakerConfig, CircuitOpenError, PermanentError, ValidationError
 from dramatiq_shared.breakers import Breakers, SharedCircuitBreaker
 from dramatiq_shared.keys import Keys
-
-from .conftest import free_port
+from tests.conftest import free_port
 
 FAST = CircuitBreakerConfig(failure_threshold=3, reset_timeout=300, trial_timeout=2_000)
 

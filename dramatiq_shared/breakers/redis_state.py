@@ -11,7 +11,7 @@
 
 Time is Redis's clock, so all processes agree on it. Every transition is appended to
 the events stream, for the relay, and published on the changes channel with a closed
-breaker's first failure, for :mod:`~dramatiq_shared._breaker_cache`. Keys come from
+breaker's first failure, for :mod:`~dramatiq_shared.breakers.cache`. Keys come from
 :class:`~dramatiq_shared.keys.Keys`.
 
 An unreachable Redis raises :class:`StateUnavailableError`. The first failure of an outage
@@ -31,10 +31,10 @@ from typing import Any
 import redis
 from loguru import logger
 
-from ._breaker_state import Reply, Snapshot, StateUnavailableError
-from ._redis import text
-from .config import CircuitBreakerConfig
-from .keys import Keys
+from .._redis import text
+from ..config import CircuitBreakerConfig
+from ..keys import Keys
+from .state import Reply, Snapshot, StateUnavailableError
 
 __all__ = ["RedisState"]
 

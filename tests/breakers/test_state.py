@@ -13,9 +13,9 @@ import pytest
 import redis
 
 from dramatiq_shared import CircuitBreakerConfig
-from dramatiq_shared._breaker_local import LocalState
-from dramatiq_shared._breaker_redis import RedisState
-from dramatiq_shared._breaker_state import BreakerState, Reply, Snapshot
+from dramatiq_shared.breakers.local import LocalState
+from dramatiq_shared.breakers.redis_state import RedisState
+from dramatiq_shared.breakers.state import BreakerState, Reply, Snapshot
 
 CONFIG = CircuitBreakerConfig(
     failure_threshold=2,

@@ -7,15 +7,15 @@
 ``pybreaker.CircuitBreaker``: pybreaker's state machine reads and moves its storage in
 separate steps, lets every process that sees the timeout pass send a trial, and reads
 Redis as soon as it is built. Here the breaker holds a state store
-(:class:`~dramatiq_shared._breaker_state.BreakerState`) and each transition is one
+(:class:`~dramatiq_shared.breakers.state.BreakerState`) and each transition is one
 atomic operation of that store: a Lua script in Redis
-(:mod:`~dramatiq_shared._breaker_redis`, which describes the guarantees), or a locked
-method in this process for embedded runs (:mod:`~dramatiq_shared._breaker_local`).
+(:mod:`~dramatiq_shared.breakers.redis_state`, which describes the guarantees), or a locked
+method in this process for embedded runs (:mod:`~dramatiq_shared.breakers.local`).
 
 The wrapped call runs outside any lock. A breaker on its own costs one Redis round trip
 per call, to ask; the success of a healthy (closed, no failures) breaker costs none.
 Those of :class:`Breakers` cost none at all while healthy: a process-local view, kept
-fresh by pub/sub, answers (:mod:`~dramatiq_shared._breaker_cache`).
+fresh by pub/sub, answers (:mod:`~dramatiq_shared.breakers.cache`).
 
 When Redis cannot be reached, at construction or at any call, the breaker follows its
 ``fallback``: ``"closed"`` (the default) lets calls through unrecorded, ``"open"``
@@ -35,14 +35,14 @@ import pybreaker
 import redis
 from loguru import logger
 
-from ._breaker import SharedCircuitBreaker, Ticket, Verdict
-from ._breaker_cache import CachedState, View
-from ._breaker_redis import RedisState
-from ._breaker_state import StateUnavailableError
-from .config import CircuitBreakerConfig
-from .errors import ConfigError
-from .keys import DEFAULT_NAMESPACE, Keys
-from .metrics import BREAKER_REJECTED, BREAKER_STATE, BREAKER_TRANSITIONS, STATE_VALUES
+from ..config import CircuitBreakerConfig
+from ..errors import ConfigError
+from ..keys import DEFAULT_NAMESPACE, Keys
+from ..metrics import BREAKER_REJECTED, BREAKER_STATE, BREAKER_TRANSITIONS, STATE_VALUES
+from .breaker import SharedCircuitBreaker, Ticket, Verdict
+from .cache import CachedState, View
+from .redis_state import RedisState
+from .state import StateUnavailableError
 
 __all__ = [
     "BREAKER_STATES",

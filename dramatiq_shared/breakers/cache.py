@@ -3,7 +3,7 @@
 :class:`CachedState` answers ``acquire`` of a breaker it knows to be closed with no
 failures without asking Redis; everything else (every failure and success report,
 every call of a breaker that is not closed and clean, the trial lease) goes to the
-:class:`~dramatiq_shared._breaker_redis.RedisState` behind it, so the guarantees of the
+:class:`~dramatiq_shared.breakers.redis_state.RedisState` behind it, so the guarantees of the
 Lua scripts hold as before: the breaker opens exactly once at its threshold, and one
 half-open trial runs fleet-wide.
 
@@ -27,10 +27,10 @@ import threading
 
 import redis
 
-from ._breaker_redis import RETRY_AFTER, RedisState
-from ._breaker_state import Reply, Snapshot
-from ._redis import text
-from .keys import Keys
+from .._redis import text
+from ..keys import Keys
+from .redis_state import RETRY_AFTER, RedisState
+from .state import Reply, Snapshot
 
 __all__ = ["CachedState", "View"]
 

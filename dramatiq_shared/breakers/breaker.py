@@ -17,12 +17,12 @@ import pybreaker
 import redis
 from dramatiq.middleware.shutdown import Shutdown
 
-from ._breaker_local import LocalState
-from ._breaker_redis import RedisState
-from ._breaker_state import BreakerState, Reply, StateUnavailableError
-from .config import CircuitBreakerConfig
-from .errors import CircuitOpenError, ConfigError, Defer, PermanentError
-from .keys import DEFAULT_NAMESPACE, Keys
+from ..config import CircuitBreakerConfig
+from ..errors import CircuitOpenError, ConfigError, Defer, PermanentError
+from ..keys import DEFAULT_NAMESPACE, Keys
+from .local import LocalState
+from .redis_state import RedisState
+from .state import BreakerState, Reply, StateUnavailableError
 
 __all__ = ["SharedCircuitBreaker", "Ticket", "Verdict"]
 

@@ -3,12 +3,12 @@
 :class:`~dramatiq_shared.breakers.SharedCircuitBreaker` decides nothing itself: every
 transition is one call to a :class:`BreakerState`, which applies it atomically and
 answers with a :class:`Reply`. Two stores implement it: Redis (shared by every process,
-:mod:`dramatiq_shared._breaker_redis`) and this process's memory (embedded runs,
-:mod:`dramatiq_shared._breaker_local`). A store that caches another (answering a closed
+:mod:`dramatiq_shared.breakers.redis_state`) and this process's memory (embedded runs,
+:mod:`dramatiq_shared.breakers.local`). A store that caches another (answering a closed
 breaker's ``acquire`` from a view kept fresh by pub/sub) implements it too, and the
 breaker cannot tell the difference.
 
-Replies are data, so one table of cases tests every store (``tests/test_breaker_state.py``).
+Replies are data, so one table of cases tests every store (``tests/breakers/test_state.py``).
 ``Reply.number`` means, by ``kind``:
 
 ==============  ===================================================================
