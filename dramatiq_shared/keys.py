@@ -11,20 +11,20 @@ key: the user's part always comes last, after a fixed prefix that names its spac
 ``{ns}:import:items:{import_id}``           set of the import's items counted so far
 ``{ns}:global:status``                      stream of every import's events
 ``{ns}:global:imports``                     sorted set of import ids by last event time
-``{ns}:global:unpersisted``                 sorted set of status batches a history has
-                                            yet to persist
+``{ns}:global:unpersisted``                 sorted set of the tokens of status batches a
+                                            history has yet to persist
 ``{ns}:global:breaker-events``              stream of breaker transitions and refusals
-``{ns}:batch:{token}``                      the ids a status batch got
-``{ns}:batch:{token}:events``               the batch's events, until persisted
+``{ns}:batch:ids:{token}``                  the ids a status batch got
+``{ns}:batch:events:{token}``               the batch's events, until persisted
 ``{ns}:breaker:state:{name}``               hash: one breaker's state
 ``{ns}:breaker:trial:{name}``               the breaker's half-open trial lease
 ``{ns}:breaker:changes``                    pub/sub channel of breaker state changes
 ``{ns}:worker:{host}:{pid}``                a worker process's heartbeat
 ==========================================  ================================================
 
-Batch tokens are made by the library (hex), so ``{token}:events`` cannot be another
-token. Patterns for SCAN escape the namespace, so a namespace holding ``*`` or ``[``
-matches only itself.
+No fixed prefix above is the start of another, so two keys are equal only when they
+are of one kind and their user's parts are equal. Patterns for SCAN escape the
+namespace, so a namespace holding ``*`` or ``[`` matches only itself.
 """
 
 from __future__ import annotations
@@ -93,14 +93,10 @@ class Keys:
     # --- status batches ----------------------------------------------------------------
 
     def batch(self, token: str) -> str:
-        return f"{self.namespace}:batch:{token}"
+        return f"{self.namespace}:batch:ids:{token}"
 
     def batch_events(self, token: str) -> str:
-        return f"{self.batch(token)}:events"
-
-    def batch_token(self, key: str) -> str:
-        """The token of a key made by :meth:`batch`."""
-        return key[len(self.batch("")) :]
+        return f"{self.namespace}:batch:events:{token}"
 
     # --- breakers ----------------------------------------------------------------------
 
