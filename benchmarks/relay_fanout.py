@@ -33,10 +33,12 @@ import redis
 import redis.asyncio as aioredis
 
 from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent
+from dramatiq_shared.keys import Keys
 from dramatiq_shared.status.auth import sign
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 SECRET = "benchmark-secret-32-bytes-long!!"
+KEYS = Keys()
 
 
 def publish(rate: int, imports: int, seconds: float, start: float) -> None:
@@ -137,7 +139,7 @@ async def bare_subscriber(receiver: Receiver, stop: asyncio.Event) -> None:
     client = aioredis.from_url(REDIS_URL)
     last = "$"
     while not stop.is_set():
-        replies = await client.xread({"dramatiq_shared:status:all": last}, count=1_000, block=200)
+        replies = await client.xread({KEYS.all_status: last}, count=1_000, block=200)
         now = time.time()
         for _, entries in replies or []:
             for entry_id, fields in entries:
@@ -171,7 +173,7 @@ async def run_clients(args: argparse.Namespace, url: str, relay_pid: int) -> int
     while publisher.is_alive():
         await asyncio.sleep(0.2)
         rss_peak = max(rss_peak, process_figures(relay_pid)[0])
-    published = redis.Redis.from_url(REDIS_URL).xlen("dramatiq_shared:status:all")
+    published = redis.Redis.from_url(REDIS_URL).xlen(KEYS.all_status)
     expected = published * (1 + args.admins)
     drained = time.time() + 30  # let the backlog arrive, if there is one
     while per_import.count + admins.count < expected and time.time() < drained:

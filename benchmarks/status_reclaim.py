@@ -133,7 +133,7 @@ def run_round(
     stored = history.read(name, after=events - 1)
     if [e["id"] for e in stored] != [events]:
         raise RuntimeError(f"the history of {name} is incomplete")
-    if kept and client.zcard(transport.unpersisted_key):
+    if kept and client.zcard(transport.keys.unpersisted):
         raise RuntimeError("persisted batches were left unsettled")
     client.flushdb()
     return events / elapsed, used / events

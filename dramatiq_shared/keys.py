@@ -11,20 +11,20 @@ key: the user's part always comes last, after a fixed prefix that names its spac
 ``{ns}:import:items:{import_id}``           set of the import's items counted so far
 ``{ns}:global:status``                      stream of every import's events
 ``{ns}:global:imports``                     sorted set of import ids by last event time
-``{ns}:global:unpersisted``                 sorted set of status batches a history has
-                                            yet to persist
+``{ns}:global:unpersisted``                 sorted set of the tokens of status batches a
+                                            history has yet to persist
 ``{ns}:global:breaker-events``              stream of breaker transitions and refusals
-``{ns}:batch:{token}``                      the ids a status batch got
-``{ns}:batch:{token}:events``               the batch's events, until persisted
+``{ns}:batch:ids:{token}``                  the ids a status batch got
+``{ns}:batch:events:{token}``               the batch's events, until persisted
 ``{ns}:breaker:state:{name}``               hash: one breaker's state
 ``{ns}:breaker:trial:{name}``               the breaker's half-open trial lease
 ``{ns}:breaker:changes``                    pub/sub channel of breaker state changes
 ``{ns}:worker:{host}:{pid}``                a worker process's heartbeat
 ==========================================  ================================================
 
-Batch tokens are made by the library (hex), so ``{token}:events`` cannot be another
-token. Patterns for SCAN escape the namespace, so a namespace holding ``*`` or ``[``
-matches only itself.
+No fixed prefix above is the start of another, so two keys are equal only when they
+are of one kind and their user's parts are equal. Patterns for SCAN escape the
+namespace, so a namespace holding ``*`` or ``[`` matches only itself.
 """
 
 from __future__ import annotations
@@ -61,57 +61,66 @@ class Keys:
     # --- per import ------------------------------------------------------------------
 
     def status(self, import_id: str) -> str:
+        """The stream of one import's events."""
         return f"{self.namespace}:import:status:{import_id}"
 
     def sequence(self, import_id: str) -> str:
+        """The import's last event id."""
         return f"{self.namespace}:import:seq:{import_id}"
 
     def completion(self, import_id: str) -> str:
+        """The hash of the import's expected, done and failed items."""
         return f"{self.namespace}:import:completion:{import_id}"
 
     def completion_items(self, import_id: str) -> str:
+        """The set of the import's items counted so far."""
         return f"{self.namespace}:import:items:{import_id}"
 
     # --- global ------------------------------------------------------------------------
 
     @property
     def all_status(self) -> str:
+        """The stream of every import's events."""
         return f"{self.namespace}:global:status"
 
     @property
     def imports(self) -> str:
+        """The sorted set of import ids by last event time."""
         return f"{self.namespace}:global:imports"
 
     @property
     def unpersisted(self) -> str:
+        """The sorted set of the tokens of batches a history has yet to persist."""
         return f"{self.namespace}:global:unpersisted"
 
     @property
     def breaker_events(self) -> str:
+        """The stream of breaker transitions and refused calls."""
         return f"{self.namespace}:global:breaker-events"
 
     # --- status batches ----------------------------------------------------------------
 
     def batch(self, token: str) -> str:
-        return f"{self.namespace}:batch:{token}"
+        """The ids a status batch got."""
+        return f"{self.namespace}:batch:ids:{token}"
 
     def batch_events(self, token: str) -> str:
-        return f"{self.batch(token)}:events"
-
-    def batch_token(self, key: str) -> str:
-        """The token of a key made by :meth:`batch`."""
-        return key[len(self.batch("")) :]
+        """The events of a status batch, until persisted."""
+        return f"{self.namespace}:batch:events:{token}"
 
     # --- breakers ----------------------------------------------------------------------
 
     def breaker(self, name: str) -> str:
+        """The hash of one breaker's state."""
         return f"{self.namespace}:breaker:state:{name}"
 
     def breaker_trial(self, name: str) -> str:
+        """The breaker's half-open trial lease."""
         return f"{self.namespace}:breaker:trial:{name}"
 
     @property
     def breaker_changes(self) -> str:
+        """The pub/sub channel of breaker state changes."""
         return f"{self.namespace}:breaker:changes"
 
     def breaker_pattern(self) -> str:
@@ -125,6 +134,7 @@ class Keys:
     # --- workers -----------------------------------------------------------------------
 
     def worker(self, host: str, pid: int) -> str:
+        """A worker process's heartbeat."""
         return f"{self.namespace}:worker:{host}:{pid}"
 
     def worker_pattern(self) -> str:

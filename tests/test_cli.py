@@ -15,6 +15,7 @@ import pytest
 from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent, __version__
 from dramatiq_shared.cli import main
 from dramatiq_shared.db import MODELS, init_database
+from dramatiq_shared.keys import DEFAULT_NAMESPACE, Keys
 from dramatiq_shared.status.auth import verify
 
 from .conftest import free_port
@@ -178,6 +179,24 @@ def test_health_exits_1_when_the_database_is_down(
     assert "redis     ok" in out
     assert "database  down: OperationalError" in out
     assert "workers   0 live" in out
+
+
+def test_health_lists_breakers_and_status_reads_any_import_id(
+    redis_client: Any, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = Keys(DEFAULT_NAMESPACE)
+    redis_client.hset(keys.breaker("usda-api"), mapping={"state": "open"})
+    redis_client.set(keys.breaker_trial("usda-api"), "lease")  # a lease, not a breaker
+    redis_client.hset(keys.breaker("db"), mapping={"failures": 1})
+    main(["health", "--redis-url", redis_url, "--database", "postgresql://u@127.0.0.1:1/x"])
+    breakers = [line for line in capsys.readouterr().out.splitlines() if "breaker" in line]
+    assert sorted(breakers) == ["breaker db        closed", "breaker usda-api  open"]
+
+    transport = RedisTransport(redis_client)
+    for import_id in ("imports", "all"):  # ids that once were the names of global keys
+        transport.append([StatusEvent(import_id, NoteStatus.PENDING, message=import_id)], 0)
+    assert main(["status", "imports", "--redis-url", redis_url, "--no-follow"]) == 0
+    assert capsys.readouterr().out.split() == ["1", "PENDING", ":", "imports"]
 
 
 def test_the_metrics_exporter_serves_the_worker_processes_folder(tmp_path: Path) -> None:

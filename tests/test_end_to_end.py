@@ -18,6 +18,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq_shared import Broadcaster, CompletionTracker, RedisTransport
 from dramatiq_shared.cli import main
 from dramatiq_shared.db.models import Note, init_database
+from dramatiq_shared.keys import Keys
 from dramatiq_shared.metrics import render
 
 from .conftest import wait_until
@@ -114,7 +115,7 @@ def test_dramatiq_cli_workers_do_the_work_beat_and_stop_without_losing_any(
         wait_for(lambda: Note.select().count() == 100 or workers.poll() is not None)
         assert workers.poll() is None, workers.stderr.read() if workers.stderr else ""
         wait_for(lambda: completed_once(redis_client))
-        wait_for(lambda: len(list(redis_client.scan_iter(match="dramatiq_shared:worker:*"))) == 2)
+        wait_for(lambda: len(list(redis_client.scan_iter(match=Keys().worker_pattern()))) == 2)
         check_commands(redis_url, postgres_url, metrics_dir, capsys, monkeypatch)
 
         # Slow messages in flight when the workers are told to stop.
@@ -126,7 +127,7 @@ def test_dramatiq_cli_workers_do_the_work_beat_and_stop_without_losing_any(
         done = redis_client.scard("e2e:slow-done")
         waiting = redis_client.hlen("dramatiq:slow.msgs")
         assert done + waiting == 30, stderr[-2000:]  # finished, or back in the queue
-        beats = list(redis_client.scan_iter(match="dramatiq_shared:worker:*"))
+        beats = list(redis_client.scan_iter(match=Keys().worker_pattern()))
         assert not beats, stderr[-3000:]  # the heartbeats went with their workers
     finally:
         if workers.poll() is None:

@@ -1,11 +1,11 @@
 """Worker heartbeats: each worker process says it is alive, in Redis, every few seconds.
 
-The key ``{ns}:worker:{host}:{pid}`` holds the worker's status as JSON (host, pid,
-started, threads, queues, messages in flight, processed, failed, retried, last beat)
-and expires after ``ttl``: a worker that died disappears by itself. A heartbeat that
-cannot be written is logged (at most once a minute) and never touches the messages.
-:func:`live_workers` reads them back; :func:`queue_depths` counts each queue's ready,
-delayed and dead messages, on Redis and on RabbitMQ.
+A key per worker process (:meth:`dramatiq_shared.keys.Keys.worker`) holds its status
+as JSON (host, pid, started, threads, queues, messages in flight, processed, failed,
+retried, last beat) and expires after ``ttl``: a worker that died disappears by itself.
+A heartbeat that cannot be written is logged (at most once a minute) and never touches
+the messages. :func:`live_workers` reads them back; :func:`queue_depths` counts each
+queue's ready, delayed and dead messages, on Redis and on RabbitMQ.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from loguru import logger
 
 from .._checks import check_int
 from ..errors import ConfigError
+from ..keys import DEFAULT_NAMESPACE, Keys
 from ..workers import MessageCounts, message_counts
 
 __all__ = ["Heartbeat", "live_workers", "queue_depths"]
@@ -39,7 +40,8 @@ class Heartbeat(Middleware):
       interval: Milliseconds between heartbeats. Default 5000.
       ttl: Milliseconds a heartbeat lasts; a worker silent that long counts as gone.
         Default 15000 (three heartbeats).
-      namespace: Prefix of the keys. Default ``"dramatiq_shared"``.
+      namespace: Prefix of the keys (see :mod:`dramatiq_shared.keys`). Default
+        ``"dramatiq_shared"``.
 
     Raises:
       ConfigError: When ``ttl`` is not longer than ``interval``, or a number is invalid.
@@ -51,12 +53,12 @@ class Heartbeat(Middleware):
         *,
         interval: int = 5_000,
         ttl: int = 15_000,
-        namespace: str = "dramatiq_shared",
+        namespace: str = DEFAULT_NAMESPACE,
     ) -> None:
         self.client = client
         self.interval = check_int("interval", interval, minimum=10, error=ConfigError)
         self.ttl = check_int("ttl", ttl, minimum=interval + 1, error=ConfigError)
-        self.key = f"{namespace}:worker:{socket.gethostname()}:{os.getpid()}"
+        self.key = Keys(namespace).worker(socket.gethostname(), os.getpid())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_at = -60.0
@@ -105,10 +107,10 @@ class Heartbeat(Middleware):
                 return
 
 
-def live_workers(client: redis.Redis, namespace: str = "dramatiq_shared") -> list[dict[str, Any]]:
+def live_workers(client: redis.Redis, namespace: str = DEFAULT_NAMESPACE) -> list[dict[str, Any]]:
     """The workers whose heartbeat has not expired, by host and pid."""
     workers = []
-    for key in client.scan_iter(match=f"{namespace}:worker:*", count=100):
+    for key in client.scan_iter(match=Keys(namespace).worker_pattern(), count=100):
         raw = client.get(key)
         if raw:
             workers.append(json.loads(raw))

@@ -31,6 +31,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from .._checks import check_int
 from .._redis import text
 from ..errors import AuthError, ConfigError
+from ..keys import DEFAULT_NAMESPACE, Keys
 from ..metrics import RELAY_REFUSALS, render
 from ..status.auth import ADMIN, verify
 from .connections import Connection, Hub
@@ -55,7 +56,7 @@ def create_app(
     allowed_origins: Iterable[str] = (),
     max_queue: int = 2_000,
     breaker_client: aioredis.Redis | None = None,
-    namespace: str = "dramatiq_shared",
+    namespace: str = DEFAULT_NAMESPACE,
 ) -> web.Application:
     """Build the relay's aiohttp application.
 
@@ -70,7 +71,8 @@ def create_app(
       max_queue: Frames a client may fall behind before it is cut off; at least 500, more
         than the live feed hands over at once. Default 2000.
       breaker_client: Redis to read circuit breaker states from, for ``/health``.
-      namespace: Prefix of the Redis keys. Default ``"dramatiq_shared"``.
+      namespace: Prefix of the Redis keys (see :mod:`dramatiq_shared.keys`). Default
+        ``"dramatiq_shared"``.
 
     Raises:
       ConfigError: Without a secret outside demo mode, or with a short one.
@@ -126,7 +128,7 @@ class _Relay:
         self.origins = origins
         self.max_queue = max_queue
         self.breaker_client = breaker_client
-        self.namespace = namespace
+        self.keys = Keys(namespace)
         self.hub = Hub()
 
     async def feed(self, app: web.Application) -> AsyncIterator[None]:
@@ -198,8 +200,8 @@ class _Relay:
     async def health(self, request: web.Request) -> web.Response:
         checks: dict[str, Any] = await self.source.check()
         if self.breaker_client is not None:
-            checks["breakers"] = await _breaker_states(self.breaker_client, self.namespace)
-            checks["workers"] = await _live_workers(self.breaker_client, self.namespace)
+            checks["breakers"] = await _breaker_states(self.breaker_client, self.keys)
+            checks["workers"] = await _live_workers(self.breaker_client, self.keys)
         down = any(isinstance(v, str) and v.startswith("down") for v in checks.values())
         checks["status"] = "down" if down else "ok"
         checks["clients"] = len(self.hub.connections)
@@ -228,21 +230,18 @@ def _authorize(request: web.Request, secret: str, import_id: str) -> None:
         ) from None
 
 
-async def _breaker_states(client: aioredis.Redis, namespace: str) -> dict[str, str]:
+async def _breaker_states(client: aioredis.Redis, keys: Keys) -> dict[str, str]:
     states = {}
-    prefix = f"{namespace}:breaker:"
-    async for key in client.scan_iter(match=f"{prefix}*", count=100):
-        name = text(key)[len(prefix) :]
-        if not name.endswith(":trial"):
-            state = await client.hget(key, "state")
-            states[name] = text(state) if state else "closed"
+    async for key in client.scan_iter(match=keys.breaker_pattern(), count=100):
+        state = await client.hget(key, "state")
+        states[keys.breaker_name(text(key))] = text(state) if state else "closed"
     return states
 
 
-async def _live_workers(client: aioredis.Redis, namespace: str) -> list[dict[str, Any]]:
+async def _live_workers(client: aioredis.Redis, keys: Keys) -> list[dict[str, Any]]:
     """The workers whose heartbeat has not expired (see :mod:`..middleware.heartbeat`)."""
     workers = []
-    async for key in client.scan_iter(match=f"{namespace}:worker:*", count=100):
+    async for key in client.scan_iter(match=keys.worker_pattern(), count=100):
         raw = await client.get(key)
         if raw:
             workers.append(json.loads(raw))

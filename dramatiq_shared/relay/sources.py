@@ -21,6 +21,7 @@ from typing import Any, Protocol, cast
 import redis.asyncio as aioredis
 
 from ..db.status_history import StatusHistory
+from ..keys import DEFAULT_NAMESPACE, Keys
 from ..status.transport import MemoryTransport
 
 __all__ = ["Event", "EventSource", "MemorySource", "RedisSource", "frame"]
@@ -82,7 +83,8 @@ class RedisSource:
     Parameters:
       client: An asyncio Redis client.
       history: The database history, for events older than the streams keep.
-      namespace: Prefix of the keys. Default ``"dramatiq_shared"``.
+      namespace: Prefix of the keys (see :mod:`dramatiq_shared.keys`). Default
+        ``"dramatiq_shared"``.
     """
 
     def __init__(
@@ -90,18 +92,16 @@ class RedisSource:
         client: aioredis.Redis,
         history: StatusHistory | None = None,
         *,
-        namespace: str = "dramatiq_shared",
+        namespace: str = DEFAULT_NAMESPACE,
     ) -> None:
         self.client = client
         self.database = history
-        self.namespace = namespace
+        self.keys = Keys(namespace)
 
     async def history(self, import_id: str, after: int, limit: int = PAGE) -> list[Event]:
         entries = cast(
             "list[tuple[bytes, dict[bytes, bytes]]]",
-            await self.client.xrange(
-                f"{self.namespace}:status:{import_id}", min=f"({after}-0", count=limit
-            ),
+            await self.client.xrange(self.keys.status(import_id), min=f"({after}-0", count=limit),
         )
         events = [
             frame(import_id, int(entry_id.split(b"-")[0]), fields[b"event"].decode())
@@ -128,13 +128,13 @@ class RedisSource:
     async def position(self) -> str:
         newest = cast(
             "list[tuple[bytes, dict[bytes, bytes]]]",
-            await self.client.xrevrange(f"{self.namespace}:status:all", count=1),
+            await self.client.xrevrange(self.keys.all_status, count=1),
         )
         return newest[0][0].decode() if newest else "0-0"
 
     async def run(self, dispatch: Dispatch, position: Any) -> None:
         last = position
-        key = f"{self.namespace}:status:all"
+        key = self.keys.all_status
         while True:
             try:
                 replies = await self.client.xread({key: last}, count=READ_COUNT, block=1_000)
@@ -158,14 +158,14 @@ class RedisSource:
     async def imports(self, limit: int = 100) -> list[dict[str, Any]]:
         ids = cast(
             "list[bytes]",
-            await self.client.zrevrange(f"{self.namespace}:status:imports", 0, limit - 1),
+            await self.client.zrevrange(self.keys.imports, 0, limit - 1),
         )
         found = []
         for raw in ids:
             import_id = raw.decode()
             last = cast(
                 "list[tuple[bytes, dict[bytes, bytes]]]",
-                await self.client.xrevrange(f"{self.namespace}:status:{import_id}", count=50),
+                await self.client.xrevrange(self.keys.status(import_id), count=50),
             )
             events = [
                 {**json.loads(fields[b"event"]), "id": int(entry_id.split(b"-")[0])}

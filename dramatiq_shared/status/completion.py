@@ -9,8 +9,9 @@ event: COMPLETED, or FAILED with ``metadata.failed`` items failed. The count and
 locked row), so two processes finishing the last two items at once cannot both see
 themselves last.
 
-Redis keys (expire 7 days after the last change): ``{ns}:completion:{import_id}``
-(hash: total, done, failed, finished) and ``{ns}:completion:{import_id}:items`` (set).
+In Redis, an import's counts (a hash: total, done, failed, finished) and the set of
+its items counted so far expire 7 days after the last change; the names of their keys
+are in :mod:`dramatiq_shared.keys`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .._checks import INT32_MAX, check_id, check_int
 from ..db.models import Completion, CompletionItem
 from ..db.runner import OperationRunner
 from ..errors import ConfigError, ValidationError
+from ..keys import DEFAULT_NAMESPACE, Keys
 from .broadcaster import Broadcaster
 from .events import NoteStatus, StatusEvent
 
@@ -87,7 +89,8 @@ class CompletionTracker:
       redis_client: Keep the counts in Redis (for workers in many processes).
       database: Or in the database: a database from
         :func:`~dramatiq_shared.db.models.init_database`, for embedded use.
-      namespace: Prefix of the Redis keys. Default ``"dramatiq_shared"``.
+      namespace: Prefix of the Redis keys (see :mod:`dramatiq_shared.keys`). Default
+        ``"dramatiq_shared"``.
 
     Raises:
       ConfigError: Unless exactly one of ``redis_client`` and ``database`` is given.
@@ -99,12 +102,12 @@ class CompletionTracker:
         *,
         redis_client: redis.Redis | None = None,
         database: peewee.Database | None = None,
-        namespace: str = "dramatiq_shared",
+        namespace: str = DEFAULT_NAMESPACE,
     ) -> None:
         if (redis_client is None) == (database is None):
             raise ConfigError("CompletionTracker needs exactly one of redis_client and database")
         self.broadcaster = broadcaster
-        self.namespace = namespace
+        self.keys = Keys(namespace)
         self._redis = redis_client
         if redis_client is not None:
             self._mark = redis_client.register_script(_MARK)
@@ -125,7 +128,7 @@ class CompletionTracker:
             stored, finished = self._store.expect(import_id, total)
         else:
             assert self._redis is not None
-            reply = self._expect(keys=[self._key(import_id)], args=[total, _TTL])
+            reply = self._expect(keys=[self.keys.completion(import_id)], args=[total, _TTL])
             stored, finished = int(reply[0]), bool(int(reply[1]))
         if stored != total:
             raise ValidationError(
@@ -151,7 +154,7 @@ class CompletionTracker:
         else:
             assert self._redis is not None
             reply = self._mark(
-                keys=[self._key(import_id), f"{self._key(import_id)}:items"],
+                keys=[self.keys.completion(import_id), self.keys.completion_items(import_id)],
                 args=[item_id, 1 if ok else 0, _TTL],
             )
             outcome, done, total, failed, finished = (int(v) for v in reply)
@@ -194,9 +197,6 @@ class CompletionTracker:
                 metadata=metadata,
             )
         )
-
-    def _key(self, import_id: str) -> str:
-        return f"{self.namespace}:completion:{import_id}"
 
 
 class _DatabaseCounts:

@@ -3,24 +3,13 @@
 A transport numbers each import's events 1, 2, 3... (across every process publishing
 to it) and keeps them readable by import, and all imports together, for the relay.
 
-Redis keys, under ``namespace`` (default ``dramatiq_shared``):
-
-================================  ====================================================
-``{ns}:status:{import_id}``       stream of one import's events; the entry id is
-                                  ``{event id}-0``, the field ``event`` its JSON
-                                  (without ``id``); trimmed to about ``maxlen`` entries
-``{ns}:status-seq:{import_id}``   the import's last event id
-``{ns}:status:all``               stream of every import's events: fields
-                                  ``import_id``, ``id``, ``event``; trimmed likewise
-``{ns}:status:imports``           sorted set of import ids by last event time (ms)
-``{ns}:status-batch:{token}``     the ids a batch got, for 10 minutes: a retried
-                                  append whose reply was lost publishes nothing twice
-                                  (for as long as its events are kept, if longer)
-``{ns}:status-batch:{token}:      when a history will persist the batch: its events,
-events``                          until they are persisted (at most an hour)
-``{ns}:status:unpersisted``       sorted set of the batch keys of those, by when they
-                                  were appended or last reclaimed
-================================  ====================================================
+In Redis, each import has a stream whose entry ids are ``{event id}-0`` (the field
+``event`` holds its JSON, without ``id``) and a counter of its last id; one more stream
+holds every import's events (fields ``import_id``, ``id``, ``event``), and a sorted set
+the imports by last event time. Streams are trimmed to about ``maxlen`` entries. A
+batch's ids are kept for 10 minutes (or as long as its events, if longer), so a retried
+append whose reply was lost publishes nothing twice. The names of these keys are in
+:mod:`dramatiq_shared.keys`.
 
 Between the stream and the history there is a window: a broadcaster persists what it
 streamed a moment later, in batches. A process killed in that window would leave
@@ -46,6 +35,8 @@ from loguru import logger
 
 from .._redis import text
 from ..errors import ValidationError
+from ..keys import DEFAULT_NAMESPACE, Keys
+from ._scripts import APPEND, RECLAIM
 from .events import StatusEvent
 
 __all__ = [
@@ -114,58 +105,6 @@ class Reclaimed(NamedTuple):
     unreadable: int
 
 
-# KEYS: the all-stream, the imports index, the batch's key, its events' key, the
-# unpersisted set, then a stream and a counter per event. ARGV: maxlen, timestamp, the
-# batch key's TTL (ms), the TTL of kept events (ms) or 0 to keep none, then an import
-# id and a JSON text per event. A batch whose key exists was appended before (its
-# reply was lost): its ids are returned again and nothing is appended twice.
-_APPEND = """
-local done = redis.call('GET', KEYS[3])
-if done then return cjson.decode(done) end
-local ids, events = {}, {}
-for i = 0, (#KEYS - 5) / 2 - 1 do
-  local stream, counter = KEYS[6 + 2 * i], KEYS[7 + 2 * i]
-  local import_id, event = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
-  local id = redis.call('INCR', counter)
-  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], id .. '-0', 'event', event)
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-             'import_id', import_id, 'id', id, 'event', event)
-  redis.call('ZADD', KEYS[2], ARGV[2], import_id)
-  ids[#ids + 1] = id
-  events[#events + 1] = event
-end
-local ttl = ARGV[3]
-if ARGV[4] ~= '0' then
-  ttl = ARGV[4]
-  redis.call('SET', KEYS[4], cjson.encode(events), 'PX', ttl)
-  redis.call('ZADD', KEYS[5], ARGV[2], KEYS[3])
-end
-redis.call('SET', KEYS[3], cjson.encode(ids), 'PX', ttl)
-return ids
-"""
-
-# KEYS: the unpersisted set. ARGV: appended before (ms), now (ms), limit. Returns the
-# number of expired batches, then the key, ids and events of each batch found, which
-# is leased: its score becomes now, so no one else reclaims it for a while.
-_RECLAIM = """
-local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-local found = {0}
-for _, key in ipairs(keys) do
-  local ids = redis.call('GET', key)
-  local events = redis.call('GET', key .. ':events')
-  if ids and events then
-    redis.call('ZADD', KEYS[1], ARGV[2], key)
-    found[#found + 1] = key
-    found[#found + 1] = ids
-    found[#found + 1] = events
-  else
-    redis.call('ZREM', KEYS[1], key)
-    found[1] = found[1] + 1
-  end
-end
-return found
-"""
-
 #: Milliseconds a batch's ids are remembered, for a retried append.
 _BATCH_TTL = 600_000
 #: Milliseconds the events of a batch wait in Redis for someone to persist them.
@@ -177,33 +116,20 @@ class RedisTransport:
 
     Parameters:
       client: The Redis client.
-      namespace: Prefix of the keys. Default ``"dramatiq_shared"``.
+      namespace: Prefix of the keys (see :mod:`dramatiq_shared.keys`). Default
+        ``"dramatiq_shared"``.
       maxlen: About how many events each stream keeps (the database keeps them all).
         Default 10000.
     """
 
     def __init__(
-        self, client: redis.Redis, *, namespace: str = "dramatiq_shared", maxlen: int = 10_000
+        self, client: redis.Redis, *, namespace: str = DEFAULT_NAMESPACE, maxlen: int = 10_000
     ) -> None:
         self.client = client
-        self.namespace = namespace
+        self.keys = Keys(namespace)
         self.maxlen = maxlen
-        self._append = client.register_script(_APPEND)
-        self._reclaim = client.register_script(_RECLAIM)
-
-    def stream_key(self, import_id: str) -> str:
-        return f"{self.namespace}:status:{import_id}"
-
-    @property
-    def all_key(self) -> str:
-        return f"{self.namespace}:status:all"
-
-    @property
-    def unpersisted_key(self) -> str:
-        return f"{self.namespace}:status:unpersisted"
-
-    def _batch_key(self, token: str) -> str:
-        return f"{self.namespace}:status-batch:{token}"
+        self._append = client.register_script(APPEND)
+        self._reclaim = client.register_script(RECLAIM)
 
     def append(
         self,
@@ -213,43 +139,41 @@ class RedisTransport:
         batch: str | None = None,
         persist: bool = False,
     ) -> list[int]:
-        key = self._batch_key(batch or uuid.uuid4().hex)
+        token = batch or uuid.uuid4().hex
         keys = [
-            self.all_key,
-            f"{self.namespace}:status:imports",
-            key,
-            f"{key}:events",
-            self.unpersisted_key,
+            self.keys.all_status,
+            self.keys.imports,
+            self.keys.batch(token),
+            self.keys.batch_events(token),
+            self.keys.unpersisted,
         ]
         kept = _UNPERSISTED_TTL if persist else 0
-        args: list[Any] = [self.maxlen, timestamp, _BATCH_TTL, kept]
+        args: list[Any] = [self.maxlen, timestamp, _BATCH_TTL, kept, token]
         for event in events:
-            keys += [
-                self.stream_key(event.import_id),
-                f"{self.namespace}:status-seq:{event.import_id}",
-            ]
+            keys += [self.keys.status(event.import_id), self.keys.sequence(event.import_id)]
             args += [event.import_id, wire_json(event, timestamp)]
         return [int(i) for i in self._append(keys=keys, args=args)]
 
     def persisted(self, batches: Sequence[str]) -> None:
         if not batches:
             return
-        keys = [self._batch_key(token) for token in batches]
         pipeline = self.client.pipeline(transaction=False)
-        pipeline.zrem(self.unpersisted_key, *keys)
-        pipeline.delete(*(f"{key}:events" for key in keys))
-        for key in keys:  # the ids stay as long as any batch's, for a retried append
-            pipeline.pexpire(key, _BATCH_TTL)
+        pipeline.zrem(self.keys.unpersisted, *batches)
+        pipeline.delete(*(self.keys.batch_events(token) for token in batches))
+        for token in batches:  # the ids stay as long as any batch's, for a retried append
+            pipeline.pexpire(self.keys.batch(token), _BATCH_TTL)
         pipeline.execute()
 
     def reclaim(self, older_than: int, limit: int = 100) -> Reclaimed:
         now = int(time.time() * 1000)
-        found = self._reclaim(keys=[self.unpersisted_key], args=[now - older_than, now, limit])
-        prefix = len(self._batch_key(""))
+        found = self._reclaim(
+            keys=[self.keys.unpersisted],
+            args=[now - older_than, now, limit, self.keys.batch(""), self.keys.batch_events("")],
+        )
         batches: list[tuple[str, list[tuple[int, int, StatusEvent]]]] = []
         unreadable: list[str] = []
-        for key, ids, events in zip(found[1::3], found[2::3], found[3::3], strict=True):
-            token = text(key)[prefix:]
+        for raw, ids, events in zip(found[1::3], found[2::3], found[3::3], strict=True):
+            token = text(raw)
             try:
                 wires = [json.loads(text) for text in json.loads(events)]
                 records = [
@@ -272,7 +196,7 @@ class RedisTransport:
     def read(self, import_id: str, after: int = 0, limit: int = 1_000) -> list[dict[str, Any]]:
         entries = cast(
             "list[tuple[bytes, dict[bytes, bytes]]]",
-            self.client.xrange(self.stream_key(import_id), min=f"({after}-0", count=limit),
+            self.client.xrange(self.keys.status(import_id), min=f"({after}-0", count=limit),
         )
         return [
             {**json.loads(fields[b"event"]), "id": int(entry_id.split(b"-")[0])}

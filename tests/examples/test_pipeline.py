@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from dramatiq_shared.keys import Keys
 from examples.recipe_import.job import DEFAULT_RECIPES
 from examples.recipe_import.nutrition import NutritionServer
 
@@ -116,7 +117,7 @@ def test_redis_and_postgres_with_two_worker_processes_count_what_embedded_counts
     assert distributed["notes"] == {"COMPLETED": 300}
     assert distributed["endings"] == embedded["endings"] == 1
     # Both worker processes stopped cleanly: their heartbeats went with them.
-    assert not list(redis_client.scan_iter(match="dramatiq_shared:worker:*"))
+    assert not list(redis_client.scan_iter(match=Keys().worker_pattern()))
 
 
 def test_a_poisoned_recipe_fails_its_note_with_a_clear_message_and_no_other(

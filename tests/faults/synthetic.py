@@ -103,10 +103,10 @@ def unpersisted(client: redis.Redis) -> dict[bytes, int]:
     """Each status batch streamed for the history and not yet persisted, with its size."""
     transport = RedisTransport(client)
     sizes = {}
-    for key in client.zrange(transport.unpersisted_key, 0, -1):
-        kept = client.get(key)
+    for token in client.zrange(transport.keys.unpersisted, 0, -1):
+        kept = client.get(transport.keys.batch(token.decode()))
         if kept is not None:
-            sizes[key] = len(json.loads(kept))
+            sizes[token] = len(json.loads(kept))
     return sizes
 
 

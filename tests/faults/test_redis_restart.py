@@ -11,6 +11,7 @@ import redis
 
 from dramatiq_shared import RedisTransport
 from dramatiq_shared.db.models import Note
+from dramatiq_shared.keys import Keys
 
 from ..conftest import RedisServer, wait_until
 from .synthetic import endings, executions, prepare, stored_event_ids, workers
@@ -53,7 +54,7 @@ def test_redis_restarted_mid_run_loses_nothing(
 
     ran = executions(client, IMPORT)
     assert set(ran) == set(range(MESSAGES))
-    counts = client.hgetall(f"dramatiq_shared:completion:{IMPORT}")
+    counts = client.hgetall(Keys().completion(IMPORT))
     assert endings(client, IMPORT) == ["COMPLETED"], counts
     # The stream keeps the newest events; the database all of them, without a gap.
     last = RedisTransport(client).read(IMPORT, limit=100_000)[-1]["id"]

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from dramatiq_shared import AuthError, NoteStatus, RedisTransport, StatusEvent
+from dramatiq_shared.keys import Keys
 from dramatiq_shared.status.auth import sign, verify
 
 from .conftest import SECRET, RunningRelay, collect
@@ -229,8 +230,10 @@ def test_limits_frame_size_subscriptions_and_rate(redis_relay: RunningRelay) -> 
 def test_health_reports_redis_and_breaker_states(
     redis_relay: RunningRelay, redis_client: redis.Redis
 ) -> None:
-    redis_client.hset("dramatiq_shared:breaker:usda-api", mapping={"state": "open"})
-    redis_client.set("dramatiq_shared:worker:host:42", '{"host": "host", "pid": 42}', px=5_000)
+    keys = Keys()
+    redis_client.hset(keys.breaker("usda-api"), mapping={"state": "open"})
+    redis_client.set(keys.breaker_trial("usda-api"), "lease", px=5_000)  # not a breaker
+    redis_client.set(keys.worker("host", 42), '{"host": "host", "pid": 42}', px=5_000)
 
     async def scenario() -> tuple[int, dict[str, Any]]:
         async with (

@@ -131,8 +131,8 @@ def test_redis_transport_numbers_each_import_without_gaps_across_publishers(
         assert [e["id"] for e in events] == list(range(1, 201))
         assert {e["importId"] for e in events} == {import_id}
     assert [e["id"] for e in reader.read("imp-1", after=195)] == [196, 197, 198, 199, 200]
-    assert redis_client.xlen("dramatiq_shared:status:all") == 400
-    assert set(redis_client.zrange("dramatiq_shared:status:imports", 0, -1)) == {b"imp-1", b"imp-2"}
+    assert redis_client.xlen(reader.keys.all_status) == 400
+    assert set(redis_client.zrange(reader.keys.imports, 0, -1)) == {b"imp-1", b"imp-2"}
 
 
 def test_the_memory_transport_feeds_an_asyncio_loop() -> None:
@@ -276,7 +276,7 @@ def test_what_a_killed_process_streamed_but_never_persisted_is_reclaimed(
     broadcaster.close()
     assert history.read("imp-dead", limit=1_000) == streamed
     assert broadcaster.counts["reclaimed"] == 250
-    assert redis_client.zcard(transport.unpersisted_key) == 0
+    assert redis_client.zcard(transport.keys.unpersisted) == 0
     database.close()
 
 
@@ -291,10 +291,10 @@ def test_persisted_batches_leave_redis_but_keep_their_ids(
         broadcaster.publish(progress(n, note_id=f"note-{n}"))
     broadcaster.close()
     assert broadcaster.counts["persisted"] == 20
-    assert redis_client.zcard(transport.unpersisted_key) == 0
-    batches = redis_client.keys("dramatiq_shared:status-batch:*")
+    assert redis_client.zcard(transport.keys.unpersisted) == 0
+    batches = redis_client.keys(transport.keys.batch("*"))
     assert batches
-    assert not [key for key in batches if key.endswith(b":events")]  # the events went
+    assert not redis_client.keys(transport.keys.batch_events("*"))  # the events went
     kept = [json.loads(redis_client.get(key)) for key in batches]  # type: ignore[arg-type]
     assert sorted(i for ids in kept for i in ids) == list(range(1, 21))
     assert all(0 < redis_client.pttl(key) <= 600_000 for key in batches)
@@ -310,19 +310,16 @@ def test_reclaim_counts_expired_batches_and_drops_unreadable_ones(
 ) -> None:
     transport = RedisTransport(redis_client)
     transport.append([progress(1)], 1_000, batch="good", persist=True)
-    redis_client.set("dramatiq_shared:status-batch:garbled", "[7]")
-    redis_client.set("dramatiq_shared:status-batch:garbled:events", '["{}"]')
-    redis_client.zadd(
-        transport.unpersisted_key,
-        {"dramatiq_shared:status-batch:garbled": 0, "dramatiq_shared:status-batch:gone": 0},
-    )
+    redis_client.set(transport.keys.batch("garbled"), "[7]")
+    redis_client.set(transport.keys.batch_events("garbled"), '["{}"]')
+    redis_client.zadd(transport.keys.unpersisted, {"garbled": 0, "gone": 0})
     found = transport.reclaim(older_than=0)
     assert (found.expired, found.unreadable) == (1, 1)
     assert [(token, [i for i, _, _ in records]) for token, records in found.batches] == [
         ("good", [1])
     ]
     assert found.batches[0][1][0][2] == progress(1)
-    assert not redis_client.exists("dramatiq_shared:status-batch:garbled:events")
+    assert not redis_client.exists(transport.keys.batch_events("garbled"))
     assert transport.reclaim(older_than=60_000).batches == []  # leased to the first caller
     transport.persisted(["good"])
-    assert redis_client.zcard(transport.unpersisted_key) == 0
+    assert redis_client.zcard(transport.keys.unpersisted) == 0

@@ -8,7 +8,6 @@ is one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -21,23 +20,19 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from prometheus_client import start_http_server
 
-from . import __version__
-from ._redis import text
-from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
-from .db.dead_letters import DeadLetterRecord, DeadLetterStore
-from .db.models import MODELS, create_tables, init_database
-from .errors import ConfigError, DramatiqSharedError
-from .metrics import registry as metrics_registry
-from .middleware.heartbeat import live_workers, queue_depths
-from .relay import __main__ as relay_main
-from .status.auth import sign
+from .. import __version__
+from .._redis import text
+from ..config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
+from ..db.models import MODELS, create_tables, init_database
+from ..errors import ConfigError, DramatiqSharedError
+from ..metrics import registry as metrics_registry
+from ..middleware.heartbeat import live_workers, queue_depths
+from ..relay import __main__ as relay_main
+from ..status.auth import sign
+from . import dead_letters
+from ._common import KEYS, database_config, first_line, positive, redis_client
 
 __all__ = ["build_parser", "main", "progress_bar"]
-
-
-def _database(args: argparse.Namespace) -> DatabaseConfig:
-    config = DatabaseConfig.from_env()
-    return dataclasses.replace(config, url=args.database) if args.database else config
 
 
 def _show_config(args: argparse.Namespace) -> int:
@@ -52,75 +47,10 @@ def _show_config(args: argparse.Namespace) -> int:
 
 
 def _init_db(args: argparse.Namespace) -> int:
-    config = _database(args)
+    config = database_config(args)
     create_tables(init_database(config))
     print(f"{len(MODELS)} tables ready in {config.redacted_url}")
     return 0
-
-
-# --- dead letters ------------------------------------------------------------------
-
-
-def _store(args: argparse.Namespace) -> DeadLetterStore:
-    return DeadLetterStore(init_database(_database(args)))
-
-
-def _dead_letters_list(args: argparse.Namespace) -> int:
-    rows = _store(args).list(limit=args.limit, include_retried=args.all)
-    if not rows:
-        print(
-            "no dead letters" if args.all else "no dead letters waiting (--all shows retried ones)"
-        )
-        return 0
-    print(
-        f"{'ID':>6}  {'FAILED AT (UTC)':<19}  {'ACTOR':<24}  {'QUEUE':<12}  ERRORS"
-        f"  {'RETRIED':<7}  ERROR"
-    )
-    for row in rows:
-        retried = "yes" if row.retried_at else "no"
-        print(
-            f"{row.id:>6}  {row.failed_at:%Y-%m-%d %H:%M:%S}  {row.actor_name[:24]:<24}"
-            f"  {row.queue_name[:12]:<12}  {_error_count(row):>6}  {retried:<7}"
-            f"  {row.error_type}: {row.error_message[:60]}"
-        )
-    return 0
-
-
-def _error_count(row: DeadLetterRecord) -> int:
-    return int(row.message.get("options", {}).get("error_count", len(row.error_history)))
-
-
-def _dead_letters_show(args: argparse.Namespace) -> int:
-    row = _store(args).get(args.id)
-    shown = dataclasses.asdict(row)
-    shown["failed_at"] = f"{row.failed_at:%Y-%m-%dT%H:%M:%S}Z"
-    shown["retried_at"] = f"{row.retried_at:%Y-%m-%dT%H:%M:%S}Z" if row.retried_at else None
-    print(json.dumps(shown, indent=2, default=str))
-    return 0
-
-
-def _dead_letters_retry(args: argparse.Namespace) -> int:
-    url = args.redis_url or os.environ.get("REDIS_URL")
-    if not url:
-        raise ConfigError("retrying needs the broker: pass --redis-url or set REDIS_URL")
-    store = _store(args)
-    broker = RedisBroker(url=url)  # type: ignore[no-untyped-call]  # dramatiq leaves it untyped
-    try:
-        for dead_letter_id in args.ids:
-            if store.retry(dead_letter_id, broker):
-                print(f"{dead_letter_id}: enqueued again with a fresh attempt count")
-            else:
-                print(f"{dead_letter_id}: already retried, not enqueued again")
-    finally:
-        broker.close()
-    return 0
-
-
-def _redis(args: argparse.Namespace) -> redis.Redis:
-    url = args.redis_url or os.environ.get("REDIS_URL")
-    if not url:
-        raise ConfigError("this needs Redis: pass --redis-url or set REDIS_URL")
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
 
 
 def _depths(client: redis.Redis, workers: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -130,8 +60,8 @@ def _depths(client: redis.Redis, workers: list[dict[str, Any]]) -> dict[str, dic
 
 
 def _workers(args: argparse.Namespace) -> int:
-    client = _redis(args)
-    workers = live_workers(client)
+    client = redis_client(args)
+    workers = live_workers(client, KEYS.namespace)
     if not workers:
         print("no live workers")
     else:
@@ -153,29 +83,27 @@ def _workers(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     checks: dict[str, str] = {}
     workers: list[dict[str, Any]] = []
-    client = _redis(args)
+    client = redis_client(args)
     try:
         client.ping()
         checks["redis"] = "ok"
-        workers = live_workers(client)
+        workers = live_workers(client, KEYS.namespace)
         checks["workers"] = f"{len(workers)} live"
         for queue, depth in _depths(client, workers).items():
             checks[f"queue {queue}"] = ", ".join(f"{n} {kind}" for kind, n in depth.items())
-        for key in client.scan_iter(match="dramatiq_shared:breaker:*"):
-            name = text(key).split(":", 2)[2]
-            if not name.endswith(":trial"):
-                state = client.hget(key, "state")
-                checks[f"breaker {name}"] = text(state) if state else "closed"
+        for key in client.scan_iter(match=KEYS.breaker_pattern()):
+            state = client.hget(key, "state")
+            checks[f"breaker {KEYS.breaker_name(text(key))}"] = text(state) if state else "closed"
     except redis.RedisError as error:
         checks["redis"] = f"down: {type(error).__name__}: {error}"
-    config = _database(args)
+    config = database_config(args)
     try:
         database = init_database(config)
         with database.connection_context():
             database.execute_sql("SELECT 1")  # type: ignore[no-untyped-call]
         checks["database"] = "ok"
     except peewee.DatabaseError as error:
-        checks["database"] = f"down: {_first_line(error)}"
+        checks["database"] = f"down: {first_line(error)}"
     width = max(len(name) for name in checks)
     for name, value in checks.items():
         print(f"{name:<{width}}  {value}")
@@ -183,8 +111,8 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    client = _redis(args)
-    key = f"dramatiq_shared:status:{args.import_id}"
+    client = redis_client(args)
+    key = KEYS.status(args.import_id)
     after = args.after
     while True:
         replies = cast(
@@ -237,61 +165,6 @@ def _token(args: argparse.Namespace) -> int:
         raise ConfigError("minting a token needs the relay's secret: set DRAMATIQ_SHARED_SECRET")
     print(sign(args.import_id, secret, ttl=args.ttl))
     return 0
-
-
-def _dead_letters_purge(args: argparse.Namespace) -> int:
-    if not (args.ids or args.retried or args.all):
-        raise ConfigError("purge what? give ids, --retried or --all")
-    purged = _store(args).purge(ids=args.ids, retried=args.retried, everything=args.all)
-    print(f"purged {purged} dead letter{'s' if purged != 1 else ''}")
-    return 0
-
-
-# --- the parser ----------------------------------------------------------------------
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _add_dead_letters(
-    commands: Any, database: argparse.ArgumentParser, redis: argparse.ArgumentParser
-) -> None:
-    dead = commands.add_parser(
-        "dead-letters",
-        help="list, show, retry and purge messages that failed for good",
-        description="Messages that failed for good, as the ErrorHandling middleware recorded them.",
-    )
-    dead_commands = dead.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    listing = dead_commands.add_parser(
-        "list", parents=[database], help="the newest dead letters first"
-    )
-    listing.add_argument("--limit", type=_positive, default=50, help="at most this many (50)")
-    listing.add_argument("--all", action="store_true", help="include those already retried")
-    listing.set_defaults(run=_dead_letters_list)
-    show = dead_commands.add_parser(
-        "show", parents=[database], help="one dead letter as JSON, error history included"
-    )
-    show.add_argument("id", type=_positive)
-    show.set_defaults(run=_dead_letters_show)
-    retry = dead_commands.add_parser(
-        "retry",
-        parents=[database, redis],
-        help="enqueue dead letters again with a fresh attempt count (once each)",
-    )
-    retry.add_argument("ids", type=_positive, nargs="+", metavar="ID")
-    retry.set_defaults(run=_dead_letters_retry)
-    purge = dead_commands.add_parser("purge", parents=[database], help="delete dead letters")
-    purge.add_argument("ids", type=_positive, nargs="*", metavar="ID")
-    purge.add_argument("--retried", action="store_true", help="those already retried")
-    purge.add_argument("--all", action="store_true", help="every dead letter")
-    purge.set_defaults(run=_dead_letters_purge)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -386,10 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
         " DRAMATIQ_SHARED_SECRET.",
     )
     token.add_argument("import_id", metavar="IMPORT_ID")
-    token.add_argument("--ttl", type=_positive, default=3600, help="seconds it is valid (3600)")
+    token.add_argument("--ttl", type=positive, default=3600, help="seconds it is valid (3600)")
     token.set_defaults(run=_token)
 
-    _add_dead_letters(commands, database, redis)
+    dead_letters.add_parser(commands, database, redis)
     return parser
 
 
@@ -405,21 +278,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DramatiqSharedError as error:
         return _fail(str(error))
     except peewee.DatabaseError as error:
-        return _fail(f"the database refused or did not answer: {_first_line(error)}")
+        return _fail(f"the database refused or did not answer: {first_line(error)}")
     except redis.RedisError as error:
-        return _fail(f"Redis did not answer: {_first_line(error)}")
+        return _fail(f"Redis did not answer: {first_line(error)}")
     return status
-
-
-def _first_line(error: Any) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _fail(message: str) -> int:
     print(f"dramatiq-shared: error: {message}", file=sys.stderr)
     return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

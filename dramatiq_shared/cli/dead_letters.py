@@ -1,0 +1,119 @@
+"""``dramatiq-shared dead-letters``: list, show, retry and purge messages that failed for good."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any
+
+from dramatiq.brokers.redis import RedisBroker
+
+from ..db.dead_letters import DeadLetterRecord, DeadLetterStore
+from ..db.models import init_database
+from ..errors import ConfigError
+from ._common import database_config, positive, redis_url
+
+__all__ = ["add_parser"]
+
+
+def _store(args: argparse.Namespace) -> DeadLetterStore:
+    return DeadLetterStore(init_database(database_config(args)))
+
+
+def _list(args: argparse.Namespace) -> int:
+    rows = _store(args).list(limit=args.limit, include_retried=args.all)
+    if not rows:
+        print(
+            "no dead letters" if args.all else "no dead letters waiting (--all shows retried ones)"
+        )
+        return 0
+    print(
+        f"{'ID':>6}  {'FAILED AT (UTC)':<19}  {'ACTOR':<24}  {'QUEUE':<12}  ERRORS"
+        f"  {'RETRIED':<7}  ERROR"
+    )
+    for row in rows:
+        retried = "yes" if row.retried_at else "no"
+        print(
+            f"{row.id:>6}  {row.failed_at:%Y-%m-%d %H:%M:%S}  {row.actor_name[:24]:<24}"
+            f"  {row.queue_name[:12]:<12}  {_error_count(row):>6}  {retried:<7}"
+            f"  {row.error_type}: {row.error_message[:60]}"
+        )
+    return 0
+
+
+def _error_count(row: DeadLetterRecord) -> int:
+    return int(row.message.get("options", {}).get("error_count", len(row.error_history)))
+
+
+def _show(args: argparse.Namespace) -> int:
+    row = _store(args).get(args.id)
+    shown = dataclasses.asdict(row)
+    shown["failed_at"] = f"{row.failed_at:%Y-%m-%dT%H:%M:%S}Z"
+    shown["retried_at"] = f"{row.retried_at:%Y-%m-%dT%H:%M:%S}Z" if row.retried_at else None
+    print(json.dumps(shown, indent=2, default=str))
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    url = redis_url(args, "retrying needs the broker")
+    store = _store(args)
+    broker = RedisBroker(url=url)  # type: ignore[no-untyped-call]  # dramatiq leaves it untyped
+    try:
+        for dead_letter_id in args.ids:
+            if store.retry(dead_letter_id, broker):
+                print(f"{dead_letter_id}: enqueued again with a fresh attempt count")
+            else:
+                print(f"{dead_letter_id}: already retried, not enqueued again")
+    finally:
+        broker.close()
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    if not (args.ids or args.retried or args.all):
+        raise ConfigError("purge what? give ids, --retried or --all")
+    purged = _store(args).purge(ids=args.ids, retried=args.retried, everything=args.all)
+    print(f"purged {purged} dead letter{'s' if purged != 1 else ''}")
+    return 0
+
+
+def add_parser(
+    commands: Any, database: argparse.ArgumentParser, redis: argparse.ArgumentParser
+) -> None:
+    """Add ``dead-letters`` and its commands to ``commands``.
+
+    Parameters:
+      commands: The subparsers of the ``dramatiq-shared`` parser.
+      database: The parent parser of the ``--database`` option.
+      redis: The parent parser of the ``--redis-url`` option.
+    """
+    dead = commands.add_parser(
+        "dead-letters",
+        help="list, show, retry and purge messages that failed for good",
+        description="Messages that failed for good, as the ErrorHandling middleware recorded them.",
+    )
+    dead_commands = dead.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    listing = dead_commands.add_parser(
+        "list", parents=[database], help="the newest dead letters first"
+    )
+    listing.add_argument("--limit", type=positive, default=50, help="at most this many (50)")
+    listing.add_argument("--all", action="store_true", help="include those already retried")
+    listing.set_defaults(run=_list)
+    show = dead_commands.add_parser(
+        "show", parents=[database], help="one dead letter as JSON, error history included"
+    )
+    show.add_argument("id", type=positive)
+    show.set_defaults(run=_show)
+    retry = dead_commands.add_parser(
+        "retry",
+        parents=[database, redis],
+        help="enqueue dead letters again with a fresh attempt count (once each)",
+    )
+    retry.add_argument("ids", type=positive, nargs="+", metavar="ID")
+    retry.set_defaults(run=_retry)
+    purge = dead_commands.add_parser("purge", parents=[database], help="delete dead letters")
+    purge.add_argument("ids", type=positive, nargs="*", metavar="ID")
+    purge.add_argument("--retried", action="store_true", help="those already retried")
+    purge.add_argument("--all", action="store_true", help="every dead letter")
+    purge.set_defaults(run=_purge)
