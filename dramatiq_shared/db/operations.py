@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -21,19 +21,9 @@ import peewee
 
 from .._checks import INT32_MAX, check_id, check_int, check_text
 from ..errors import ValidationError
-from .bulk import chunks, insert_rows, upsert_clause
-from .models import (
-    Import,
-    Ingredient,
-    IngredientLine,
-    LineIngredient,
-    Note,
-    NoteStatus,
-    ParseStatus,
-    Segment,
-    utcnow,
-)
-from .runner import RunsOperations, integrity_violation
+from ..stores.bulk import chunks, existing, insert_rows, upsert_clause
+from ..stores.runner import integrity_violation
+from .models import DomainOperations, NoteState, ParseStatus, utcnow
 
 __all__ = [
     "DatabaseOperations",
@@ -58,27 +48,19 @@ MAX_RAW_TEXT = 1_000_000
 #: Longest normalised ingredient name stored.
 MAX_INGREDIENT_NAME = 255
 
-# Column orders of the rows the batch operations build.
-_NOTE_FIELDS = (
-    Note.id,
-    Note.import_ref,
-    Note.title,
-    Note.raw_text,
-    Note.status,
-    Note.created_at,
-    Note.updated_at,
-)
+# Field orders of the rows the batch operations build.
+_NOTE_FIELDS = ("id", "import_ref", "title", "raw_text", "status", "created_at", "updated_at")
 _LINE_FIELDS = (
-    IngredientLine.id,
-    IngredientLine.note,
-    IngredientLine.block_index,
-    IngredientLine.line_index,
-    IngredientLine.reference,
-    IngredientLine.parse_status,
-    IngredientLine.created_at,
-    IngredientLine.updated_at,
+    "id",
+    "note",
+    "block_index",
+    "line_index",
+    "reference",
+    "parse_status",
+    "created_at",
+    "updated_at",
 )
-_SEGMENT_FIELDS = (Segment.line, Segment.position, Segment.rule, Segment.type, Segment.value)
+_SEGMENT_FIELDS = ("line", "position", "rule", "type", "value")
 
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 _WHITESPACE = re.compile(r"\s+")
@@ -156,7 +138,7 @@ class NoteData:
       import_id: The import it came with, which must exist; None for none.
       title: The recipe's title, at most 1,000 characters.
       raw_text: The note's text as received, at most 1,000,000 characters.
-      status: A :class:`NoteStatus` or its name. Default ``PENDING``.
+      status: A :class:`NoteState` or its name. Default ``PENDING``.
 
     Raises:
       ValidationError: Naming the first field that is invalid.
@@ -165,14 +147,14 @@ class NoteData:
     import_id: str | None = None
     title: str = ""
     raw_text: str = ""
-    status: NoteStatus | str = NoteStatus.PENDING
+    status: NoteState | str = NoteState.PENDING
 
     def __post_init__(self) -> None:
         if self.import_id is not None:
             check_id("import_id", self.import_id)
         check_text("title", self.title, max_length=MAX_NOTE_TITLE, allow_empty=True)
         check_text("raw_text", self.raw_text, max_length=MAX_RAW_TEXT, allow_empty=True)
-        object.__setattr__(self, "status", _status("status", self.status, NoteStatus))
+        object.__setattr__(self, "status", _status("status", self.status, NoteState))
 
 
 @dataclass(frozen=True)
@@ -209,10 +191,10 @@ def _coerce(path: str, value: Any, kind: type[_T]) -> _T:
         raise ValidationError(f"{path}.{error}", field=f"{path}.{error.field}") from None
 
 
-class DatabaseOperations(RunsOperations):
+class DatabaseOperations(DomainOperations):
     """The pipeline's writes, each idempotent, race-safe and retried on transient errors.
 
-    Takes the arguments of :class:`~dramatiq_shared.db.runner.RunsOperations`.
+    Takes the arguments of :class:`~dramatiq_shared.stores.runner.RunsOperations`.
     """
 
     # --- imports and notes -------------------------------------------------
@@ -223,12 +205,13 @@ class DatabaseOperations(RunsOperations):
         Raises:
           ValidationError: When ``import_id`` or ``total_notes`` is invalid.
         """
+        m = self._models
         check_id("import_id", import_id)
         if total_notes is not None:
             check_int("total_notes", total_notes, minimum=0, maximum=INT32_MAX)
-        query = Import.insert(id=import_id, total_notes=total_notes).on_conflict(
-            conflict_target=[Import.id],
-            update={Import.total_notes: peewee.EXCLUDED.total_notes},
+        query = m.Import.insert(id=import_id, total_notes=total_notes).on_conflict(
+            conflict_target=[m.Import.id],
+            update={m.Import.total_notes: peewee.EXCLUDED.total_notes},
         )
         self._runner.run(query.execute)
 
@@ -238,18 +221,19 @@ class DatabaseOperations(RunsOperations):
         Raises:
           ValidationError: When a field is invalid or the import does not exist.
         """
+        m = self._models
         check_id("note_id", note_id)
         data = _coerce("data", data, NoteData)
         now = utcnow()
-        row = (note_id, data.import_id, data.title, data.raw_text, NoteStatus(data.status).value)
+        row = (note_id, data.import_id, data.title, data.raw_text, NoteState(data.status).value)
 
         def write() -> None:
             insert_rows(
-                Note,
+                m.Note,
                 _NOTE_FIELDS,
                 [(*row, now, now)],
                 batch_size=1,
-                suffix=upsert_clause(Note, Note.id, _NOTE_FIELDS[1:5], Note.updated_at),
+                suffix=upsert_clause(m.Note, "id", _NOTE_FIELDS[1:5], "updated_at"),
             )
 
         try:
@@ -261,7 +245,7 @@ class DatabaseOperations(RunsOperations):
                 f"import_id: no import {data.import_id!r}", field="import_id"
             ) from None
 
-    def set_note_status(self, note_id: str, status: NoteStatus | str) -> bool:
+    def set_note_status(self, note_id: str, status: NoteState | str) -> bool:
         """Set a note's status; setting the status it has changes nothing.
 
         Returns:
@@ -270,8 +254,9 @@ class DatabaseOperations(RunsOperations):
         Raises:
           ValidationError: When ``note_id`` or ``status`` is invalid.
         """
+        m = self._models
         check_id("note_id", note_id)
-        return self._set_status(Note.status, note_id, _status("status", status, NoteStatus))
+        return self._set_status(m.Note.status, note_id, _status("status", status, NoteState))
 
     def set_line_status(self, line_id: str, status: ParseStatus | str) -> bool:
         """Set a parsed line's status, leaving the rest of it as it is; setting the status
@@ -283,18 +268,19 @@ class DatabaseOperations(RunsOperations):
         Raises:
           ValidationError: When ``line_id`` or ``status`` is invalid.
         """
+        m = self._models
         check_id("line_id", line_id)
         status = _status("status", status, ParseStatus)
-        return self._set_status(IngredientLine.parse_status, line_id, status)
+        return self._set_status(m.IngredientLine.parse_status, line_id, status)
 
-    def _set_status(self, column: peewee.Field, key: str, status: NoteStatus | ParseStatus) -> bool:
+    def _set_status(self, column: peewee.Field, key: str, status: NoteState | ParseStatus) -> bool:
         model = column.model
         query = model.update({column: status.value, model.updated_at: utcnow()}).where(
             (model.id == key) & (column != status.value)
         )
         if self._runner.run(query.execute):
             return True
-        return bool(self._runner.run(lambda: list(_existing(model, model.id, [key]))))
+        return bool(self._runner.run(lambda: list(existing(model, model.id, [key]))))
 
     def line_counts(self, note_id: str) -> dict[ParseStatus, int]:
         """How many lines of a note have each parse status (every status, 0 included).
@@ -302,11 +288,14 @@ class DatabaseOperations(RunsOperations):
         Raises:
           ValidationError: When ``note_id`` is invalid.
         """
+        m = self._models
         check_id("note_id", note_id)
         query = (
-            IngredientLine.select(IngredientLine.parse_status, peewee.fn.COUNT(IngredientLine.id))
-            .where(IngredientLine.note == note_id)
-            .group_by(IngredientLine.parse_status)
+            m.IngredientLine.select(
+                m.IngredientLine.parse_status, peewee.fn.COUNT(m.IngredientLine.id)
+            )
+            .where(m.IngredientLine.note == note_id)
+            .group_by(m.IngredientLine.parse_status)
             .tuples()
         )
         counts = dict.fromkeys(ParseStatus, 0)
@@ -352,6 +341,7 @@ class DatabaseOperations(RunsOperations):
           ValidationError: Naming the line and field, when one is invalid, a line id
             appears twice, a note does not exist, or a position is taken.
         """
+        m = self._models
         pairs = list(lines.items() if isinstance(lines, Mapping) else lines)
         now = utcnow()
         rows: list[tuple[Any, ...]] = []
@@ -373,16 +363,11 @@ class DatabaseOperations(RunsOperations):
         def write() -> None:
             with self._runner.transaction():
                 insert_rows(
-                    IngredientLine,
+                    m.IngredientLine,
                     _LINE_FIELDS,
                     [(*row, now, now) for row in rows],
                     batch_size=self.config.batch_size,
-                    suffix=upsert_clause(
-                        IngredientLine,
-                        IngredientLine.id,
-                        _LINE_FIELDS[1:6],
-                        IngredientLine.updated_at,
-                    ),
+                    suffix=upsert_clause(m.IngredientLine, "id", _LINE_FIELDS[1:6], "updated_at"),
                 )
 
         try:
@@ -394,11 +379,12 @@ class DatabaseOperations(RunsOperations):
     def _explain_line_violation(
         self, error: peewee.IntegrityError, rows: list[tuple[Any, ...]]
     ) -> Exception:
+        m = self._models
         # Only on the failure path: find the row the database refused, to name it.
         violation = integrity_violation(error)
         notes = {row[1] for row in rows}
         if violation == "foreign_key":
-            found = self._runner.run(lambda: set(_existing(Note, Note.id, notes)))
+            found = self._runner.run(lambda: set(existing(m.Note, m.Note.id, notes)))
             position, row = next((n, r) for n, r in enumerate(rows) if r[1] not in found)
             field = f"lines[{position}].data.note_id"
             return ValidationError(f"{field}: no note {row[1]!r}", field=field)
@@ -406,12 +392,12 @@ class DatabaseOperations(RunsOperations):
             ids = {row[0] for row in rows}
 
             def taken() -> dict[tuple[str, int, int], str]:
-                query = IngredientLine.select(
-                    IngredientLine.id,
-                    IngredientLine.note,
-                    IngredientLine.block_index,
-                    IngredientLine.line_index,
-                ).where(IngredientLine.note.in_(list(notes)))
+                query = m.IngredientLine.select(
+                    m.IngredientLine.id,
+                    m.IngredientLine.note,
+                    m.IngredientLine.block_index,
+                    m.IngredientLine.line_index,
+                ).where(m.IngredientLine.note.in_(list(notes)))
                 return {
                     (row["note"], row["block_index"], row["line_index"]): row["id"]
                     # peewee's stubs type dicts() rows as models; they are dicts.
@@ -463,6 +449,7 @@ class DatabaseOperations(RunsOperations):
         Raises:
           ValidationError: Naming the line, segment and field, or a line that does not exist.
         """
+        m = self._models
         if not isinstance(segments_by_line, Mapping):
             raise ValidationError.invalid(
                 "segments_by_line", segments_by_line, "a mapping of line id to segments"
@@ -485,19 +472,19 @@ class DatabaseOperations(RunsOperations):
         def write() -> None:
             with self._runner.transaction():
                 for ids in chunks(line_ids, self.config.batch_size):
-                    locked = IngredientLine.select(IngredientLine.id).where(
-                        IngredientLine.id.in_(ids)
+                    locked = m.IngredientLine.select(m.IngredientLine.id).where(
+                        m.IngredientLine.id.in_(ids)
                     )
                     if not self._runner.is_sqlite:  # SQLite's IMMEDIATE already excludes writers
-                        locked = locked.order_by(IngredientLine.id).for_update()
+                        locked = locked.order_by(m.IngredientLine.id).for_update()
                     found = {line.id for line in locked}
                     missing = [line_id for line_id in ids if line_id not in found]
                     if missing:
                         raise ValidationError(
                             f"line_id: no parsed ingredient line {missing[0]!r}", field="line_id"
                         )
-                    Segment.delete().where(Segment.line.in_(ids)).execute()
-                insert_rows(Segment, _SEGMENT_FIELDS, rows, batch_size=self.config.batch_size)
+                    m.Segment.delete().where(m.Segment.line.in_(ids)).execute()
+                insert_rows(m.Segment, _SEGMENT_FIELDS, rows, batch_size=self.config.batch_size)
 
         self._runner.run(write)
         return counts
@@ -535,6 +522,7 @@ class DatabaseOperations(RunsOperations):
         Raises:
           ValidationError: Naming the item, when one is invalid.
         """
+        m = self._models
         wanted: dict[str, str] = {}
         order: list[str] = []
         for position, item in enumerate(items):
@@ -555,15 +543,15 @@ class DatabaseOperations(RunsOperations):
             ids: dict[str, int] = {}
             for chunk in chunks(names, self.config.batch_size):
                 inserted = (
-                    Ingredient.insert_many([{"name": n, "reference": wanted[n]} for n in chunk])
+                    m.Ingredient.insert_many([{"name": n, "reference": wanted[n]} for n in chunk])
                     .on_conflict_ignore()
-                    .returning(Ingredient.id, Ingredient.name)
+                    .returning(m.Ingredient.id, m.Ingredient.name)
                     .tuples()
                     .execute()
                 )
                 created.update(name for _, name in inserted)
-                query = Ingredient.select(Ingredient.id, Ingredient.name).where(
-                    Ingredient.name.in_(chunk)
+                query = m.Ingredient.select(m.Ingredient.id, m.Ingredient.name).where(
+                    m.Ingredient.name.in_(chunk)
                 )
                 ids.update((row.name, row.id) for row in query)
             return created, ids
@@ -581,13 +569,14 @@ class DatabaseOperations(RunsOperations):
         Raises:
           ValidationError: When an id is invalid or the line or an ingredient does not exist.
         """
+        m = self._models
         check_id("line_id", line_id)
         ids = sorted(
             {check_int("ingredient_ids[]", i, minimum=1, maximum=2**63 - 1) for i in ingredient_ids}
         )
         if not ids:
             return
-        query = LineIngredient.insert_many(
+        query = m.LineIngredient.insert_many(
             [{"line": line_id, "ingredient": i} for i in ids]
         ).on_conflict_ignore()
         try:
@@ -596,24 +585,18 @@ class DatabaseOperations(RunsOperations):
             if integrity_violation(error) != "foreign_key":
                 raise
             if not self._runner.run(
-                lambda: list(_existing(IngredientLine, IngredientLine.id, [line_id]))
+                lambda: list(existing(m.IngredientLine, m.IngredientLine.id, [line_id]))
             ):
                 raise ValidationError(
                     f"line_id: no parsed ingredient line {line_id!r}", field="line_id"
                 ) from None
-            found = set(self._runner.run(lambda: list(_existing(Ingredient, Ingredient.id, ids))))
+            found = set(
+                self._runner.run(lambda: list(existing(m.Ingredient, m.Ingredient.id, ids)))
+            )
             missing = next(i for i in ids if i not in found)
             raise ValidationError(
                 f"ingredient_ids: no ingredient {missing}", field="ingredient_ids"
             ) from None
-
-
-def _existing(model: type[peewee.Model], key: peewee.Field, values: Iterable[Any]) -> Iterator[Any]:
-    """The values of ``key`` that have a row, read in chunks the driver accepts."""
-    values = list(values)
-    for chunk in chunks(values, 500):
-        for row in model.select(key).where(key.in_(list(chunk))):
-            yield getattr(row, key.name)
 
 
 def _pair(position: int, item: Any) -> tuple[Any, Any]:

@@ -39,10 +39,10 @@ from loguru import logger
 
 from .._checks import check_int
 from ..config import DatabaseConfig
-from ..db.dead_letters import DeadLetterStore
 from ..errors import ConfigError, MessageTooLargeError
 from ..logging import message_context
 from ..metrics import ERRORS
+from ..stores.dead_letters import DeadLetterStore
 from .messages import guard_decoding, qualified_name, record_failure
 from .retry import Retry
 

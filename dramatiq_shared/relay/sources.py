@@ -20,8 +20,8 @@ from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 
-from ..db.status_history import StatusHistory
 from ..status.transport import MemoryTransport
+from ..stores.status_history import StatusHistory
 
 __all__ = ["Event", "EventSource", "MemorySource", "RedisSource", "frame"]
 

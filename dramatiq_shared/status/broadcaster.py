@@ -44,9 +44,9 @@ from typing import Any, TypeVar
 from loguru import logger
 
 from ..config import StatusConfig
-from ..db.status_history import StatusHistory
 from ..errors import ConfigError
 from ..metrics import BROADCASTS
+from ..stores.status_history import StatusHistory
 from .events import StatusEvent
 from .transport import Reclaimable, Transport
 

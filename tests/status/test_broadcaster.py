@@ -31,8 +31,8 @@ from dramatiq_shared import (
     init_database,
     set_broadcaster,
 )
-from dramatiq_shared.db import StatusHistory
 from dramatiq_shared.status import broadcaster as broadcaster_module
+from dramatiq_shared.stores import StatusHistory
 from tests.conftest import wait_until
 
 
