@@ -42,6 +42,7 @@ from dramatiq_shared.db import (
     init_database,
 )
 from dramatiq_shared.db.models import MODELS, IngredientLine, Segment
+from dramatiq_shared.stores import bound_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "labelled_lines.jsonl"
 NOTE = "bench-note"
@@ -107,7 +108,7 @@ def measure(url: str, lines: list[Line]) -> dict[str, float]:
     def timed(write: Callable[[], None]) -> float:
         with database.connection_context():
             for model in reversed(MODELS):
-                model.delete().execute()
+                bound_model(model, database).delete().execute()
         ops.create_or_update_note(NOTE, NoteData(title="benchmark"))
         with database.connection_context():
             started = time.perf_counter()

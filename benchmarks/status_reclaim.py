@@ -52,7 +52,7 @@ from dramatiq_shared import (
     create_tables,
     init_database,
 )
-from dramatiq_shared.db import StatusHistory
+from dramatiq_shared.stores import StatusHistory
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 

@@ -40,13 +40,14 @@ from dramatiq.middleware import Middleware, Retries
 
 from ._checks import check_int
 from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
-from .db.models import create_tables, init_database
-from .db.status_history import StatusHistory
+from .db.models import create_tables
 from .errors import ConfigError
 from .middleware import CircuitBreaker, ErrorHandling, Heartbeat, Retry, StatusBroadcast
 from .status.broadcaster import Broadcaster, set_broadcaster
 from .status.completion import CompletionTracker
 from .status.transport import MemoryTransport, RedisTransport
+from .stores.connection import open_database
+from .stores.status_history import StatusHistory
 from .workers import message_counts
 
 __all__ = ["Stack", "get_stack", "setup_broker"]
@@ -121,7 +122,7 @@ def setup_broker(
         if redis_url
         else None
     )
-    db = init_database(database_config)
+    db = open_database(database_config)
     if database_config.url.startswith("sqlite"):
         create_tables(db)
     history = StatusHistory(db)

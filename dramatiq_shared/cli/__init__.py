@@ -23,12 +23,13 @@ from prometheus_client import start_http_server
 from .. import __version__
 from .._redis import text
 from ..config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
-from ..db.models import MODELS, create_tables, init_database
+from ..db.models import MODELS, create_tables
 from ..errors import ConfigError, DramatiqSharedError
 from ..metrics import registry as metrics_registry
 from ..middleware.heartbeat import live_workers, queue_depths
 from ..relay import __main__ as relay_main
 from ..status.auth import sign
+from ..stores.connection import open_database
 from . import dead_letters
 from ._common import KEYS, database_config, first_line, positive, redis_client
 
@@ -48,7 +49,7 @@ def _show_config(args: argparse.Namespace) -> int:
 
 def _init_db(args: argparse.Namespace) -> int:
     config = database_config(args)
-    create_tables(init_database(config))
+    create_tables(open_database(config))
     print(f"{len(MODELS)} tables ready in {config.redacted_url}")
     return 0
 
@@ -98,7 +99,7 @@ def _health(args: argparse.Namespace) -> int:
         checks["redis"] = f"down: {type(error).__name__}: {error}"
     config = database_config(args)
     try:
-        database = init_database(config)
+        database = open_database(config)
         with database.connection_context():
             database.execute_sql("SELECT 1")  # type: ignore[no-untyped-call]
         checks["database"] = "ok"

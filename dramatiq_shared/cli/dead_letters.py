@@ -9,16 +9,16 @@ from typing import Any
 
 from dramatiq.brokers.redis import RedisBroker
 
-from ..db.dead_letters import DeadLetterRecord, DeadLetterStore
-from ..db.models import init_database
 from ..errors import ConfigError
+from ..stores.connection import open_database
+from ..stores.dead_letters import DeadLetterRecord, DeadLetterStore
 from ._common import database_config, positive, redis_url
 
 __all__ = ["add_parser"]
 
 
 def _store(args: argparse.Namespace) -> DeadLetterStore:
-    return DeadLetterStore(init_database(database_config(args)))
+    return DeadLetterStore(open_database(database_config(args)))
 
 
 def _list(args: argparse.Namespace) -> int:

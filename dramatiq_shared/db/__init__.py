@@ -1,14 +1,21 @@
-"""Persistence: Peewee models, the pipeline's idempotent operations, pattern tracking."""
+"""The recipe-import domain: Peewee models, the pipeline's idempotent operations, patterns.
+
+Built on :mod:`dramatiq_shared.stores`, whose :class:`StatusHistory` is also
+reachable from here, where it used to live.
+"""
 
 from __future__ import annotations
 
+from ..stores.status_history import StatusHistory
 from .models import (
     MODELS,
-    NoteStatus,
+    DomainModels,
+    NoteState,
     ParseStatus,
     create_tables,
     database_config,
     database_proxy,
+    domain_models,
     init_database,
 )
 from .operations import (
@@ -20,19 +27,24 @@ from .operations import (
     normalize_ingredient_name,
 )
 from .patterns import PatternRef, PatternTracker
-from .status_history import StatusHistory
+
+#: The name :class:`NoteState` had when the columns used the event vocabulary's type.
+NoteStatus = NoteState
 
 __all__ = [
     # Opening the database.
     "MODELS",
+    "DomainModels",
     "create_tables",
     "database_config",
     "database_proxy",
+    "domain_models",
     "init_database",
     # Operations and their data.
     "DatabaseOperations",
     "IngredientRef",
     "NoteData",
+    "NoteState",
     "NoteStatus",
     "ParseStatus",
     "ParsedIngredientLineData",

@@ -1,15 +1,14 @@
-"""Peewee models of the recipe-import pipeline and the database they live in.
+"""Peewee models of the recipe-import pipeline's domain, and the database they live in.
 
-Every model is bound to :data:`database_proxy`; :func:`init_database` opens the
-database a :class:`~dramatiq_shared.config.DatabaseConfig` (or URL) names and points
-the proxy at it, so one process talks to one database.
+The models are declared bound to :data:`database_proxy`, for code that talks to one
+database per process: :func:`init_database` opens a database and points the proxy
+at it, and nothing else ever does. The library's own operations do not use the
+proxy: each one works with :func:`domain_models` of the database it was given, copies
+of these models bound to it and to nothing else, so operations on two databases
+work side by side.
 
-* SQLite runs in WAL mode with a busy timeout, so worker threads can write at once;
-  foreign keys are enforced.
-* PostgreSQL goes through psycopg2 with a connection pool of
-  ``DatabaseConfig.connection_limit`` connections per process.
-
-Tables (all prefixed ``ds_`` so they sit beside an application's own):
+Tables (all prefixed ``ds_`` so they sit beside an application's own); the last four
+belong to the stores of :mod:`dramatiq_shared.stores`:
 
 =============================  ==================================================
 ``ds_imports``                 one import of many notes
@@ -30,49 +29,42 @@ Tables (all prefixed ``ds_`` so they sit beside an application's own):
 from __future__ import annotations
 
 import enum
-import json
-import weakref
-from datetime import datetime, timezone
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from dataclasses import dataclass
 
 import peewee
-from playhouse.pool import PooledPostgresqlDatabase
 
 from ..config import DatabaseConfig
-from ..status.events import NoteStatus
+from ..stores.completions import Completion, CompletionItem
+from ..stores.connection import database_config, open_database
+from ..stores.dead_letters import DeadLetter
+from ..stores.runner import RunsOperations
+from ..stores.status_history import StatusEventRecord
+from ..stores.tables import JSONField, NoteState, Table, bound_model, utcnow
 
 __all__ = [
     "MODELS",
-    "Completion",
-    "CompletionItem",
-    "DeadLetter",
+    "DomainModels",
+    "DomainOperations",
     "Import",
     "Ingredient",
+    "IngredientLine",
     "LineIngredient",
     "LinePattern",
-    "IngredientLine",
     "Note",
-    "NoteStatus",
+    "NoteState",
     "ParseStatus",
     "PatternLine",
     "Segment",
-    "StatusEventRecord",
     "create_tables",
     "database_config",
     "database_proxy",
+    "domain_models",
     "init_database",
     "utcnow",
 ]
 
-#: The database every model uses; :func:`init_database` initialises it.
+#: The database the models declared here use; only :func:`init_database` points it.
 database_proxy = peewee.DatabaseProxy()
-
-# The config each database was opened with, for the operations that run on it.
-_configs: weakref.WeakKeyDictionary[peewee.Database, DatabaseConfig] = weakref.WeakKeyDictionary()
-
-#: Seconds an idle pooled PostgreSQL connection is kept before it is reopened.
-_STALE_TIMEOUT = 300
 
 
 class ParseStatus(str, enum.Enum):
@@ -84,25 +76,9 @@ class ParseStatus(str, enum.Enum):
     ERROR = "ERROR"
 
 
-def utcnow() -> datetime:
-    """The current UTC time, naive, as every timestamp column stores it."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-class JSONField(peewee.TextField):
-    """JSON kept as text, the same on SQLite and PostgreSQL."""
-
-    def db_value(self, value: Any) -> str | None:
-        return None if value is None else json.dumps(value, separators=(",", ":"))
-
-    def python_value(self, value: Any) -> Any:
-        return None if value is None else json.loads(value)
-
-
-class _Model(peewee.Model):
+class _Model(Table):
     class Meta:
         database = database_proxy
-        legacy_table_names = False
 
 
 class Import(_Model):
@@ -121,7 +97,7 @@ class Note(_Model):
     )
     title = peewee.TextField(default="")
     raw_text = peewee.TextField(default="")
-    status = peewee.CharField(max_length=16, default=NoteStatus.PENDING.value)
+    status = peewee.CharField(max_length=16, default=NoteState.PENDING.value)
     created_at = peewee.DateTimeField(default=utcnow)
     updated_at = peewee.DateTimeField(default=utcnow)
 
@@ -202,64 +178,8 @@ class PatternLine(_Model):
         indexes = ((("pattern", "line_id"), True),)
 
 
-class StatusEventRecord(_Model):
-    id = peewee.AutoField()
-    import_id = peewee.CharField(max_length=128)
-    sequence = peewee.BigIntegerField()
-    status = peewee.CharField(max_length=16)
-    note_id = peewee.CharField(max_length=128, null=True)
-    message = peewee.TextField(null=True)
-    context = peewee.TextField(null=True)
-    current_count = peewee.IntegerField(null=True)
-    total_count = peewee.IntegerField(null=True)
-    indent_level = peewee.SmallIntegerField(default=0)
-    metadata = JSONField(null=True)
-    created_at = peewee.DateTimeField(default=utcnow)
-
-    class Meta:
-        table_name = "ds_status_events"
-        indexes = ((("import_id", "sequence"), True),)
-
-
-class Completion(_Model):
-    import_id = peewee.CharField(max_length=128, primary_key=True)
-    total = peewee.IntegerField()
-    done = peewee.IntegerField(default=0)
-    failed = peewee.IntegerField(default=0)
-    finished = peewee.BooleanField(default=False)
-
-    class Meta:
-        table_name = "ds_completions"
-
-
-class CompletionItem(_Model):
-    completion = peewee.ForeignKeyField(Completion, column_name="import_id", on_delete="CASCADE")
-    item_id = peewee.CharField(max_length=128)
-
-    class Meta:
-        table_name = "ds_completion_items"
-        primary_key = peewee.CompositeKey("completion", "item_id")
-
-
-class DeadLetter(_Model):
-    id = peewee.AutoField()
-    message_id = peewee.CharField(max_length=64, unique=True)
-    queue_name = peewee.CharField(max_length=255)
-    actor_name = peewee.CharField(max_length=255)
-    message = JSONField()
-    error_history = JSONField(default=list)
-    error_type = peewee.CharField(max_length=255, default="")
-    error_message = peewee.TextField(default="")
-    reason = peewee.TextField(default="")
-    failed_at = peewee.DateTimeField(default=utcnow)
-    retried_at = peewee.DateTimeField(null=True)
-
-    class Meta:
-        table_name = "ds_dead_letters"
-
-
-#: Every model, parents before children, as create_tables() wants them.
-MODELS: tuple[type[peewee.Model], ...] = (
+# The domain's models, parents before children.
+_DOMAIN = (
     Import,
     Note,
     IngredientLine,
@@ -268,6 +188,12 @@ MODELS: tuple[type[peewee.Model], ...] = (
     LineIngredient,
     LinePattern,
     PatternLine,
+)
+
+#: The model of every table :func:`create_tables` makes: the domain's, bound to
+#: :data:`database_proxy`, and the stores', bound to no database.
+MODELS: tuple[type[peewee.Model], ...] = (
+    *_DOMAIN,
     StatusEventRecord,
     Completion,
     CompletionItem,
@@ -275,66 +201,83 @@ MODELS: tuple[type[peewee.Model], ...] = (
 )
 
 
+@dataclass(frozen=True)
+class DomainModels:
+    """The domain's models bound to one database; see :func:`domain_models`."""
+
+    Import: type[Import]
+    Note: type[Note]
+    IngredientLine: type[IngredientLine]
+    Segment: type[Segment]
+    Ingredient: type[Ingredient]
+    LineIngredient: type[LineIngredient]
+    LinePattern: type[LinePattern]
+    PatternLine: type[PatternLine]
+
+
+def domain_models(database: peewee.Database) -> DomainModels:
+    """The domain's models bound to ``database``: made on first use, then the same.
+
+    Queries built from them run on ``database`` whatever :data:`database_proxy`
+    points at, from any thread.
+    """
+    return DomainModels(
+        Import=bound_model(Import, database),
+        Note=bound_model(Note, database),
+        IngredientLine=bound_model(IngredientLine, database),
+        Segment=bound_model(Segment, database),
+        Ingredient=bound_model(Ingredient, database),
+        LineIngredient=bound_model(LineIngredient, database),
+        LinePattern=bound_model(LinePattern, database),
+        PatternLine=bound_model(PatternLine, database),
+    )
+
+
+class DomainOperations(RunsOperations):
+    """Base of the domain's operations: the models they use are bound to their database.
+
+    Takes the arguments of :class:`~dramatiq_shared.stores.runner.RunsOperations`.
+    """
+
+    def __init__(
+        self,
+        database: peewee.Database | DatabaseConfig | str,
+        *,
+        config: DatabaseConfig | None = None,
+    ) -> None:
+        super().__init__(database, config=config)
+        self._models = domain_models(self.database)
+
+
 def init_database(config: DatabaseConfig | str) -> peewee.Database:
-    """Open the database ``config`` names and bind every model to it.
+    """Open the database ``config`` names and point :data:`database_proxy` at it.
+
+    For code that uses the models declared here directly, with one database per
+    process; the library's stores and operations need only the database
+    (:func:`~dramatiq_shared.stores.connection.open_database` opens one and binds
+    nothing).
 
     Parameters:
       config: A :class:`DatabaseConfig`, or a URL for one with default settings.
 
     Returns:
-      The database, also reachable as ``database_proxy``; :func:`database_config`
-      gives back the config it was opened with.
+      The database; :func:`database_config` gives back the config it was opened with.
 
     Raises:
       ConfigError: When the URL or a setting is invalid.
     """
-    if isinstance(config, str):
-        config = DatabaseConfig(url=config)
-    parts = urlsplit(config.url)
-    database: peewee.Database
-    if parts.scheme == "sqlite":
-        # sqlite:///relative.db and sqlite:////absolute.db, as SQLAlchemy spells them.
-        path = unquote(config.url[len("sqlite:///") :]) or ":memory:"
-        database = peewee.SqliteDatabase(
-            path,
-            timeout=config.timeout / 1000,
-            returning_clause=True,  # SQLite >= 3.35; tells an insert that did nothing
-            pragmas={
-                "journal_mode": "wal",
-                "busy_timeout": config.timeout,
-                "foreign_keys": 1,
-                "synchronous": "normal",
-            },
-        )
-    else:
-        database = PooledPostgresqlDatabase(
-            unquote(parts.path.lstrip("/")),
-            user=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            host=parts.hostname,
-            port=parts.port,
-            max_connections=config.connection_limit,
-            stale_timeout=_STALE_TIMEOUT,
-            timeout=config.timeout / 1000,
-            connect_timeout=max(1, config.timeout // 1000),
-        )
-    _configs[database] = config
+    database = open_database(config)
     database_proxy.initialize(database)
     return database
-
-
-def database_config(database: peewee.Database) -> DatabaseConfig:
-    """The config ``database`` was opened with; defaults for one opened elsewhere."""
-    return _configs.get(database) or DatabaseConfig()
 
 
 def create_tables(database: peewee.Database | None = None) -> None:
     """Create every table and index that does not exist yet; safe to run again.
 
     Parameters:
-      database: The database to create them in; the one :func:`init_database`
-        opened when omitted.
+      database: The database to create them in; the one :data:`database_proxy`
+        points at when omitted.
     """
     target = database or database_proxy.obj
-    with target.bind_ctx(MODELS), target.connection_context():
-        target.create_tables(MODELS, safe=True)
+    with target.connection_context():
+        target.create_tables([bound_model(model, target) for model in MODELS], safe=True)

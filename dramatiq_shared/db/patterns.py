@@ -17,8 +17,7 @@ from typing import Any
 
 from .._checks import check_id, check_text
 from ..errors import ValidationError
-from .models import LinePattern, PatternLine, utcnow
-from .runner import RunsOperations
+from .models import DomainOperations, utcnow
 
 __all__ = ["PatternRef", "PatternTracker"]
 
@@ -35,10 +34,10 @@ class PatternRef:
     is_new: bool
 
 
-class PatternTracker(RunsOperations):
+class PatternTracker(DomainOperations):
     """Tracks rule sequences and counts the distinct lines that showed each.
 
-    Takes the arguments of :class:`~dramatiq_shared.db.runner.RunsOperations`.
+    Takes the arguments of :class:`~dramatiq_shared.stores.runner.RunsOperations`.
     """
 
     def track(self, rules: Sequence[str], example_line_id: str) -> PatternRef:
@@ -69,30 +68,31 @@ class PatternTracker(RunsOperations):
         line_id = check_id("example_line_id", example_line_id)
         encoded = json.dumps(names, separators=(",", ":"), ensure_ascii=False)
         key = hashlib.sha256(encoded.encode()).hexdigest()
+        m = self._models
 
         def write() -> PatternRef:
             with self._runner.transaction():
                 created = _inserted(
-                    LinePattern.insert(key=key, rules=names, example_line_id=line_id)
+                    m.LinePattern.insert(key=key, rules=names, example_line_id=line_id)
                     .on_conflict_ignore()
-                    .returning(LinePattern.id)
+                    .returning(m.LinePattern.id)
                 )
-                pattern_id = created or LinePattern.get(LinePattern.key == key).id
+                pattern_id = created or m.LinePattern.get(m.LinePattern.key == key).id
                 counted = _inserted(
-                    PatternLine.insert(pattern=pattern_id, line_id=line_id)
+                    m.PatternLine.insert(pattern=pattern_id, line_id=line_id)
                     .on_conflict_ignore()
-                    .returning(PatternLine.id)
+                    .returning(m.PatternLine.id)
                 )
                 if counted:
                     (occurrences,) = _returned(
-                        LinePattern.update(
-                            occurrences=LinePattern.occurrences + 1, last_seen=utcnow()
+                        m.LinePattern.update(
+                            occurrences=m.LinePattern.occurrences + 1, last_seen=utcnow()
                         )
-                        .where(LinePattern.id == pattern_id)
-                        .returning(LinePattern.occurrences)
+                        .where(m.LinePattern.id == pattern_id)
+                        .returning(m.LinePattern.occurrences)
                     )
                 else:
-                    occurrences = LinePattern.get_by_id(pattern_id).occurrences
+                    occurrences = m.LinePattern.get_by_id(pattern_id).occurrences
             return PatternRef(id=pattern_id, occurrences=occurrences, is_new=created is not None)
 
         return self._runner.run(write)

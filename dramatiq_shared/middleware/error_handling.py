@@ -38,10 +38,10 @@ from loguru import logger
 
 from .._checks import check_int
 from ..config import DatabaseConfig
-from ..db.dead_letters import DeadLetterStore
 from ..errors import ConfigError, MessageTooLargeError
 from ..logging import message_context
 from ..metrics import ERRORS
+from ..stores.dead_letters import DeadLetterStore
 from .delivery import Delivery, delivery, is_deferral, seen
 from .messages import guard_decoding, qualified_name
 

@@ -17,11 +17,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from ..config import DatabaseConfig
-from ..db.models import init_database
-from ..db.status_history import StatusHistory
 from ..errors import ConfigError, DramatiqSharedError
 from ..logging import configure_logging
 from ..status.auth import ADMIN, sign
+from ..stores.connection import open_database
+from ..stores.status_history import StatusHistory
 from .app import SECRET, create_app
 from .sources import RedisSource
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     database_url = args.database or (config.url if DatabaseConfig.url_configured() else None)
     history = None
     if database_url:
-        history = StatusHistory(init_database(DatabaseConfig(url=database_url)))
+        history = StatusHistory(open_database(DatabaseConfig(url=database_url)))
     # Blocking: a burst of clients catching up waits for a connection instead of failing.
     client = aioredis.Redis(
         connection_pool=aioredis.BlockingConnectionPool.from_url(

@@ -20,9 +20,9 @@ from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 
-from ..db.status_history import StatusHistory
 from ..keys import DEFAULT_NAMESPACE, Keys
 from ..status.transport import MemoryTransport
+from ..stores.status_history import StatusHistory
 
 __all__ = ["Event", "EventSource", "MemorySource", "RedisSource", "frame"]
 

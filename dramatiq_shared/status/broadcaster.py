@@ -34,9 +34,9 @@ from typing import Any
 from loguru import logger
 
 from ..config import StatusConfig
-from ..db.status_history import StatusHistory
 from ..errors import ConfigError
 from ..metrics import BROADCASTS
+from ..stores.status_history import StatusHistory
 from .coalescer import Coalescer
 from .events import StatusEvent
 from .outbox import Batch, Outbox

@@ -23,10 +23,9 @@ import peewee
 import redis
 
 from .._checks import INT32_MAX, check_id, check_int
-from ..db.models import Completion, CompletionItem
-from ..db.runner import OperationRunner
 from ..errors import ConfigError, ValidationError
 from ..keys import DEFAULT_NAMESPACE, Keys
+from ..stores.completions import CompletionCounts
 from .broadcaster import Broadcaster
 from .events import NoteStatus, StatusEvent
 
@@ -112,7 +111,7 @@ class CompletionTracker:
         if redis_client is not None:
             self._mark = redis_client.register_script(_MARK)
             self._expect = redis_client.register_script(_EXPECT)
-        self._store = _DatabaseCounts(database) if database is not None else None
+        self._store = CompletionCounts(database) if database is not None else None
 
     def expect(self, import_id: str, total: int) -> None:
         """Declare how many items the import has; repeating it with the same total is fine.
@@ -197,63 +196,3 @@ class CompletionTracker:
                 metadata=metadata,
             )
         )
-
-
-class _DatabaseCounts:
-    """The counts in the database, each change under a lock on the import's row."""
-
-    def __init__(self, database: peewee.Database) -> None:
-        self._runner = OperationRunner(database)
-
-    def expect(self, import_id: str, total: int) -> tuple[int, bool]:
-        def write() -> tuple[int, bool]:
-            with self._runner.transaction():
-                added = (
-                    Completion.insert(import_id=import_id, total=total, finished=total == 0)
-                    .on_conflict_ignore()
-                    .as_rowcount()
-                    .execute()
-                )
-                stored = total if added else Completion.get_by_id(import_id).total
-                return stored, bool(added) and total == 0
-
-        return self._runner.run(write)
-
-    def mark(self, import_id: str, item_id: str, ok: bool) -> tuple[int, int, int, int, int]:
-        completion, item = Completion, CompletionItem
-
-        def write() -> tuple[int, int, int, int, int]:
-            with self._runner.transaction():
-                query = completion.select().where(completion.import_id == import_id)
-                if not self._runner.is_sqlite:
-                    query = query.for_update()
-                row = query.first()
-                if row is None:
-                    return -1, 0, 0, 0, 0
-                added = (
-                    item.insert(completion=import_id, item_id=item_id)
-                    .on_conflict_ignore()
-                    .as_rowcount()
-                    .execute()
-                )
-                if not added:
-                    return 0, row.done, row.total, row.failed, 0
-                if row.done >= row.total:
-                    raise _Beyond(row.done, row.total, row.failed)
-                done, failed = row.done + 1, row.failed + (0 if ok else 1)
-                finished = done == row.total and not row.finished
-                completion.update(
-                    done=done, failed=failed, finished=row.finished or finished
-                ).where(completion.import_id == import_id).execute()
-                return 1, done, row.total, failed, int(finished)
-
-        try:
-            return self._runner.run(write)
-        except _Beyond as beyond:
-            return -2, beyond.done, beyond.total, beyond.failed, 0
-
-
-class _Beyond(Exception):  # noqa: N818 - a signal to roll back, not an error anyone sees
-    def __init__(self, done: int, total: int, failed: int) -> None:
-        super().__init__()
-        self.done, self.total, self.failed = done, total, failed

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .._checks import INT32_MAX, check_id, check_int, check_text
+from .._wire import WIRE_KEYS, wire_form
 from ..errors import ValidationError
 
 __all__ = ["TERMINAL", "NoteStatus", "StatusEvent"]
@@ -47,19 +48,8 @@ class NoteStatus(str, enum.Enum):
 #: Statuses after which nothing more happens; never coalesced away.
 TERMINAL = frozenset((NoteStatus.COMPLETED, NoteStatus.FAILED))
 
-# Wire (camelCase) key of each field.
-_WIRE = {
-    "import_id": "importId",
-    "status": "status",
-    "note_id": "noteId",
-    "message": "message",
-    "context": "context",
-    "current_count": "currentCount",
-    "total_count": "totalCount",
-    "indent_level": "indentLevel",
-    "metadata": "metadata",
-}
-_FIELD = {wire: name for name, wire in _WIRE.items()}
+# Field name of each wire (camelCase) key.
+_FIELD = {wire: name for name, wire in WIRE_KEYS.items()}
 
 
 @dataclass(frozen=True)
@@ -136,8 +126,8 @@ class StatusEvent:
         values: dict[str, Any] = {}
         for key, value in fields_.items():
             name = _FIELD.get(key, key) if isinstance(key, str) else key
-            if name not in _WIRE:
-                allowed = ", ".join(_WIRE)
+            if name not in WIRE_KEYS:
+                allowed = ", ".join(WIRE_KEYS)
                 raise ValidationError(
                     f"StatusEvent has no field {key!r}; allowed: {allowed} (or camelCase)",
                     field=str(key),
@@ -164,12 +154,8 @@ class StatusEvent:
         self, *, event_id: int | None = None, timestamp: int | None = None
     ) -> dict[str, Any]:
         """The JSON-ready, camelCase form, with the id and time given at publication."""
-        wire: dict[str, Any] = {"id": event_id}
-        for field in fields(self):
-            value = getattr(self, field.name)
-            wire[_WIRE[field.name]] = value.value if isinstance(value, NoteStatus) else value
-        wire["timestamp"] = timestamp
-        return wire
+        values = {field.name: getattr(self, field.name) for field in fields(self)}
+        return wire_form(values, event_id=event_id, timestamp=timestamp)
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> StatusEvent:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from loguru import logger
 
 from ..config import StatusConfig
-from ..db.status_history import StatusHistory
+from ..stores.status_history import StatusHistory
 from .events import StatusEvent
 from .outbox import Batch, Outbox, retrying
 from .transport import Reclaimable, Transport

@@ -213,7 +213,7 @@ class MemoryTransport:
     Parameters:
       maxlen: Events kept per import; older ones are dropped. Default 10000.
       last_id: Gives an import's last event id from an earlier run (such as
-        :meth:`~dramatiq_shared.db.status_history.StatusHistory.last_id`), asked once
+        :meth:`~dramatiq_shared.stores.status_history.StatusHistory.last_id`), asked once
         per import, so a process that runs an import again goes on numbering its events
         where the history ends instead of reusing ids. Default: start at 1.
     """

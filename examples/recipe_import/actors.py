@@ -50,10 +50,10 @@ from dramatiq_shared import (
     get_stack,
     setup_broker,
 )
-from dramatiq_shared.db.models import Ingredient, IngredientLine, Note, database_proxy, utcnow
+from dramatiq_shared.db.models import domain_models, utcnow
 from dramatiq_shared.db.operations import MAX_NOTE_TITLE, MAX_RAW_TEXT, MAX_REFERENCE
-from dramatiq_shared.db.runner import OperationRunner
 from dramatiq_shared.logging import carried
+from dramatiq_shared.stores import OperationRunner
 
 from .notes import split_ingredients
 from .nutrition import DEFAULT_PORT
@@ -90,6 +90,8 @@ patterns = PatternTracker(stack.database)
 # Reads go through the runner too: it lends each one a pooled connection and retries
 # transient errors, as for the operations' writes.
 runner = OperationRunner(stack.database)
+#: The library's models, bound to the stack's database, for the reads below.
+models = domain_models(stack.database)
 
 
 #: The figures the nutrition service gives for an ingredient, and Nutrition keeps.
@@ -99,7 +101,7 @@ NUTRIENTS = ("kcal", "protein", "fat", "carbs")
 class Nutrition(peewee.Model):
     """An ingredient's nutrition per 100 g, as the service gave it: one row each."""
 
-    ingredient = peewee.ForeignKeyField(Ingredient, primary_key=True, on_delete="CASCADE")
+    ingredient = peewee.ForeignKeyField(models.Ingredient, primary_key=True, on_delete="CASCADE")
     kcal = peewee.FloatField()
     protein = peewee.FloatField()
     fat = peewee.FloatField()
@@ -107,7 +109,7 @@ class Nutrition(peewee.Model):
     fetched_at = peewee.DateTimeField(default=utcnow)
 
     class Meta:
-        database = database_proxy
+        database = stack.database
         table_name = "example_nutrition"
 
 
@@ -172,7 +174,7 @@ def _note_text(recipe: Any) -> str:
 @dramatiq.actor(max_attempts=5, base_delay=500, on_retry_exhausted="note_failed")
 def parse_note(import_id: str, note_id: str) -> None:
     """Split a note into blocks and lines, save them, and parse each line."""
-    note = _get(Note, note_id, "note_id")
+    note = _get(models.Note, note_id, "note_id")
     try:
         data = json.loads(note.raw_text) if note.raw_text else {}
     except ValueError:
@@ -215,7 +217,7 @@ def parse_ingredient_line(import_id: str, note_id: str, line_id: str) -> None:
     message that died half-way does the rest. (Lifecycle events are off for this actor:
     one a line would drown the note's; its progress goes out coalesced instead.)
     """
-    line = _get(IngredientLine, line_id, "line_id")
+    line = _get(models.IngredientLine, line_id, "line_id")
     parsed = parse_line(line.reference)
     operations.replace_parsed_segments(
         line_id, [ParsedSegment(s.index, s.rule, s.type, s.value) for s in parsed.segments]
@@ -353,7 +355,7 @@ def enrich_ingredient(ingredient_id: int, import_id: str | None = None) -> None:
     The actor's breaker counts the service's failures; while it is open, messages wait
     for it without using their attempts.
     """
-    ingredient = _get(Ingredient, ingredient_id, "ingredient_id")
+    ingredient = _get(models.Ingredient, ingredient_id, "ingredient_id")
     found = fetch_nutrition(ingredient.name)
     values = {key: float(found[key]) for key in NUTRIENTS}
     query = Nutrition.insert(ingredient=ingredient_id, **values).on_conflict(

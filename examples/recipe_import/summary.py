@@ -14,17 +14,9 @@ from typing import Any
 import peewee
 
 from dramatiq_shared import NoteStatus, ParseStatus
-from dramatiq_shared.db.models import (
-    Import,
-    Ingredient,
-    IngredientLine,
-    LineIngredient,
-    LinePattern,
-    Note,
-    PatternLine,
-    StatusEventRecord,
-)
-from dramatiq_shared.db.runner import OperationRunner
+from dramatiq_shared.db.models import DomainModels, domain_models
+from dramatiq_shared.stores import OperationRunner, bound_model
+from dramatiq_shared.stores.status_history import StatusEventRecord
 
 from .actors import Nutrition
 
@@ -91,89 +83,99 @@ def _grouped(query: peewee.Query) -> dict[str, int]:
     return {str(key): int(count) for key, count in query.tuples()}
 
 
-def _notes_by_status(import_id: str) -> peewee.Query:
+def _notes_by_status(m: DomainModels, import_id: str) -> peewee.Query:
     return (
-        Note.select(Note.status, peewee.fn.COUNT(Note.id))
-        .where(Note.import_ref == import_id)
-        .group_by(Note.status)
+        m.Note.select(m.Note.status, peewee.fn.COUNT(m.Note.id))
+        .where(m.Note.import_ref == import_id)
+        .group_by(m.Note.status)
     )
 
 
 def note_counts(runner: OperationRunner, import_id: str) -> dict[str, int]:
     """How many of the import's notes have each status."""
-    return runner.run(lambda: _grouped(_notes_by_status(import_id)))
+    m = domain_models(runner.database)
+    return runner.run(lambda: _grouped(_notes_by_status(m, import_id)))
 
 
-def _import_ingredients(import_id: str) -> peewee.Query:
+def _import_ingredients(m: DomainModels, import_id: str) -> peewee.Query:
     return (
-        LineIngredient.select(LineIngredient.ingredient)
-        .join(IngredientLine)
-        .join(Note)
-        .where(Note.import_ref == import_id)
+        m.LineIngredient.select(m.LineIngredient.ingredient)
+        .join(m.IngredientLine)
+        .join(m.Note)
+        .where(m.Note.import_ref == import_id)
         .distinct()
     )
 
 
 def unenriched(runner: OperationRunner, import_id: str) -> list[int]:
     """The import's ingredients that have no nutrition yet."""
+    m = domain_models(runner.database)
     query = (
-        Ingredient.select(Ingredient.id)
+        m.Ingredient.select(m.Ingredient.id)
         .join(Nutrition, peewee.JOIN.LEFT_OUTER)
-        .where(Ingredient.id.in_(_import_ingredients(import_id)), Nutrition.ingredient.is_null())
-        .order_by(Ingredient.id)
+        .where(
+            m.Ingredient.id.in_(_import_ingredients(m, import_id)), Nutrition.ingredient.is_null()
+        )
+        .order_by(m.Ingredient.id)
     )
     return runner.run(lambda: [row for (row,) in query.tuples()])
 
 
 def summarize(runner: OperationRunner, import_id: str, recipes: int) -> Summary:
     """Count what the import left in the database."""
+    m = domain_models(runner.database)
+    events_table = bound_model(StatusEventRecord, runner.database)
 
     def read() -> Summary:
-        notes = _grouped(_notes_by_status(import_id))
+        notes = _grouped(_notes_by_status(m, import_id))
         found = _grouped(
-            IngredientLine.select(IngredientLine.parse_status, peewee.fn.COUNT(IngredientLine.id))
-            .join(Note)
-            .where(Note.import_ref == import_id)
-            .group_by(IngredientLine.parse_status)
+            m.IngredientLine.select(
+                m.IngredientLine.parse_status, peewee.fn.COUNT(m.IngredientLine.id)
+            )
+            .join(m.Note)
+            .where(m.Note.import_ref == import_id)
+            .group_by(m.IngredientLine.parse_status)
         )
         lines = {status.value: found.get(status.value, 0) for status in ParseStatus}
-        ingredients = _import_ingredients(import_id)
-        started = Import.select(Import.created_at).where(Import.id == import_id)
-        new = Ingredient.select().where(
-            Ingredient.id.in_(ingredients), Ingredient.created_at >= started
+        ingredients = _import_ingredients(m, import_id)
+        started = m.Import.select(m.Import.created_at).where(m.Import.id == import_id)
+        new = m.Ingredient.select().where(
+            m.Ingredient.id.in_(ingredients), m.Ingredient.created_at >= started
         )
         enriched = Nutrition.select().where(Nutrition.ingredient.in_(ingredients))
         patterns = (
-            PatternLine.select(PatternLine.pattern, peewee.fn.COUNT(PatternLine.id).alias("n"))
-            .join(IngredientLine, on=PatternLine.line_id == IngredientLine.id)
-            .join(Note)
-            .where(Note.import_ref == import_id)
-            .group_by(PatternLine.pattern)
-            .order_by(peewee.SQL("n").desc(), PatternLine.pattern)
+            m.PatternLine.select(
+                m.PatternLine.pattern, peewee.fn.COUNT(m.PatternLine.id).alias("n")
+            )
+            .join(m.IngredientLine, on=m.PatternLine.line_id == m.IngredientLine.id)
+            .join(m.Note)
+            .where(m.Note.import_ref == import_id)
+            .group_by(m.PatternLine.pattern)
+            .order_by(peewee.SQL("n").desc(), m.PatternLine.pattern)
             .limit(LISTED)
         )
         counted = list(patterns.tuples())
         ids = [pattern for pattern, _ in counted]
-        rules = {p.id: p.rules for p in LinePattern.select().where(LinePattern.id.in_(ids))}
+        rules = {p.id: p.rules for p in m.LinePattern.select().where(m.LinePattern.id.in_(ids))}
         top = [(" ".join(rules[pattern]), n) for pattern, n in counted]
-        events = StatusEventRecord.select().where(StatusEventRecord.import_id == import_id)
+        events = events_table.select().where(events_table.import_id == import_id)
         endings = list(
             events.where(
-                StatusEventRecord.context == "import",
-                StatusEventRecord.status.in_([NoteStatus.COMPLETED.value, NoteStatus.FAILED.value]),
-            ).order_by(StatusEventRecord.sequence)
+                events_table.context == "import",
+                events_table.status.in_([NoteStatus.COMPLETED.value, NoteStatus.FAILED.value]),
+            ).order_by(events_table.sequence)
         )
         reasons = {
             e.note_id: e.message
             for e in events.where(
-                StatusEventRecord.context == "note",
-                StatusEventRecord.status == NoteStatus.FAILED.value,
+                events_table.context == "note",
+                events_table.status == NoteStatus.FAILED.value,
             )
         }
         failed = (
-            Note.select(Note.id)
-            .where(Note.import_ref == import_id, Note.status == NoteStatus.FAILED.value)
-            .order_by(Note.id)
+            m.Note.select(m.Note.id)
+            .where(m.Note.import_ref == import_id, m.Note.status == NoteStatus.FAILED.value)
+            .order_by(m.Note.id)
             .limit(LISTED)
         )
         return Summary(

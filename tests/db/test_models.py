@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import peewee
 import pytest
 
 from dramatiq_shared import ConfigError, DatabaseConfig
-from dramatiq_shared.db import MODELS, create_tables, database_config, init_database
+from dramatiq_shared.db import (
+    MODELS,
+    DatabaseOperations,
+    PatternTracker,
+    create_tables,
+    database_config,
+    init_database,
+)
 from dramatiq_shared.db.models import database_proxy
+from dramatiq_shared.stores import DeadLetterStore, StatusHistory, open_database
 
 
 def test_create_tables_is_safe_to_run_twice(database: peewee.Database) -> None:
@@ -41,3 +51,13 @@ def test_postgres_url_parts_are_decoded(postgres_url: str) -> None:
 def test_a_bad_url_is_refused_at_construction() -> None:
     with pytest.raises(ConfigError, match="url must be a sqlite:/// or postgresql:// URL"):
         init_database("mongodb://localhost/x")
+
+
+def test_only_init_database_points_the_proxy(sqlite_url: str, tmp_path: Path) -> None:
+    database = init_database(sqlite_url)
+    other = open_database(f"sqlite:///{tmp_path / 'other.db'}")
+    create_tables(other)
+    for build in (DatabaseOperations, PatternTracker, DeadLetterStore, StatusHistory):
+        build(other)
+    DatabaseOperations(f"sqlite:///{tmp_path / 'third.db'}")  # opened by the constructor
+    assert database_proxy.obj is database

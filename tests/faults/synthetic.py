@@ -20,7 +20,7 @@ from dramatiq_shared import Broadcaster, CompletionTracker, RedisTransport
 from dramatiq_shared.cli import main
 from dramatiq_shared.db import DatabaseOperations
 from dramatiq_shared.db.models import init_database
-from dramatiq_shared.db.status_history import StatusHistory
+from dramatiq_shared.stores import StatusHistory
 
 ROOT = Path(__file__).resolve().parents[2]
 

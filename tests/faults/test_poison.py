@@ -10,8 +10,8 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from dramatiq_shared.db.dead_letters import DeadLetterStore
 from dramatiq_shared.db.models import Note
+from dramatiq_shared.stores import DeadLetterStore
 
 from ..conftest import wait_until
 from .synthetic import endings, message, prepare, workers

@@ -33,9 +33,9 @@ from dramatiq_shared import (
     StatusConfig,
 )
 from dramatiq_shared.db import create_tables, init_database
-from dramatiq_shared.db.dead_letters import DeadLetterStore
 from dramatiq_shared.middleware import CircuitBreaker, ErrorHandling, Retry, StatusBroadcast
 from dramatiq_shared.middleware.delivery import Action, Decision, delivery, is_deferral, seen
+from dramatiq_shared.stores import DeadLetterStore
 
 from .conftest import dead_lettered
 

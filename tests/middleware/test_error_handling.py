@@ -24,8 +24,8 @@ from dramatiq_shared import (
     configure_logging,
     setup_broker,
 )
-from dramatiq_shared.db.dead_letters import DeadLetterStore
 from dramatiq_shared.middleware import ErrorHandling
+from dramatiq_shared.stores import DeadLetterStore
 
 from .conftest import drain, install
 

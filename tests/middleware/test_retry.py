@@ -20,10 +20,10 @@ from dramatiq.middleware.shutdown import Shutdown
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from dramatiq_shared import ConfigError, Defer, PermanentError, RetryConfig, TransientError
-from dramatiq_shared.db.dead_letters import DeadLetterStore
 from dramatiq_shared.middleware import Retry
 from dramatiq_shared.middleware.delivery import delivery
 from dramatiq_shared.middleware.retry_policy import backoff_delay
+from dramatiq_shared.stores import DeadLetterStore
 
 from .conftest import Calls, EnqueueFailsBroker, dead_lettered, decisions, drain, install
 

@@ -19,7 +19,7 @@ from dramatiq_shared import (
     StatusEvent,
     init_database,
 )
-from dramatiq_shared.db import StatusHistory
+from dramatiq_shared.stores import StatusHistory
 
 
 def main(redis_url: str, database_url: str, count: str) -> None:

@@ -31,7 +31,7 @@ from dramatiq_shared import (
     init_database,
     set_broadcaster,
 )
-from dramatiq_shared.db import StatusHistory
+from dramatiq_shared.stores import StatusHistory
 from tests.conftest import wait_until
 
 

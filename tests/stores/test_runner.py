@@ -16,7 +16,7 @@ from playhouse.pool import MaxConnectionsExceeded
 from dramatiq_shared import DatabaseConfig
 from dramatiq_shared.db import DatabaseOperations, create_tables, init_database
 from dramatiq_shared.db.models import Import
-from dramatiq_shared.db.runner import is_transient
+from dramatiq_shared.stores.runner import is_transient
 
 
 @pytest.fixture

@@ -1,8 +1,7 @@
 """Running database operations: a connection per operation, transient errors retried.
 
-Both :class:`~dramatiq_shared.db.operations.DatabaseOperations` and
-:class:`~dramatiq_shared.db.patterns.PatternTracker` run every public operation
-through :meth:`OperationRunner.run`, which
+Every store (dead letters, status history, completion counts) and the domain's
+operations run each public operation through :meth:`OperationRunner.run`, which
 
 * on PostgreSQL borrows a pooled connection for the operation and gives it back,
   unless the caller already held one; on SQLite opens the thread's connection once
@@ -30,7 +29,7 @@ from loguru import logger
 
 from ..config import DatabaseConfig
 from ..metrics import DB_SECONDS
-from .models import database_config, database_proxy, init_database
+from .connection import database_config, open_database
 
 __all__ = ["OperationRunner", "RunsOperations", "integrity_violation", "is_transient"]
 
@@ -81,8 +80,8 @@ class OperationRunner:
     """Runs operations on one database with connection handling and transient retries.
 
     Parameters:
-      database: A database from :func:`init_database`, a :class:`DatabaseConfig`, or a
-        URL; the latter two are opened with :func:`init_database`.
+      database: A database, a :class:`DatabaseConfig`, or a URL; the latter two are
+        opened with :func:`~dramatiq_shared.stores.connection.open_database`.
       config: Settings to use with a database object; defaults to those it was
         opened with.
     """
@@ -94,9 +93,7 @@ class OperationRunner:
         config: DatabaseConfig | None = None,
     ) -> None:
         if isinstance(database, (DatabaseConfig, str)):
-            database = init_database(database)
-        elif database_proxy.obj is not database:
-            database_proxy.initialize(database)
+            database = open_database(database)
         self.database: peewee.Database = database
         self.config = config or database_config(database)
         self.is_sqlite = isinstance(database, peewee.SqliteDatabase)
@@ -187,8 +184,8 @@ class RunsOperations:
     """Base of the classes whose every operation goes through an :class:`OperationRunner`.
 
     Parameters:
-      database: A database from :func:`~dramatiq_shared.db.models.init_database`, a
-        :class:`DatabaseConfig`, or a URL.
+      database: A database, a :class:`DatabaseConfig`, or a URL, as for
+        :class:`OperationRunner`. The subclass binds its models to it.
       config: Settings (``batch_size``, ``retry_attempts``) to use with a database
         object; by default those it was opened with.
     """

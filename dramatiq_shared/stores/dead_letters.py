@@ -13,14 +13,16 @@ from datetime import datetime
 from typing import Any
 
 import dramatiq
+import peewee
 from dramatiq.common import q_name
 
 from .._checks import check_int
+from ..config import DatabaseConfig
 from ..errors import ValidationError
-from .models import DeadLetter, utcnow
 from .runner import RunsOperations
+from .tables import JSONField, Table, bound_model, utcnow
 
-__all__ = ["DeadLetterRecord", "DeadLetterStore", "fresh_message"]
+__all__ = ["DeadLetter", "DeadLetterRecord", "DeadLetterStore", "fresh_message"]
 
 #: Options a retried dead letter starts without: the counters of its earlier attempts
 #: and the broker's bookkeeping. Its error history is kept.
@@ -34,6 +36,25 @@ _RESET_OPTIONS = (
     "traceback",
     "requeue_timestamp",
 )
+
+
+class DeadLetter(Table):
+    """A row of ``ds_dead_letters``, one per message id."""
+
+    id = peewee.AutoField()
+    message_id = peewee.CharField(max_length=64, unique=True)
+    queue_name = peewee.CharField(max_length=255)
+    actor_name = peewee.CharField(max_length=255)
+    message = JSONField()
+    error_history = JSONField(default=list)
+    error_type = peewee.CharField(max_length=255, default="")
+    error_message = peewee.TextField(default="")
+    reason = peewee.TextField(default="")
+    failed_at = peewee.DateTimeField(default=utcnow)
+    retried_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "ds_dead_letters"
 
 
 @dataclass(frozen=True)
@@ -70,8 +91,17 @@ def fresh_message(stored: Mapping[str, Any]) -> dramatiq.Message[Any]:
 class DeadLetterStore(RunsOperations):
     """Reads and writes the dead-letters table.
 
-    Takes the arguments of :class:`~dramatiq_shared.db.runner.RunsOperations`.
+    Takes the arguments of :class:`~dramatiq_shared.stores.runner.RunsOperations`.
     """
+
+    def __init__(
+        self,
+        database: peewee.Database | DatabaseConfig | str,
+        *,
+        config: DatabaseConfig | None = None,
+    ) -> None:
+        super().__init__(database, config=config)
+        self._table = bound_model(DeadLetter, self.database)
 
     def record(
         self, message: Mapping[str, Any], *, error_type: str, error_message: str, reason: str
@@ -84,30 +114,32 @@ class DeadLetterStore(RunsOperations):
           error_message: Its message.
           reason: Why it will not be retried.
         """
+        table = self._table
         options = message.get("options", {})
         values = {
-            DeadLetter.queue_name: q_name(message["queue_name"]),
-            DeadLetter.actor_name: message["actor_name"],
-            DeadLetter.message: dict(message),
-            DeadLetter.error_history: list(options.get("error_history", [])),
-            DeadLetter.error_type: error_type[:255],
-            DeadLetter.error_message: error_message[:10_000],
-            DeadLetter.reason: reason[:1_000],
-            DeadLetter.failed_at: utcnow(),
-            DeadLetter.retried_at: None,
+            table.queue_name: q_name(message["queue_name"]),
+            table.actor_name: message["actor_name"],
+            table.message: dict(message),
+            table.error_history: list(options.get("error_history", [])),
+            table.error_type: error_type[:255],
+            table.error_message: error_message[:10_000],
+            table.reason: reason[:1_000],
+            table.failed_at: utcnow(),
+            table.retried_at: None,
         }
-        query = DeadLetter.insert({DeadLetter.message_id: message["message_id"], **values})
-        query = query.on_conflict(conflict_target=[DeadLetter.message_id], update=values)
+        query = table.insert({table.message_id: message["message_id"], **values})
+        query = query.on_conflict(conflict_target=[table.message_id], update=values)
         self._runner.run(query.execute)
 
     def list(self, *, limit: int = 100, include_retried: bool = False) -> list[DeadLetterRecord]:
         """The newest dead letters first, at most ``limit``; retried ones only when asked."""
         check_int("limit", limit, minimum=1)
+        table = self._table
 
         def read() -> list[DeadLetterRecord]:
-            query = DeadLetter.select().order_by(DeadLetter.failed_at.desc(), DeadLetter.id.desc())
+            query = table.select().order_by(table.failed_at.desc(), table.id.desc())
             if not include_retried:
-                query = query.where(DeadLetter.retried_at.is_null())
+                query = query.where(table.retried_at.is_null())
             return [_record(row) for row in query.limit(limit)]
 
         return self._runner.run(read)
@@ -119,7 +151,8 @@ class DeadLetterStore(RunsOperations):
           ValidationError: When there is none with that id.
         """
         check_int("id", dead_letter_id, minimum=1)
-        row = self._runner.run(lambda: DeadLetter.get_or_none(DeadLetter.id == dead_letter_id))
+        table = self._table
+        row = self._runner.run(lambda: table.get_or_none(table.id == dead_letter_id))
         if row is None:
             raise ValidationError(f"id: no dead letter {dead_letter_id}", field="id")
         return _record(row)
@@ -146,11 +179,13 @@ class DeadLetterStore(RunsOperations):
                 field="id",
             )
 
+        table = self._table
+
         def claim_and_enqueue() -> bool:
             with self._runner.transaction():
                 claimed = (
-                    DeadLetter.update(retried_at=utcnow())
-                    .where(DeadLetter.id == dead_letter_id, DeadLetter.retried_at.is_null())
+                    table.update(retried_at=utcnow())
+                    .where(table.id == dead_letter_id, table.retried_at.is_null())
                     .execute()
                 )
                 if not claimed:
@@ -177,11 +212,12 @@ class DeadLetterStore(RunsOperations):
             check_int(f"ids[{n}]", dead_letter_id, minimum=1)
         if not (ids or retried or everything):
             raise ValidationError("purge needs ids, retried=True or everything=True", field="ids")
-        query = DeadLetter.delete()
+        table = self._table
+        query = table.delete()
         if not everything:
-            condition = DeadLetter.id.in_(list(ids))
+            condition = table.id.in_(list(ids))
             if retried:
-                condition |= DeadLetter.retried_at.is_null(False)
+                condition |= table.retried_at.is_null(False)
             query = query.where(condition)
         return int(self._runner.run(query.execute))
 

@@ -9,12 +9,12 @@ Values pass as parameters, never as text.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import peewee
 
-__all__ = ["MAX_PARAMETERS", "chunks", "insert_rows", "upsert_clause"]
+__all__ = ["MAX_PARAMETERS", "chunks", "existing", "insert_rows", "upsert_clause"]
 
 _T = TypeVar("_T")
 
@@ -28,9 +28,14 @@ def _quote(database: peewee.Database, name: str) -> str:
     return f"{quotes[0]}{name}{quotes[1]}"
 
 
+def _columns(model: type[peewee.Model], fields: Sequence[str]) -> list[str]:
+    database = model._meta.database
+    return [_quote(database, model._meta.fields[name].column_name) for name in fields]
+
+
 def insert_rows(
     model: type[peewee.Model],
-    fields: Sequence[peewee.Field[Any]],
+    fields: Sequence[str],
     rows: Sequence[Sequence[Any]],
     *,
     batch_size: int,
@@ -40,15 +45,14 @@ def insert_rows(
 
     Parameters:
       model: The table's model; its database runs the statements.
-      fields: The columns written.
+      fields: The names of the fields written.
       rows: One sequence of plain values per row.
       batch_size: Rows per statement; fewer when that would pass :data:`MAX_PARAMETERS`.
       suffix: SQL appended to each statement, such as an ``ON CONFLICT`` clause.
     """
     database = model._meta.database
     head = "INSERT INTO {} ({}) VALUES ".format(
-        _quote(database, model._meta.table_name),
-        ", ".join(_quote(database, field.column_name) for field in fields),
+        _quote(database, model._meta.table_name), ", ".join(_columns(model, fields))
     )
     placeholders = "({})".format(", ".join([database.param] * len(fields)))
     size = max(1, min(batch_size, MAX_PARAMETERS // len(fields)))
@@ -57,31 +61,34 @@ def insert_rows(
         database.execute_sql(sql, [value for row in chunk for value in row])
 
 
-def upsert_clause(
-    model: type[peewee.Model],
-    key: peewee.Field[Any],
-    compared: Sequence[peewee.Field[Any]],
-    stamp: peewee.Field[Any],
-) -> str:
+def upsert_clause(model: type[peewee.Model], key: str, compared: Sequence[str], stamp: str) -> str:
     """An ``ON CONFLICT (key)`` clause that updates a row only when it changed.
 
-    ``compared`` and ``stamp`` take the new row's values when one of ``compared``
-    differs, so a redelivered identical row is left as it was, ``stamp`` (an
-    ``updated_at``) included. IS DISTINCT FROM, not ``!=``, so that a NULL turning
-    into a value counts as a change.
+    The fields ``compared`` and ``stamp`` (names, as for :func:`insert_rows`) take the
+    new row's values when one of ``compared`` differs, so a redelivered identical row
+    is left as it was, ``stamp`` (an ``updated_at``) included. IS DISTINCT FROM, not
+    ``!=``, so that a NULL turning into a value counts as a change.
     """
-    database = model._meta.database
-    table = _quote(database, model._meta.table_name)
-    columns = [_quote(database, field.column_name) for field in compared]
+    table = _quote(model._meta.database, model._meta.table_name)
+    columns = _columns(model, compared)
     assignments = ", ".join(
-        f"{column} = EXCLUDED.{column}"
-        for column in [*columns, _quote(database, stamp.column_name)]
+        f"{column} = EXCLUDED.{column}" for column in [*columns, *_columns(model, [stamp])]
     )
     changed = " OR ".join(
         f"{table}.{column} IS DISTINCT FROM EXCLUDED.{column}" for column in columns
     )
-    target = _quote(database, key.column_name)
+    (target,) = _columns(model, [key])
     return f" ON CONFLICT ({target}) DO UPDATE SET {assignments} WHERE {changed}"
+
+
+def existing(
+    model: type[peewee.Model], key: peewee.Field[Any], values: Iterable[Any]
+) -> Iterator[Any]:
+    """The values of ``key`` (a field of ``model``) that have a row, read in chunks."""
+    values = list(values)
+    for chunk in chunks(values, 500):
+        for row in model.select(key).where(key.in_(list(chunk))):
+            yield getattr(row, key.name)
 
 
 def chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:

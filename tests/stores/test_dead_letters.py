@@ -15,9 +15,9 @@ from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_shared import RetryConfig, ValidationError, close_workers, create_worker
 from dramatiq_shared.cli import main
-from dramatiq_shared.db.dead_letters import DeadLetterStore
-from dramatiq_shared.db.models import DeadLetter
 from dramatiq_shared.middleware import ErrorHandling
+from dramatiq_shared.stores import DeadLetterStore, bound_model
+from dramatiq_shared.stores.dead_letters import DeadLetter
 from tests.conftest import wait_until
 from tests.middleware.conftest import install
 
@@ -112,7 +112,7 @@ def test_purge(database: peewee.Database, stub_broker: StubBroker) -> None:
     assert store.purge(retried=True) == 1
     assert store.purge(ids=[ids[1]]) == 1
     assert store.purge(everything=True) == 2
-    assert DeadLetter.select().count() == 0
+    assert bound_model(DeadLetter, database).select().count() == 0
     with pytest.raises(ValidationError, match="purge needs ids"):
         store.purge()
     with pytest.raises(ValidationError, match="id: no dead letter 999"):

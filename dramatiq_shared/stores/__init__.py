@@ -1,0 +1,33 @@
+"""The infrastructure's tables: dead letters, status event history, completion counts.
+
+Apart from the recipe-import domain (:mod:`dramatiq_shared.db`), and below both it and
+:mod:`dramatiq_shared.status`: nothing here imports either. Every store is bound to
+the database it is given and to no other (:func:`bound_model`).
+"""
+
+from __future__ import annotations
+
+from .completions import CompletionCounts
+from .connection import database_config, open_database
+from .dead_letters import DeadLetterRecord, DeadLetterStore, fresh_message
+from .runner import OperationRunner, RunsOperations, integrity_violation, is_transient
+from .status_history import StatusHistory
+from .tables import NoteState, bound_model
+
+__all__ = [
+    # Opening a database and running operations on it.
+    "OperationRunner",
+    "RunsOperations",
+    "bound_model",
+    "database_config",
+    "integrity_violation",
+    "is_transient",
+    "open_database",
+    # The stores.
+    "CompletionCounts",
+    "DeadLetterRecord",
+    "DeadLetterStore",
+    "NoteState",
+    "StatusHistory",
+    "fresh_message",
+]
