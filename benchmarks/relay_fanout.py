@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 
 from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent
 from dramatiq_shared.keys import Keys
-from dramatiq_shared.status.auth import sign
+from dramatiq_shared.relay.auth import sign
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 SECRET = "benchmark-secret-32-bytes-long!!"

@@ -16,7 +16,7 @@ from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent, __version__
 from dramatiq_shared.cli import main
 from dramatiq_shared.db import MODELS, init_database
 from dramatiq_shared.keys import DEFAULT_NAMESPACE, Keys
-from dramatiq_shared.status.auth import verify
+from dramatiq_shared.relay.auth import verify
 
 from .conftest import free_port
 

@@ -28,7 +28,7 @@ from ..errors import ConfigError, DramatiqSharedError
 from ..metrics import registry as metrics_registry
 from ..middleware.heartbeat import live_workers, queue_depths
 from ..relay import __main__ as relay_main
-from ..status.auth import sign
+from ..relay.auth import sign
 from ..stores.connection import open_database
 from . import dead_letters
 from ._common import KEYS, database_config, first_line, positive, redis_client

@@ -19,10 +19,10 @@ from aiohttp import web
 from ..config import DatabaseConfig
 from ..errors import ConfigError, DramatiqSharedError
 from ..logging import configure_logging
-from ..status.auth import ADMIN, sign
 from ..stores.connection import open_database
 from ..stores.status_history import StatusHistory
 from .app import SECRET, create_app
+from .auth import ADMIN, sign
 from .sources import RedisSource
 
 __all__ = ["add_arguments", "main", "run"]

@@ -33,7 +33,7 @@ from .._redis import text
 from ..errors import AuthError, ConfigError
 from ..keys import DEFAULT_NAMESPACE, Keys
 from ..metrics import RELAY_REFUSALS, render
-from ..status.auth import ADMIN, verify
+from .auth import ADMIN, verify
 from .connections import Connection, Hub
 from .sources import EventSource
 

@@ -35,7 +35,7 @@ from loguru import logger
 
 from ..errors import AuthError
 from ..metrics import RELAY_REFUSALS
-from ..status.auth import ADMIN, verify
+from .auth import ADMIN, verify
 from .sources import Event, EventSource
 
 __all__ = ["Connection", "Hub"]

@@ -40,7 +40,7 @@ from dramatiq_shared import (
 )
 from dramatiq_shared.cli import progress_bar
 from dramatiq_shared.keys import Keys
-from dramatiq_shared.status.auth import sign
+from dramatiq_shared.relay.auth import sign
 
 from .recipes import read_recipes
 

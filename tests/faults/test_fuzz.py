@@ -35,9 +35,9 @@ from dramatiq_shared import (
 )
 from dramatiq_shared.config import _snake_case
 from dramatiq_shared.db.models import IngredientLine
+from dramatiq_shared.relay.auth import sign
 from dramatiq_shared.relay.connections import Connection, Hub
 from dramatiq_shared.relay.sources import MemorySource
-from dramatiq_shared.status.auth import sign
 from dramatiq_shared.status.transport import MemoryTransport
 
 pytestmark = pytest.mark.faults

@@ -10,7 +10,7 @@ import time
 import aiohttp
 import pytest
 
-from dramatiq_shared.status.auth import sign
+from dramatiq_shared.relay.auth import sign
 
 from ..relay.conftest import SECRET, RelayProcess, frames
 from ..relay.test_replay import TOTAL, publisher, watch

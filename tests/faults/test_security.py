@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from dramatiq_shared.metrics import REGISTRY
-from dramatiq_shared.status.auth import sign
+from dramatiq_shared.relay.auth import sign
 
 from ..relay.conftest import SECRET, RunningRelay, collect
 from ..relay.test_replay import publisher, watch

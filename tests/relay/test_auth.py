@@ -11,7 +11,7 @@ import redis
 
 from dramatiq_shared import AuthError, NoteStatus, RedisTransport, StatusEvent
 from dramatiq_shared.keys import Keys
-from dramatiq_shared.status.auth import sign, verify
+from dramatiq_shared.relay.auth import sign, verify
 
 from .conftest import SECRET, RunningRelay, collect
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent
 from dramatiq_shared.relay import RedisSource, create_app
 from dramatiq_shared.relay.app import HUB
-from dramatiq_shared.status.auth import sign
+from dramatiq_shared.relay.auth import sign
 
 from .conftest import SECRET, RunningRelay, frames
 

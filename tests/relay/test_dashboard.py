@@ -11,7 +11,7 @@ from aiohttp import web
 
 from dramatiq_shared import MemoryTransport, NoteStatus, StatusEvent
 from dramatiq_shared.relay import MemorySource, create_app
-from dramatiq_shared.status.auth import sign
+from dramatiq_shared.relay.auth import sign
 
 from ..conftest import service_missing
 from .conftest import SECRET, RunningRelay

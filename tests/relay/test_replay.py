@@ -16,7 +16,7 @@ from aiohttp import web
 
 from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent
 from dramatiq_shared.relay import RedisSource, create_app
-from dramatiq_shared.status.auth import sign
+from dramatiq_shared.relay.auth import sign
 from dramatiq_shared.stores import StatusHistory
 
 from .conftest import SECRET, RelayProcess, RunningRelay, collect, frames
