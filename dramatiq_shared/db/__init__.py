@@ -28,9 +28,6 @@ from .operations import (
 )
 from .patterns import PatternRef, PatternTracker
 
-#: The name :class:`NoteState` had when the columns used the event vocabulary's type.
-NoteStatus = NoteState
-
 __all__ = [
     # Opening the database.
     "MODELS",
@@ -45,7 +42,6 @@ __all__ = [
     "IngredientRef",
     "NoteData",
     "NoteState",
-    "NoteStatus",
     "ParseStatus",
     "ParsedIngredientLineData",
     "ParsedSegment",

@@ -29,6 +29,7 @@ belong to the stores of :mod:`dramatiq_shared.stores`:
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 import peewee
@@ -239,14 +240,9 @@ class DomainOperations(RunsOperations):
     Takes the arguments of :class:`~dramatiq_shared.stores.runner.RunsOperations`.
     """
 
-    def __init__(
-        self,
-        database: peewee.Database | DatabaseConfig | str,
-        *,
-        config: DatabaseConfig | None = None,
-    ) -> None:
-        super().__init__(database, config=config)
-        self._models = domain_models(self.database)
+    @functools.cached_property
+    def _models(self) -> DomainModels:
+        return domain_models(self.database)
 
 
 def init_database(config: DatabaseConfig | str) -> peewee.Database:

@@ -7,9 +7,10 @@ processes finishing the last two items at once cannot both see themselves last.
 
 from __future__ import annotations
 
+import functools
+
 import peewee
 
-from ..config import DatabaseConfig
 from .runner import RunsOperations
 from .tables import Table, bound_model
 
@@ -46,15 +47,13 @@ class CompletionCounts(RunsOperations):
     Takes the arguments of :class:`~dramatiq_shared.stores.runner.RunsOperations`.
     """
 
-    def __init__(
-        self,
-        database: peewee.Database | DatabaseConfig | str,
-        *,
-        config: DatabaseConfig | None = None,
-    ) -> None:
-        super().__init__(database, config=config)
-        self._completion = bound_model(Completion, self.database)
-        self._item = bound_model(CompletionItem, self.database)
+    @functools.cached_property
+    def _completion(self) -> type[Completion]:
+        return bound_model(Completion, self.database)
+
+    @functools.cached_property
+    def _item(self) -> type[CompletionItem]:
+        return bound_model(CompletionItem, self.database)
 
     def expect(self, import_id: str, total: int) -> tuple[int, bool]:
         """Record the import's total unless it has one: (the total stored, finished now)."""

@@ -7,6 +7,7 @@ message id (a message dead-lettered again after a retry updates its row), and th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +18,6 @@ import peewee
 from dramatiq.common import q_name
 
 from .._checks import check_int
-from ..config import DatabaseConfig
 from ..errors import ValidationError
 from .runner import RunsOperations
 from .tables import JSONField, Table, bound_model, utcnow
@@ -94,14 +94,9 @@ class DeadLetterStore(RunsOperations):
     Takes the arguments of :class:`~dramatiq_shared.stores.runner.RunsOperations`.
     """
 
-    def __init__(
-        self,
-        database: peewee.Database | DatabaseConfig | str,
-        *,
-        config: DatabaseConfig | None = None,
-    ) -> None:
-        super().__init__(database, config=config)
-        self._table = bound_model(DeadLetter, self.database)
+    @functools.cached_property
+    def _table(self) -> type[DeadLetter]:
+        return bound_model(DeadLetter, self.database)
 
     def record(
         self, message: Mapping[str, Any], *, error_type: str, error_message: str, reason: str

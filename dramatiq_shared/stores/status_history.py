@@ -7,6 +7,7 @@ stream carries.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -15,7 +16,6 @@ import peewee
 
 from .._checks import check_id, check_int
 from .._wire import WIRE_KEYS, wire_form
-from ..config import DatabaseConfig
 from .bulk import insert_rows
 from .runner import RunsOperations
 from .tables import JSONField, NoteState, Table, bound_model, utcnow
@@ -90,14 +90,9 @@ class StatusHistory(RunsOperations):
     Takes the arguments of :class:`~dramatiq_shared.stores.runner.RunsOperations`.
     """
 
-    def __init__(
-        self,
-        database: peewee.Database | DatabaseConfig | str,
-        *,
-        config: DatabaseConfig | None = None,
-    ) -> None:
-        super().__init__(database, config=config)
-        self._table = bound_model(StatusEventRecord, self.database)
+    @functools.cached_property
+    def _table(self) -> type[StatusEventRecord]:
+        return bound_model(StatusEventRecord, self.database)
 
     def write(self, published: Sequence[tuple[int, int, Event]], *, batch_size: int) -> None:
         """Store ``(event id, timestamp ms, event)`` triples; ones stored before are kept."""

@@ -7,11 +7,10 @@ from typing import Any
 import peewee
 import pytest
 
-from dramatiq_shared import DatabaseConfig, ValidationError
+from dramatiq_shared import DatabaseConfig, NoteStatus, ValidationError
 from dramatiq_shared.db import (
     DatabaseOperations,
     NoteData,
-    NoteStatus,
     ParsedIngredientLineData,
     ParsedSegment,
     ParseStatus,
