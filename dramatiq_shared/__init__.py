@@ -2,7 +2,8 @@
 
 Error handling with context, retries with backoff and jitter, circuit breakers whose
 state all worker processes share, live status broadcasting and the idempotent
-database operations of a recipe-import pipeline. See DESIGN.md for the whole map.
+database operations of a recipe-import pipeline. docs/architecture.rst in the
+repository is the map.
 """
 
 from __future__ import annotations
