@@ -35,6 +35,7 @@ import redis.asyncio as aioredis
 from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent
 from dramatiq_shared.keys import Keys
 from dramatiq_shared.relay.auth import sign
+from dramatiq_shared.status.transport import batch_entry
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 SECRET = "benchmark-secret-32-bytes-long!!"
@@ -144,7 +145,8 @@ async def bare_subscriber(receiver: Receiver, stop: asyncio.Event) -> None:
         for _, entries in replies or []:
             for entry_id, fields in entries:
                 last = entry_id
-                receiver.take(json.loads(fields[b"event"]), now)
+                for _, _, event in batch_entry(fields):
+                    receiver.take(json.loads(event), now)
     await client.aclose()
 
 
@@ -173,7 +175,8 @@ async def run_clients(args: argparse.Namespace, url: str, relay_pid: int) -> int
     while publisher.is_alive():
         await asyncio.sleep(0.2)
         rss_peak = max(rss_peak, process_figures(relay_pid)[0])
-    published = redis.Redis.from_url(REDIS_URL).xlen(KEYS.all_status)
+    entries = redis.Redis.from_url(REDIS_URL).xrange(KEYS.all_status)
+    published = sum(len(batch_entry(fields)) for _, fields in entries)
     expected = published * (1 + args.admins)
     drained = time.time() + 30  # let the backlog arrive, if there is one
     while per_import.count + admins.count < expected and time.time() < drained:

@@ -52,6 +52,7 @@ from dramatiq_shared import (
     create_tables,
     init_database,
 )
+from dramatiq_shared.status.transport import batch_entry
 from dramatiq_shared.stores import StatusHistory
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -90,7 +91,7 @@ class Grouped:
     def __init__(self, history: StatusHistory, transport: RedisTransport) -> None:
         self.history = history
         self.client = transport.client
-        self.stream = transport.all_key
+        self.stream = transport.keys.all_status
         self.client.xgroup_create(self.stream, self.group, id="$", mkstream=True)
 
     def write(self, published: Sequence[tuple[int, int, StatusEvent]], *, batch_size: int) -> None:
@@ -101,8 +102,9 @@ class Grouped:
         entries = read[0][1] if read else []
         records = []
         for _, fields in entries:
-            wire = json.loads(fields[b"event"])
-            records.append((int(fields[b"id"]), wire["timestamp"], StatusEvent.from_wire(wire)))
+            for _, event_id, event in batch_entry(fields):
+                wire = json.loads(event)
+                records.append((event_id, wire["timestamp"], StatusEvent.from_wire(wire)))
         self.history.write(records, batch_size=batch_size)
         self.client.xack(self.stream, self.group, *(entry_id for entry_id, _ in entries))
 

@@ -6,10 +6,10 @@ key: the user's part always comes last, after a fixed prefix that names its spac
 
 ==========================================  ================================================
 ``{ns}:import:status:{import_id}``          stream of one import's events (id ``N-0``)
-``{ns}:import:seq:{import_id}``             the import's last event id
 ``{ns}:import:completion:{import_id}``      hash: expected, done, failed items of the import
 ``{ns}:import:items:{import_id}``           set of the import's items counted so far
-``{ns}:global:status``                      stream of every import's events
+``{ns}:global:status``                      stream of every import's events, a batch an
+                                            entry
 ``{ns}:global:imports``                     sorted set of import ids by last event time
 ``{ns}:global:unpersisted``                 sorted set of the tokens of status batches a
                                             history has yet to persist
@@ -63,10 +63,6 @@ class Keys:
     def status(self, import_id: str) -> str:
         """The stream of one import's events."""
         return f"{self.namespace}:import:status:{import_id}"
-
-    def sequence(self, import_id: str) -> str:
-        """The import's last event id."""
-        return f"{self.namespace}:import:seq:{import_id}"
 
     def completion(self, import_id: str) -> str:
         """The hash of the import's expected, done and failed items."""

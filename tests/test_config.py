@@ -57,6 +57,7 @@ BAD_VALUES: list[tuple[type[Any], str, Any, str]] = [
     (StatusConfig, "timeout", 0, "an int >= 1"),
     (StatusConfig, "batch_size", 0, "an int >= 1"),
     (StatusConfig, "reclaim_after", -5, "an int >= 1"),
+    (StatusConfig, "linger", 10_001, "an int >= 0 and <= 10000"),
 ]
 
 
@@ -121,7 +122,12 @@ def test_defaults_are_those_of_the_design() -> None:
         batch_size=500,
     )
     assert StatusConfig() == StatusConfig(
-        broadcast_interval=250, max_retries=3, timeout=5000, batch_size=100, reclaim_after=60000
+        broadcast_interval=250,
+        max_retries=3,
+        timeout=5000,
+        batch_size=100,
+        reclaim_after=60000,
+        linger=20,
     )
 
 

@@ -35,7 +35,6 @@ def every_key(keys: Keys, name: str) -> dict[str, str]:
     """Each key the layout builds from ``name``, by what it is."""
     return {
         "status": keys.status(name),
-        "sequence": keys.sequence(name),
         "completion": keys.completion(name),
         "completion items": keys.completion_items(name),
         "batch": keys.batch(name),

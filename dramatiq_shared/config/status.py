@@ -14,7 +14,7 @@ class StatusConfig(_Config):
     """How status events are broadcast.
 
     Environment: ``DRAMATIQ_SHARED_STATUS_BROADCAST_INTERVAL``, ``..._MAX_RETRIES``,
-    ``..._TIMEOUT``, ``..._BATCH_SIZE``, ``..._RECLAIM_AFTER``.
+    ``..._TIMEOUT``, ``..._BATCH_SIZE``, ``..._RECLAIM_AFTER``, ``..._LINGER``.
 
     Parameters:
       broadcast_interval: Progress events of one (import, note, context) closer together
@@ -26,6 +26,10 @@ class StatusConfig(_Config):
       reclaim_after: Milliseconds after which events streamed through Redis but never
         persisted (their process died first) are persisted by another broadcaster; also
         how often each broadcaster looks for them. Default 60000.
+      linger: Milliseconds the broadcaster gathers events published after one another
+        before it sends them, so a busy worker sends a batch rather than an event at a
+        time (one round trip and a few Redis commands a batch). ``0`` sends what is
+        there at once. Default 20.
     """
 
     broadcast_interval: int = 250
@@ -33,6 +37,7 @@ class StatusConfig(_Config):
     timeout: int = 5_000
     batch_size: int = 100
     reclaim_after: int = 60_000
+    linger: int = 20
 
     _env = _env_fields(
         "STATUS_",
@@ -42,6 +47,7 @@ class StatusConfig(_Config):
             "timeout": _parse_int,
             "batch_size": _parse_int,
             "reclaim_after": _parse_int,
+            "linger": _parse_int,
         },
     )
 
@@ -51,3 +57,4 @@ class StatusConfig(_Config):
         check_int("timeout", self.timeout, minimum=1, error=ConfigError)
         check_int("batch_size", self.batch_size, minimum=1, error=ConfigError)
         check_int("reclaim_after", self.reclaim_after, minimum=1, error=ConfigError)
+        check_int("linger", self.linger, minimum=0, maximum=10_000, error=ConfigError)

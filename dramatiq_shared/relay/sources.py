@@ -21,15 +21,16 @@ from typing import Any, Protocol, cast
 import redis.asyncio as aioredis
 
 from ..keys import DEFAULT_NAMESPACE, Keys
-from ..status.transport import MemoryTransport
+from ..status.transport import MemoryTransport, batch_entry
 from ..stores.status_history import StatusHistory
 
 __all__ = ["Event", "EventSource", "MemorySource", "RedisSource", "frame"]
 
 #: Events read per history page.
 PAGE = 500
-#: Events taken from the live stream at a time; each client may queue more than this.
-READ_COUNT = 500
+#: Entries (batches of events) taken from the live stream at a time; each client may
+#: queue more events than these hold.
+READ_COUNT = 50
 
 
 @dataclass(frozen=True)
@@ -145,13 +146,8 @@ class RedisSource:
             for _, entries in streams or []:
                 for entry_id, fields in entries:
                     last = entry_id.decode()
-                    dispatch(
-                        frame(
-                            fields[b"import_id"].decode(),
-                            int(fields[b"id"]),
-                            fields[b"event"].decode(),
-                        )
-                    )
+                    for import_id, event_id, event in batch_entry(fields):
+                        dispatch(frame(import_id, event_id, event))
             # Let the clients' senders drain their queues before the next batch.
             await asyncio.sleep(0)
 

@@ -9,16 +9,22 @@ from __future__ import annotations
 __all__ = ["APPEND", "RECLAIM"]
 
 # KEYS: the all-stream, the imports index, the batch's ids key, its events' key, the
-# unpersisted set, then a stream and a counter per event. ARGV: maxlen, timestamp, the
-# batch key's TTL (ms), the TTL of kept events (ms) or 0 to keep none, the batch's
-# token, then an import id and a JSON text per event. A batch whose key exists was
+# unpersisted set, then the stream of each import in the batch. ARGV: maxlen, timestamp,
+# the batch key's TTL (ms), the TTL of kept events (ms) or 0 to keep none, the batch's
+# token, the number of imports, their ids (in the order of their streams), then per
+# event the number of its import and its JSON text. A batch whose key exists was
 # appended before (its reply was lost): its ids are returned again and nothing is
 # appended twice.
 #
+# Each event is one entry of its import's stream, with id ``{event id}-0``; the
+# import's last event id is its stream's last-generated-id, which trimming and XDEL
+# leave as they are. The whole batch is one entry of the all-stream (fields ``i1``,
+# ``d1``, ``e1``, ``i2``...: import id, event id, JSON) and one ZADD of the imports
+# index, so a batch costs two commands and one per import, plus one per event.
+#
 # Redis does not roll back a script that fails, so a failure halfway would leave part
 # of the batch applied, and every retry would append that part again. So everything a
-# write could trip over (a key of another type, a counter that is not a number or
-# that fell behind its stream) is settled before the first write.
+# write could trip over (a key of another type) is found before the first write.
 APPEND = """
 local done = redis.call('GET', KEYS[3])
 if done then return cjson.decode(done) end
@@ -34,46 +40,50 @@ end
 expect(KEYS[1], 'stream')
 expect(KEYS[2], 'zset')
 if persist then expect(KEYS[5], 'zset') end
+local imports = tonumber(ARGV[6])
 local last = {}
-for i = 6, #KEYS, 2 do
-  local stream, counter = KEYS[i], KEYS[i + 1]
-  if not last[counter] then
-    expect(stream, 'stream')
-    expect(counter, 'string')
-    local value = redis.call('GET', counter) or '0'
-    if #value > 15 or not string.match(value, '^%d+$') then
-      error({err = 'ERR ' .. counter .. ' holds ' .. value .. ', not an event id'})
+for j = 1, imports do
+  local info = redis.pcall('XINFO', 'STREAM', KEYS[5 + j])
+  last[j] = 0
+  if info.err then
+    if not string.find(info.err, 'no such key', 1, true) then
+      error({err = 'WRONGTYPE ' .. KEYS[5 + j] .. ' is not a stream: ' .. info.err})
     end
-    local id = tonumber(value)
-    if redis.call('EXISTS', stream) == 1 then
-      -- A counter behind its stream (restored from an older snapshot, say) would hand
-      -- out ids XADD refuses: go on after the stream's last id instead.
-      local info = redis.call('XINFO', 'STREAM', stream)
-      for j = 1, #info, 2 do
-        if info[j] == 'last-generated-id' then
-          id = math.max(id, tonumber(string.match(info[j + 1], '^%d+')))
-        end
+  else
+    for k = 1, #info, 2 do
+      if info[k] == 'last-generated-id' then
+        last[j] = tonumber(string.match(info[k + 1], '^%d+'))
       end
     end
-    last[counter] = id
   end
 end
 
 local ids, events = {}, {}
-for i = 6, #KEYS, 2 do
-  local counter = KEYS[i + 1]
-  local import_id, event = ARGV[i], ARGV[i + 1]
-  local id = last[counter] + 1
-  last[counter] = id
+local all = {'XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*'}
+for i = 7 + imports, #ARGV, 2 do
+  local j = tonumber(ARGV[i])
+  local event = ARGV[i + 1]
+  local id = last[j] + 1
+  last[j] = id
   local text = string.format('%d', id)
-  redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[1], text .. '-0', 'event', event)
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-             'import_id', import_id, 'id', text, 'event', event)
-  redis.call('ZADD', KEYS[2], ARGV[2], import_id)
-  ids[#ids + 1] = id
-  events[#events + 1] = event
+  redis.call('XADD', KEYS[5 + j], 'MAXLEN', '~', ARGV[1], text .. '-0', 'event', event)
+  local n = #ids + 1
+  ids[n] = id
+  events[n] = event
+  all[#all + 1] = 'i' .. n
+  all[#all + 1] = ARGV[6 + j]
+  all[#all + 1] = 'd' .. n
+  all[#all + 1] = text
+  all[#all + 1] = 'e' .. n
+  all[#all + 1] = event
 end
-for counter, id in pairs(last) do redis.call('SET', counter, string.format('%d', id)) end
+redis.call(unpack(all))
+local index = {'ZADD', KEYS[2]}
+for j = 1, imports do
+  index[#index + 1] = ARGV[2]
+  index[#index + 1] = ARGV[6 + j]
+end
+redis.call(unpack(index))
 local ttl = ARGV[3]
 if persist then
   ttl = ARGV[4]

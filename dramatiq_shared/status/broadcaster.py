@@ -1,13 +1,15 @@
 """The Broadcaster: status events to the live transport and the database, off the worker thread.
 
 ``publish()`` validates an event and hands it to a background thread, so the actor
-that reports progress pays for a lock and a list append, not a round trip. That thread
-wires three parts together:
+that reports progress pays for a lock and a list append, not a round trip. The thread
+gathers what is published within ``linger`` milliseconds of the first event (20 by
+default), so a busy worker sends batches, and wires three parts together:
 
 * a :class:`~.coalescer.Coalescer` decides what goes out now: a progress event that
   follows one of its (import, note, context) by less than ``broadcast_interval``
   waits, the newest winning, without changing the order of its import's events;
-  terminal events (COMPLETED, FAILED) are never held back;
+  terminal events (COMPLETED, FAILED) are never held back, and replace a waiting
+  event of their key;
 * an :class:`~.outbox.Outbox` appends what goes out to the transport, one round trip
   per batch, which gives each event its id;
 * a :class:`~.persister.Persister` writes the same events to the database in batches,
@@ -41,7 +43,7 @@ from .coalescer import Coalescer
 from .events import StatusEvent
 from .outbox import Batch, Outbox
 from .persister import Persister
-from .transport import Transport
+from .transport import MAX_BATCH, Transport
 
 __all__ = [
     "Broadcaster",
@@ -73,6 +75,8 @@ class Broadcaster:
         self.config = config or StatusConfig()
         self.counts: Counter[str] = Counter()  # sent, coalesced, failed, persisted, reclaimed, ...
         self._incoming: list[StatusEvent] = []
+        self._incoming_since = 0.0  # when the first of them was published (monotonic)
+        self._linger = self.config.linger / 1000
         lock = threading.Lock()
         self._wake = threading.Condition(lock)  # the thread waits for work on it
         self._idle = threading.Condition(lock)  # flush() waits for the thread on it
@@ -110,7 +114,11 @@ class Broadcaster:
                 logger.warning("Status event for {} after the broadcaster closed", event.import_id)
                 return event
             self._incoming.append(event)
-            self._wake.notify()
+            if len(self._incoming) == 1:  # the thread checks for more before it waits
+                self._incoming_since = time.monotonic()
+                self._wake.notify()
+            elif len(self._incoming) == MAX_BATCH:
+                self._wake.notify()
         return event
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -166,8 +174,13 @@ class Broadcaster:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not (self._incoming or self._closed or self._flush_requested):
+                while not (self._closed or self._flush_requested):
                     timeout = self._next_deadline()
+                    if self._incoming:
+                        if len(self._incoming) >= MAX_BATCH:
+                            break
+                        gathered = self._incoming_since + self._linger - time.monotonic()
+                        timeout = gathered if timeout is None else min(timeout, gathered)
                     if timeout is not None and timeout <= 0:
                         break
                     self._wake.wait(timeout)
@@ -199,8 +212,8 @@ class Broadcaster:
         released = self._coalescer.take(incoming, time.monotonic(), flush=flushing)
         if released.coalesced:
             self.count("coalesced", released.coalesced)
-        if released.events:
-            self._sender.add(Batch(released.events))
+        for start in range(0, len(released.events), MAX_BATCH):
+            self._sender.add(Batch(released.events[start : start + MAX_BATCH]))
         if self._sender:
             self._sender.drain(force=flushing)
         if self._persister is not None:

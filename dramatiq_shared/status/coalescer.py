@@ -31,9 +31,11 @@ class Coalescer:
 
     A non-terminal event whose key (import, note, context) went out less than
     ``interval`` ago waits, and a newer one of the same key replaces it: the newest
-    wins. A waiting event goes out once its interval has passed, or just before any
-    later event of its import that goes out, so each import's events keep the order
-    they were published in. Terminal events (COMPLETED, FAILED) are never held.
+    wins, a terminal one too (a message's PROCESSING that is still waiting when its
+    COMPLETED comes is not sent at all). A waiting event goes out once its interval has
+    passed, or just before any later event of its import that goes out, so each
+    import's events keep the order they were published in. Terminal events (COMPLETED,
+    FAILED) are never held and never replaced.
 
     Parameters:
       interval: Seconds between two events of one key; ``0`` holds nothing back.
@@ -66,6 +68,8 @@ class Coalescer:
         for event in incoming:
             waiting = self._waiting.setdefault(event.import_id, OrderedDict())
             if event.is_terminal or self._due(event.key, now):
+                if waiting.pop(event.key, None) is not None:  # it supersedes its own key's
+                    coalesced += 1
                 self._release(waiting, outgoing, now)  # the import's earlier events go first
                 outgoing.append(event)
                 self._mark_sent(event.key, now)

@@ -4,9 +4,9 @@ A transport numbers each import's events 1, 2, 3... (across every process publis
 to it) and keeps them readable by import, and all imports together, for the relay.
 
 In Redis, each import has a stream whose entry ids are ``{event id}-0`` (the field
-``event`` holds its JSON, without ``id``) and a counter of its last id; one more stream
-holds every import's events (fields ``import_id``, ``id``, ``event``), and a sorted set
-the imports by last event time. Streams are trimmed to about ``maxlen`` entries. A
+``event`` holds its JSON, without ``id``); one more stream holds every import's
+events, a batch an entry (read it with :func:`batch_entry`), and a sorted set the
+imports by last event time. Streams are trimmed to about ``maxlen`` entries. A
 batch's ids are kept for 10 minutes (or as long as its events, if longer), so a retried
 append whose reply was lost publishes nothing twice. The names of these keys are in
 :mod:`dramatiq_shared.keys`.
@@ -45,8 +45,13 @@ __all__ = [
     "Reclaimed",
     "RedisTransport",
     "Transport",
+    "batch_entry",
     "wire_json",
 ]
+
+#: Most events one append takes: a batch is one entry of the all-imports stream, built
+#: by a script whose stack holds six values an event.
+MAX_BATCH = 1_000
 
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -56,6 +61,18 @@ def wire_json(event: StatusEvent, timestamp: int) -> str:
     wire = event.to_wire(timestamp=timestamp)
     del wire["id"]
     return json.dumps(wire, separators=(",", ":"), ensure_ascii=False)
+
+
+def batch_entry(fields: dict[bytes, bytes]) -> list[tuple[str, int, str]]:
+    """The ``(import id, event id, event JSON)`` of each event in one entry of the
+    all-imports stream, in the order they were appended."""
+    events = []
+    number = 1
+    while (import_id := fields.get(b"i%d" % number)) is not None:
+        event_id, event = fields[b"d%d" % number], fields[b"e%d" % number]
+        events.append((import_id.decode(), int(event_id), event.decode()))
+        number += 1
+    return events
 
 
 class Transport(Protocol):
@@ -147,12 +164,19 @@ class RedisTransport:
             self.keys.batch_events(token),
             self.keys.unpersisted,
         ]
+        if len(events) > MAX_BATCH:
+            raise ValidationError(
+                f"a batch holds at most {MAX_BATCH} events, got {len(events)}", field="events"
+            )
         kept = _UNPERSISTED_TTL if persist else 0
-        args: list[Any] = [self.maxlen, timestamp, _BATCH_TTL, kept, token]
+        numbers: dict[str, int] = {}
+        per_event: list[Any] = []
         for event in events:
-            keys += [self.keys.status(event.import_id), self.keys.sequence(event.import_id)]
-            args += [event.import_id, wire_json(event, timestamp)]
-        return [int(i) for i in self._append(keys=keys, args=args)]
+            number = numbers.setdefault(event.import_id, len(numbers) + 1)
+            per_event += [number, wire_json(event, timestamp)]
+        keys += [self.keys.status(import_id) for import_id in numbers]
+        args: list[Any] = [self.maxlen, timestamp, _BATCH_TTL, kept, token, len(numbers), *numbers]
+        return [int(i) for i in self._append(keys=keys, args=args + per_event)]
 
     def persisted(self, batches: Sequence[str]) -> None:
         if not batches:

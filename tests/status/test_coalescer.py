@@ -28,16 +28,28 @@ def test_the_newest_of_a_key_wins_and_goes_out_when_its_interval_has_passed() ->
     assert coalescer.next_due() is None
 
 
-def test_terminal_events_are_never_held_and_the_waiting_ones_go_first() -> None:
+def test_terminal_events_are_never_held_the_waiting_ones_of_other_keys_go_first() -> None:
     coalescer = Coalescer(60.0)
-    coalescer.take([progress(1)], 0.0)
+    coalescer.take([progress(1), progress(1, context="load")], 0.0)
     done = StatusEvent("imp-1", NoteStatus.COMPLETED, context="parse")
-    released = coalescer.take([progress(2), done], 0.1)
+    released = coalescer.take([progress(2, context="load"), progress(2), done], 0.1)
+    assert [(e.context, e.status, e.current_count) for e in released.events] == [
+        ("load", "PROCESSING", 2),
+        ("parse", "COMPLETED", None),
+    ]
+    assert released.coalesced == 1  # parse's waiting PROCESSING, superseded by COMPLETED
+    assert len(coalescer) == 0
+
+
+def test_a_terminal_event_is_never_replaced() -> None:
+    coalescer = Coalescer(60.0)
+    done = StatusEvent("imp-1", NoteStatus.COMPLETED, context="parse")
+    released = coalescer.take([progress(1), done, progress(2)], 0.0)
     assert [(e.status, e.current_count) for e in released.events] == [
-        ("PROCESSING", 2),
+        ("PROCESSING", 1),
         ("COMPLETED", None),
     ]
-    assert len(coalescer) == 0
+    assert len(coalescer) == 1  # the later progress waits behind the COMPLETED
 
 
 def test_an_imports_order_is_kept_across_keys() -> None:

@@ -21,6 +21,7 @@ from dramatiq_shared import (
 from dramatiq_shared.keys import Keys
 from dramatiq_shared.relay import RedisSource
 from dramatiq_shared.relay.sources import Event
+from dramatiq_shared.status.transport import batch_entry
 
 #: Ids that name, or look like, another key of the layout, old or new.
 HOSTILE = [
@@ -151,9 +152,6 @@ Corrupt = Callable[[redis.Redis], object]
 CORRUPTIONS: dict[str, Corrupt] = {
     "stream a string": lambda client: client.set(KEYS.status("imp-bad"), "oops"),
     "stream a hash": lambda client: client.hset(KEYS.status("imp-bad"), "a", "b"),
-    "counter a list": lambda client: client.rpush(KEYS.sequence("imp-bad"), "1"),
-    "counter not a number": lambda client: client.set(KEYS.sequence("imp-bad"), "seven"),
-    "counter negative": lambda client: client.set(KEYS.sequence("imp-bad"), "-3"),
     "all-stream a string": lambda client: client.set(KEYS.all_status, "oops"),
     "imports index a list": lambda client: client.rpush(KEYS.imports, "imp-good"),
     "unpersisted set a string": lambda client: client.set(KEYS.unpersisted, "oops"),
@@ -179,19 +177,24 @@ def test_a_batch_that_fails_writes_nothing_and_its_retry_writes_each_event_once(
     assert transport.append(batch, 1_000, batch="b1", persist=True) == [1, 1, 2]
     assert [e["noteId"] for e in transport.read("imp-good")] == ["note-0", "note-1"]
     assert [e["noteId"] for e in transport.read("imp-bad")] == ["note-0"]
-    assert entries(redis_client) == 6  # three events, each in its stream and the all-stream
+    assert entries(redis_client) == 4  # three events in their streams, the batch in the all-stream
+    (entry,) = redis_client.xrange(KEYS.all_status)
+    assert [(i, d) for i, d, _ in batch_entry(entry[1])] == [
+        ("imp-good", 1),
+        ("imp-bad", 1),
+        ("imp-good", 2),
+    ]
     (reclaimed,) = transport.reclaim(older_than=0).batches
     assert reclaimed[0] == "b1"
     assert [(i, e) for i, _, e in reclaimed[1]] == list(zip([1, 1, 2], batch, strict=True))
 
 
-def test_ids_the_stream_already_passed_are_skipped_not_refused(
+def test_ids_go_on_after_the_streams_last_id_even_when_its_entries_were_deleted(
     redis_client: redis.Redis,
 ) -> None:
     transport = RedisTransport(redis_client)
     transport.append([event("imp-1", n) for n in range(3)], 1_000)
     redis_client.xdel(KEYS.status("imp-1"), "3-0")  # the stream's last id stays 3
-    redis_client.delete(KEYS.sequence("imp-1"))  # say, restored from an older snapshot
     ids = transport.append([event("imp-2", 0), event("imp-1", 3), event("imp-1", 4)], 2_000)
     assert ids == [1, 4, 5]
     assert [e["id"] for e in transport.read("imp-1")] == [1, 2, 4, 5]
