@@ -108,9 +108,14 @@ class OperationRunner:
           Exception: What the last attempt raised, when it was not transient, the
             retries ran out, or the caller's own transaction was open.
         """
-        # Named after the public method that ran it: DeadLetterStore.record, say.
-        caller = sys._getframe(1).f_code
-        name = getattr(caller, "co_qualname", caller.co_name)  # co_qualname: Python 3.11+
+        # Named after the public method that ran it, by the class of the object it was
+        # called on (DatabaseOperations.create_or_update_note, say): the class that
+        # defines the method is a detail of the package's layout.
+        caller = sys._getframe(1)
+        owner = caller.f_locals.get("self")
+        name = caller.f_code.co_name
+        if owner is not None:
+            name = f"{type(owner).__name__}.{name}"
         with DB_SECONDS.labels(name).time():
             return self._run(operation)
 
