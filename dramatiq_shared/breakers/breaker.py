@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +32,19 @@ _T = TypeVar("_T")
 
 #: Milliseconds a caller is told to wait when the fallback is "open".
 _FALLBACK_WAIT = 5_000
+# Trial lease tokens: unique fleet-wide by a random prefix per process (a forked child
+# draws its own), and cheaper than a uuid4 per call, which every call of a healthy
+# breaker would pay for nothing.
+_TOKEN_PREFIX = uuid.uuid4().hex
+_tokens = itertools.count()
+
+
+def _new_token_prefix() -> None:
+    global _TOKEN_PREFIX  # noqa: PLW0603 - one per process
+    _TOKEN_PREFIX = uuid.uuid4().hex
+
+
+os.register_at_fork(after_in_child=_new_token_prefix)
 _STATE_CLASSES: dict[str, Callable[..., pybreaker.CircuitBreakerState]] = {
     pybreaker.STATE_CLOSED: pybreaker.CircuitClosedState,
     pybreaker.STATE_OPEN: pybreaker.CircuitOpenState,
@@ -184,7 +199,7 @@ class SharedCircuitBreaker:
           CircuitOpenError: When the breaker is open, or half-open with its one trial
             already running; ``remaining`` says how long to wait.
         """
-        token = uuid.uuid4().hex
+        token = f"{_TOKEN_PREFIX}{next(_tokens)}"
         try:
             reply = self._state.acquire(token)
         except StateUnavailableError:

@@ -254,4 +254,7 @@ class _Guarded:
 
 
 def _redis_id(message: Any) -> str:
-    return str(message.options.get("redis_message_id", message.message_id))
+    # Not .get(key, message.message_id): the default would be looked up through the
+    # proxy for every message, though Dramatiq's Redis messages all carry the option.
+    found = message.options.get("redis_message_id")
+    return str(found if found is not None else message.message_id)

@@ -24,7 +24,7 @@ counted; it never touches the message.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import dramatiq
 from dramatiq.broker import MessageProxy
@@ -33,13 +33,21 @@ from loguru import logger
 
 from .._checks import check_text
 from ..errors import ConfigError
-from ..logging import carried
+from ..logging import carried_ids
 from ..status.broadcaster import Broadcaster
 from ..status.events import MAX_TEXT, NoteStatus, StatusEvent
 from .delivery import delivery
 from .messages import qualified_name
 
 __all__ = ["StatusBroadcast"]
+
+
+class _Reporting(NamedTuple):
+    """What an actor's events say of it, worked out once per actor."""
+
+    enabled: bool
+    context: str
+    actor: dramatiq.Actor[..., Any] | None
 
 
 class StatusBroadcast(Middleware):
@@ -53,6 +61,7 @@ class StatusBroadcast(Middleware):
         if not isinstance(broadcaster, Broadcaster):
             raise ConfigError.invalid("broadcaster", broadcaster, "a Broadcaster")
         self.broadcaster = broadcaster
+        self._actors: dict[str, _Reporting] = {}
 
     @property
     def actor_options(self) -> set[str]:
@@ -115,6 +124,20 @@ class StatusBroadcast(Middleware):
                 metadata["attempt"] = decision.attempt
             self._publish(broker, message, NoteStatus.FAILED, f"failed: {error_type}", metadata)
 
+    def _reporting(self, broker: dramatiq.Broker, actor_name: str) -> _Reporting:
+        reporting = self._actors.get(actor_name)
+        if reporting is None:
+            actor = broker.actors.get(actor_name)
+            options = actor.options if actor else {}
+            reporting = _Reporting(
+                options.get("status") is not False,
+                options.get("status_context") or actor_name,
+                actor,
+            )
+            if actor is not None:  # one not declared here may be declared later
+                self._actors[actor_name] = reporting
+        return reporting
+
     def _publish(
         self,
         broker: dramatiq.Broker,
@@ -123,20 +146,21 @@ class StatusBroadcast(Middleware):
         what: str,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        actor = broker.actors.get(message.actor_name)
-        import_id = carried(message, "import_id", actor)
-        options = actor.options if actor else {}
-        if import_id is None or options.get("status") is False:
+        actor_name = message.actor_name
+        reporting = self._reporting(broker, actor_name)
+        if not reporting.enabled:
             return
-        note_id = carried(message, "note_id", actor)
+        import_id, note_id = carried_ids(message, reporting.actor)
+        if import_id is None:
+            return
         try:
             self.broadcaster.publish(
                 StatusEvent(
                     import_id=str(import_id),
                     status=status,
                     note_id=None if note_id is None else str(note_id),
-                    message=f"{message.actor_name} {what}",
-                    context=options.get("status_context") or message.actor_name,
+                    message=f"{actor_name} {what}",
+                    context=reporting.context,
                     indent_level=1 if note_id is not None else 0,
                     metadata=metadata,
                 )

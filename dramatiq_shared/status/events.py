@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from .._checks import INT32_MAX, check_id, check_int, check_text
@@ -154,8 +154,7 @@ class StatusEvent:
         self, *, event_id: int | None = None, timestamp: int | None = None
     ) -> dict[str, Any]:
         """The JSON-ready, camelCase form, with the id and time given at publication."""
-        values = {field.name: getattr(self, field.name) for field in fields(self)}
-        return wire_form(values, event_id=event_id, timestamp=timestamp)
+        return wire_form(self.__dict__, event_id=event_id, timestamp=timestamp)
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> StatusEvent:

@@ -56,11 +56,14 @@ MAX_BATCH = 1_000
 Listener = Callable[[str, dict[str, Any]], None]
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def wire_json(event: StatusEvent, timestamp: int) -> str:
     """The event's JSON as transports store it: the wire form without its id."""
     wire = event.to_wire(timestamp=timestamp)
     del wire["id"]
-    return json.dumps(wire, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODE(wire)
 
 
 def batch_entry(fields: dict[bytes, bytes]) -> list[tuple[str, int, str]]:
