@@ -1,0 +1,115 @@
+"""Redis commands per message: what the suite adds to Dramatiq's own, counted, not timed.
+
+The broker runs on one redis-server and the suite's state (breakers, status streams,
+heartbeats) on another, both the test's own, so every command on the second is one
+the suite added; Dramatiq's own polling, which varies with timing, is on the first.
+Counts are of the steady state: a first round of messages warms up what is done once
+(scripts loaded, the breaker's view learnt, connections opened) and is not counted.
+A long ``linger`` makes the status batches as large as the run allows whatever the
+machine's speed, so the count shows the batches' structure (a command an event, one
+an import and a few a batch), not how busy the machine was.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent, get_stack, setup_broker
+
+from .conftest import RedisServer
+
+MESSAGES = 400
+WARM_UP = 50
+
+
+def commands(client: redis.Redis) -> int:
+    """Commands the server has run so far, scripts' own included."""
+    return int(client.info("stats")["total_commands_processed"])
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
+    """The broker's redis-server and the suite's."""
+    (tmp_path / "broker").mkdir()
+    (tmp_path / "suite").mkdir()
+    broker = RedisServer(tmp_path / "broker", "--appendonly", "no").started()
+    suite = RedisServer(tmp_path / "suite", "--appendonly", "no").started()
+    yield broker, suite
+    broker.stop()
+    suite.stop()
+
+
+def added(servers: tuple[RedisServer, RedisServer], tmp_path: Path, *, import_ids: bool) -> float:
+    """Commands the suite sent to its Redis per message, over MESSAGES no-op messages."""
+    broker_server, suite_server = servers
+    broker = RedisBroker(url=broker_server.url)
+    setup_broker(
+        broker,
+        database=f"sqlite:///{tmp_path / 'costs.db'}",
+        redis_url=suite_server.url,
+        status={"linger": 2_000},
+    )
+    done = threading.Semaphore(0)
+
+    @dramatiq.actor(broker=broker, actor_name="noop", breaker="svc")
+    def noop(n: int, import_id: str | None = None) -> None:
+        done.release()
+
+    def process(first: int, count: int) -> None:
+        for n in range(first, first + count):
+            noop.send(n, import_id=f"imp-{n % 2}" if import_ids else None)
+        for _ in range(count):
+            assert done.acquire(timeout=60), "a message was not processed"
+        get_stack(broker).broadcaster.flush()
+
+    client = redis.Redis(port=suite_server.port)
+    worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=50)
+    worker.start()
+    try:
+        process(0, WARM_UP)
+        before = commands(client)
+        process(WARM_UP, MESSAGES)
+        spent = commands(client) - before - 1  # less the first INFO
+    finally:
+        worker.stop()
+        get_stack(broker).broadcaster.close()
+        get_stack(broker).breakers.breakers.close()
+        broker.close()
+    print(f"Redis commands the suite added a message: {spent / MESSAGES:.3f}")
+    return spent / MESSAGES
+
+
+def test_a_closed_breaker_and_the_rest_of_the_suite_add_no_command_a_message(
+    servers: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    assert added(servers, tmp_path, import_ids=False) <= 0.05
+
+
+def test_lifecycle_events_with_import_ids_add_at_most_two_commands_a_message(
+    servers: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    assert added(servers, tmp_path, import_ids=True) <= 2
+
+
+def test_a_status_batch_costs_a_command_an_event_one_an_import_and_a_few_more(
+    private_redis: tuple[redis.Redis, Any, Any],
+) -> None:
+    client, _, _ = private_redis
+    transport = RedisTransport(client)
+    transport.append([StatusEvent("warm-up", NoteStatus.COMPLETED)], 0)  # loads the script
+    events = [StatusEvent(f"imp-{n % 20}", NoteStatus.COMPLETED) for n in range(200)]
+    before = commands(client)
+    transport.append(events, 1_000, batch="b1", persist=True)
+    transport.persisted(["b1"])
+    spent = commands(client) - before - 1  # less the first INFO
+    # 200 XADDs and 20 XINFOs; for the batch EVALSHA, GET, three TYPEs, the all-stream's
+    # XADD, the imports' ZADD, two SETs and a ZADD, then ZREM, DEL and PEXPIRE to settle.
+    assert spent == 200 + 20 + 13
