@@ -21,6 +21,7 @@ from typing import Any
 
 import peewee
 import redis
+from loguru import logger
 
 from .._checks import INT32_MAX, check_id, check_int
 from ..errors import ConfigError, ValidationError
@@ -196,3 +197,7 @@ class CompletionTracker:
                 metadata=metadata,
             )
         )
+        # Sent before the message that finished the import is acked, not a linger later:
+        # once the import is marked finished, nobody would publish its end again.
+        if not self.broadcaster.flush(timeout=1.0):
+            logger.warning("The end of import {} is not streamed yet; it stays queued", import_id)
