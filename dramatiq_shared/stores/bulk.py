@@ -61,13 +61,21 @@ def insert_rows(
         database.execute_sql(sql, [value for row in chunk for value in row])
 
 
-def upsert_clause(model: type[peewee.Model], key: str, compared: Sequence[str], stamp: str) -> str:
+def upsert_clause(
+    model: type[peewee.Model],
+    key: str,
+    compared: Sequence[str],
+    stamp: str,
+    *,
+    only_changed: bool = True,
+) -> str:
     """An ``ON CONFLICT (key)`` clause that updates a row only when it changed.
 
     The fields ``compared`` and ``stamp`` (names, as for :func:`insert_rows`) take the
     new row's values when one of ``compared`` differs, so a redelivered identical row
     is left as it was, ``stamp`` (an ``updated_at``) included. IS DISTINCT FROM, not
-    ``!=``, so that a NULL turning into a value counts as a change.
+    ``!=``, so that a NULL turning into a value counts as a change. With
+    ``only_changed=False`` the row takes the new values whatever they are.
     """
     table = _quote(model._meta.database, model._meta.table_name)
     columns = _columns(model, compared)
@@ -78,7 +86,8 @@ def upsert_clause(model: type[peewee.Model], key: str, compared: Sequence[str], 
         f"{table}.{column} IS DISTINCT FROM EXCLUDED.{column}" for column in columns
     )
     (target,) = _columns(model, [key])
-    return f" ON CONFLICT ({target}) DO UPDATE SET {assignments} WHERE {changed}"
+    clause = f" ON CONFLICT ({target}) DO UPDATE SET {assignments}"
+    return f"{clause} WHERE {changed}" if only_changed else clause
 
 
 def existing(

@@ -19,6 +19,7 @@ from dramatiq.common import q_name
 
 from .._checks import check_int
 from ..errors import ValidationError
+from .bulk import insert_rows, upsert_clause
 from .runner import RunsOperations
 from .tables import JSONField, Table, bound_model, utcnow
 
@@ -55,6 +56,23 @@ class DeadLetter(Table):
 
     class Meta:
         table_name = "ds_dead_letters"
+
+
+#: The columns a dead letter is written with, in the order of its row.
+_COLUMNS = (
+    "message_id",
+    "queue_name",
+    "actor_name",
+    "message",
+    "error_history",
+    "error_type",
+    "error_message",
+    "reason",
+    "failed_at",
+    "retried_at",
+)
+#: Those a message dead-lettered again overwrites, besides ``failed_at``.
+_UPDATED = tuple(name for name in _COLUMNS if name not in ("message_id", "failed_at"))
 
 
 @dataclass(frozen=True)
@@ -111,20 +129,28 @@ class DeadLetterStore(RunsOperations):
         """
         table = self._table
         options = message.get("options", {})
-        values = {
-            table.queue_name: q_name(message["queue_name"]),
-            table.actor_name: message["actor_name"],
-            table.message: dict(message),
-            table.error_history: list(options.get("error_history", [])),
-            table.error_type: error_type[:255],
-            table.error_message: error_message[:10_000],
-            table.reason: reason[:1_000],
-            table.failed_at: utcnow(),
-            table.retried_at: None,
-        }
-        query = table.insert({table.message_id: message["message_id"], **values})
-        query = query.on_conflict(conflict_target=[table.message_id], update=values)
-        self._runner.run(query.execute)
+        row = (
+            message["message_id"],
+            q_name(message["queue_name"]),
+            message["actor_name"],
+            table.message.db_value(dict(message)),
+            table.error_history.db_value(list(options.get("error_history", []))),
+            error_type[:255],
+            error_message[:10_000],
+            reason[:1_000],
+            utcnow(),
+            None,
+        )
+        # One prepared statement rather than a peewee query built per dead letter: on a
+        # failing workload, building the query was a third of the failure path's CPU.
+        self._runner.run(
+            lambda: insert_rows(table, _COLUMNS, [row], batch_size=1, suffix=self._upsert)
+        )
+
+    @functools.cached_property
+    def _upsert(self) -> str:
+        # A message dead-lettered again (after a retry) takes the new row whole.
+        return upsert_clause(self._table, "message_id", _UPDATED, "failed_at", only_changed=False)
 
     def list(self, *, limit: int = 100, include_retried: bool = False) -> list[DeadLetterRecord]:
         """The newest dead letters first, at most ``limit``; retried ones only when asked."""
