@@ -222,7 +222,8 @@ class Retry(Middleware):
             error_type=error_type,
         )
         self._count(action.value, message.actor_name, error_type)
-        log = logger.bind(retry_decision=decision.as_dict())
+        # Patched in, not bound: the dict is built only for a record some sink takes.
+        log = logger.patch(lambda record: record["extra"].update(retry_decision=decision.as_dict()))
         if not action.runs_again:
             log.warning("Message {} failed for good: {}", message.message_id, reason)
             self._send_exhausted(broker, message, current, exception)
