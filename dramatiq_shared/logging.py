@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from loguru import logger
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "InterceptHandler",
     "carried",
-    "carried_ids",
+    "carried_all",
     "configure_logging",
     "message_context",
 ]
@@ -142,7 +142,7 @@ def message_context(
         "actor": message.actor_name,
         "queue": message.queue_name,
     }
-    import_id, note_id = carried_ids(message, actor)
+    import_id, note_id = carried_all(message, ("import_id", "note_id"), actor)
     if import_id is not None:
         fields["import_id"] = import_id
     if note_id is not None:
@@ -161,36 +161,30 @@ def carried(
     Looked for as a keyword argument, then, when ``actor`` is given, as the positional
     argument of the actor's parameter of that name, then as a message option.
     """
-    kwargs = message.kwargs if isinstance(message.kwargs, Mapping) else {}
-    value = kwargs.get(name)
-    if value is None and actor is not None:
-        position = _positions(actor.fn).get(name)
-        if position is not None and isinstance(message.args, (tuple, list)):
-            value = message.args[position] if position < len(message.args) else None
-    return message.options.get(name) if value is None else value
+    return carried_all(message, (name,), actor)[0]
 
 
-def carried_ids(
-    message: dramatiq.Message[Any] | MessageProxy, actor: dramatiq.Actor[..., Any] | None = None
-) -> tuple[Any, Any]:
-    """``(import_id, note_id)`` as :func:`carried` finds them, in one pass: it runs for
-    every message."""
-    kwargs = message.kwargs
-    import_id = note_id = None
-    if isinstance(kwargs, Mapping):
-        import_id, note_id = kwargs.get("import_id"), kwargs.get("note_id")
-    if actor is not None and (import_id is None or note_id is None):
-        positions, args = _positions(actor.fn), message.args
-        if positions and isinstance(args, (tuple, list)):
-            if import_id is None and positions.get("import_id", len(args)) < len(args):
-                import_id = args[positions["import_id"]]
-            if note_id is None and positions.get("note_id", len(args)) < len(args):
-                note_id = args[positions["note_id"]]
-    if import_id is None or note_id is None:
-        options = message.options
-        import_id = options.get("import_id") if import_id is None else import_id
-        note_id = options.get("note_id") if note_id is None else note_id
-    return import_id, note_id
+def carried_all(
+    message: dramatiq.Message[Any] | MessageProxy,
+    names: tuple[str, ...],
+    actor: dramatiq.Actor[..., Any] | None = None,
+) -> tuple[Any, ...]:
+    """What the message carries for each of ``names``, as :func:`carried` finds it, the
+    message's fields read once for all of them (this runs for every message)."""
+    # Typed as a dict and a tuple, but a foreign producer's message may hold anything.
+    kwargs, args, options = cast(Any, message.kwargs), cast(Any, message.args), message.options
+    if not isinstance(kwargs, Mapping):
+        kwargs = {}
+    positions = _positions(actor.fn) if actor is not None else {}
+    if not isinstance(args, (tuple, list)):
+        args = ()
+    values = []
+    for name in names:
+        value = kwargs.get(name)
+        if value is None and positions.get(name, len(args)) < len(args):
+            value = args[positions[name]]
+        values.append(options.get(name) if value is None else value)
+    return tuple(values)
 
 
 @functools.lru_cache(maxsize=1_024)

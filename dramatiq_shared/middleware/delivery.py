@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -123,7 +124,7 @@ class BreakerCall:
 
     __slots__ = ("_breaker", "_ticket", "deferral_delay", "reported", "verdict")
 
-    def __init__(self, breaker: Breaker, ticket: Any, deferral_delay: Any) -> None:
+    def __init__(self, breaker: Breaker, ticket: Any, deferral_delay: Callable[[int], int]) -> None:
         self._breaker = breaker
         self._ticket = ticket
         self.deferral_delay = deferral_delay

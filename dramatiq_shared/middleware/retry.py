@@ -65,7 +65,7 @@ from .._checks import check_int
 from ..config import MAX_DELAY, RetryConfig
 from ..errors import CircuitOpenError, ConfigError, Defer
 from ..metrics import RETRY_DECISIONS
-from .delivery import Action, Delivery, delivery
+from .delivery import Action, Decision, Delivery, delivery
 from .messages import BROKER_OUTAGE, qualified_name, requeue
 from .retry_policy import (
     MESSAGE_KEYS,
@@ -226,7 +226,7 @@ class Retry(Middleware):
         log = logger.patch(lambda record: record["extra"].update(retry_decision=decision.as_dict()))
         if not action.runs_again:
             log.warning("Message {} failed for good: {}", message.message_id, reason)
-            self._send_exhausted(broker, message, current, exception)
+            self._send_exhausted(broker, message, decision, exception)
         else:
             log.info("Message {} {} in {} ms: {}", message.message_id, action.value, delay, reason)
 
@@ -234,17 +234,16 @@ class Retry(Middleware):
         self,
         broker: dramatiq.Broker,
         message: MessageProxy,
-        current: Delivery,
+        decision: Decision,
         exception: BaseException,
     ) -> None:
         actor = broker.actors.get(message.actor_name)
         target = message.options.get("on_retry_exhausted") or (
             actor.options.get("on_retry_exhausted") if actor else None
         )
-        decision = current.decision
-        if not target or decision is None:
+        if not target:
             return
-        max_attempts = decision.max_attempts or current.attempt
+        max_attempts = decision.max_attempts or decision.attempt
         info = {
             "retries": decision.attempt - 1,
             "max_retries": max_attempts - 1,
