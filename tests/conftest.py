@@ -110,6 +110,12 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+def redis_commands(client: redis.Redis) -> int:
+    """Commands the server has run so far, scripts' own included (the INFO asking is
+    counted after it runs)."""
+    return int(client.info("stats")["total_commands_processed"])
+
+
 def wait_until(condition: Callable[[], object], deadline: float, interval: float = 0.05) -> bool:
     """Poll ``condition`` until it holds or ``time.monotonic()`` passes ``deadline``.
 

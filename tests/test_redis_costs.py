@@ -24,15 +24,10 @@ from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent, get_stack, setup_broker
 
-from .conftest import RedisServer
+from .conftest import RedisServer, redis_commands
 
 MESSAGES = 400
 WARM_UP = 50
-
-
-def commands(client: redis.Redis) -> int:
-    """Commands the server has run so far, scripts' own included."""
-    return int(client.info("stats")["total_commands_processed"])
 
 
 @pytest.fixture
@@ -78,17 +73,15 @@ def added(servers: tuple[RedisServer, RedisServer], tmp_path: Path, *, import_id
         first = WARM_UP
         # Until the breaker's view is learnt and its subscription up (later on a loaded
         # machine), calls ask Redis: warm up until a round of messages asks it nothing.
-        for _ in range(20):
-            if import_ids:
-                break
-            before = commands(client)
+        for _ in range(0 if import_ids else 20):
+            before = redis_commands(client)
             process(first, WARM_UP)
             first += WARM_UP
-            if commands(client) - before - 1 <= 2:  # a heartbeat may fall in the round
+            if redis_commands(client) - before - 1 <= 2:  # a heartbeat may fall in the round
                 break
-        before = commands(client)
+        before = redis_commands(client)
         process(first, MESSAGES)
-        spent = commands(client) - before - 1  # less the first INFO
+        spent = redis_commands(client) - before - 1  # less the first INFO
     finally:
         worker.stop()
         get_stack(broker).broadcaster.close()
@@ -117,10 +110,10 @@ def test_a_status_batch_costs_a_command_an_event_one_an_import_and_a_few_more(
     transport = RedisTransport(client)
     transport.append([StatusEvent("warm-up", NoteStatus.COMPLETED)], 0)  # loads the script
     events = [StatusEvent(f"imp-{n % 20}", NoteStatus.COMPLETED) for n in range(200)]
-    before = commands(client)
+    before = redis_commands(client)
     transport.append(events, 1_000, batch="b1", persist=True)
     transport.persisted(["b1"])
-    spent = commands(client) - before - 1  # less the first INFO
+    spent = redis_commands(client) - before - 1  # less the first INFO
     # 200 XADDs and 20 XINFOs; for the batch EVALSHA, GET, three TYPEs, the all-stream's
     # XADD, the imports' ZADD, two SETs and a ZADD, then ZREM, DEL and PEXPIRE to settle.
     assert spent == 200 + 20 + 13

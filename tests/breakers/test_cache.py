@@ -12,14 +12,9 @@ import redis
 
 from dramatiq_shared import CircuitBreakerConfig, CircuitOpenError
 from dramatiq_shared.breakers import Breakers
+from tests.conftest import redis_commands
 
 from .test_breakers import TRIAL_SCRIPT, fail
-
-
-def commands(client: redis.Redis) -> int:
-    """Commands the server has run so far (INFO counts itself after it runs)."""
-    stats: dict[str, Any] = client.info("commandstats")
-    return sum(int(entry["calls"]) for entry in stats.values())
 
 
 def test_1000_calls_through_a_healthy_breaker_cost_at_most_50_commands(
@@ -28,11 +23,11 @@ def test_1000_calls_through_a_healthy_breaker_cost_at_most_50_commands(
     client, _, _ = private_redis  # a server of the test's own: nobody else's commands
     breakers = Breakers(client)
     try:
-        before = commands(client)
+        before = redis_commands(client)
         cb = breakers["svc"]
         for _ in range(1_000):
             cb.call(lambda: None)
-        spent = commands(client) - before - 1  # less the first INFO
+        spent = redis_commands(client) - before - 1  # less the first INFO
         print(f"Redis commands for 1,000 calls through a healthy breaker: {spent}")
         assert spent <= 50
     finally:
