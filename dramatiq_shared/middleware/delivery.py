@@ -16,6 +16,7 @@ field                  written by                   read by
 ``log_scope``,         ErrorHandling                ErrorHandling
 ``exception``,
 ``duration_ms``
+``ids()``              whoever asks first           StatusBroadcast (both events)
 =====================  ===========================  ===============================
 
 The middleware import this module, never each other: each works alone on a broker,
@@ -31,10 +32,12 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware.shutdown import Shutdown
 
 from ..errors import CircuitOpenError, Defer
+from ..logging import carried_all
 from .messages import record_failure
 
 __all__ = [
@@ -152,6 +155,7 @@ class Delivery:
     """What the middleware know of one delivery; get it with :func:`delivery`."""
 
     __slots__ = (
+        "_ids",
         "attempt",
         "breaker",
         "decision",
@@ -171,11 +175,18 @@ class Delivery:
         self.exception: BaseException | None = None
         self.duration_ms = 0.0
         self.failure_recorded = False
+        self._ids: tuple[Any, ...] | None = None
 
     def finish(self, exception: BaseException | None) -> None:
         """Note how the actor's run ended, and how long it took."""
         self.exception = exception
         self.duration_ms = round((time.monotonic() - self.started) * 1000, 1)
+
+    def ids(self, message: MessageProxy, actor: dramatiq.Actor[..., Any] | None) -> tuple[Any, ...]:
+        """``(import_id, note_id)`` the message carries, looked up once a delivery."""
+        if self._ids is None:
+            self._ids = carried_all(message, ("import_id", "note_id"), actor)
+        return self._ids
 
     def record_failure(self, message: MessageProxy, exception: BaseException) -> None:
         """Add this attempt's failure to the message's error history, once a delivery."""

@@ -33,7 +33,6 @@ from loguru import logger
 
 from .._checks import check_text
 from ..errors import ConfigError
-from ..logging import carried_all
 from ..status.broadcaster import Broadcaster
 from ..status.events import MAX_TEXT, NoteStatus, StatusEvent
 from .delivery import delivery
@@ -150,7 +149,7 @@ class StatusBroadcast(Middleware):
         reporting = self._reporting(broker, actor_name)
         if not reporting.enabled:
             return
-        import_id, note_id = carried_all(message, ("import_id", "note_id"), reporting.actor)
+        import_id, note_id = delivery(message).ids(message, reporting.actor)
         if import_id is None:
             return
         try:
