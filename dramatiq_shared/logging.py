@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger
 
@@ -118,6 +118,8 @@ def configure_logging(
 def message_context(
     message: dramatiq.Message[Any] | MessageProxy,
     actor: dramatiq.Actor[..., Any] | None = None,
+    *,
+    ids: tuple[Any, ...] | None = None,
     **extra: Any,
 ) -> AbstractContextManager[None]:
     """Bind a message's identity to every record logged in its scope.
@@ -132,22 +134,24 @@ def message_context(
     Parameters:
       message: The message being processed.
       actor: Its actor, to find ids passed as positional arguments.
+      ids: Its ``(import_id, note_id)`` when already looked up; default looked up here.
       **extra: Further fields to bind.
 
     Returns:
       A context manager that binds the fields while it is entered.
     """
+    import_id, note_id = ids or carried_all(message, _IDS, actor)
     fields: dict[str, Any] = {
         "message_id": message.message_id,
         "actor": message.actor_name,
         "queue": message.queue_name,
     }
-    import_id, note_id = carried_all(message, ("import_id", "note_id"), actor)
     if import_id is not None:
         fields["import_id"] = import_id
     if note_id is not None:
         fields["note_id"] = note_id
-    fields.update(extra)
+    if extra:
+        fields.update(extra)
     return logger.contextualize(**fields)
 
 
@@ -172,19 +176,29 @@ def carried_all(
     """What the message carries for each of ``names``, as :func:`carried` finds it, the
     message's fields read once for all of them (this runs for every message)."""
     # Typed as a dict and a tuple, but a foreign producer's message may hold anything.
-    kwargs, args, options = cast(Any, message.kwargs), cast(Any, message.args), message.options
-    if not isinstance(kwargs, Mapping):
+    kwargs: Any = message.kwargs
+    if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
         kwargs = {}
-    positions = _positions(actor.fn) if actor is not None else {}
+    args: Any = message.args
     if not isinstance(args, (tuple, list)):
         args = ()
+    positions = _positions(actor.fn) if args and actor is not None else _NO_POSITIONS
+    options = message.options
     values = []
     for name in names:
         value = kwargs.get(name)
-        if value is None and positions.get(name, len(args)) < len(args):
-            value = args[positions[name]]
-        values.append(options.get(name) if value is None else value)
+        if value is None:
+            position = positions.get(name)
+            if position is not None and position < len(args):
+                value = args[position]
+            if value is None:
+                value = options.get(name)
+        values.append(value)
     return tuple(values)
+
+
+_IDS = ("import_id", "note_id")
+_NO_POSITIONS: dict[str, int] = {}
 
 
 @functools.lru_cache(maxsize=1_024)

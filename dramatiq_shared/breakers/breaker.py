@@ -52,7 +52,7 @@ _STATE_CLASSES: dict[str, Callable[..., pybreaker.CircuitBreakerState]] = {
 }
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Ticket:
     """A permission to call, from :meth:`SharedCircuitBreaker.acquire`.
 
@@ -66,7 +66,7 @@ class Ticket:
     unrecorded: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """What the breaker made of a finished call: its state after, and for how long it is open."""
 
@@ -76,6 +76,11 @@ class Verdict:
     @property
     def is_open(self) -> bool:
         return self.state == pybreaker.STATE_OPEN
+
+
+#: What every call of a closed breaker without failures gets: made once, not per call.
+_CLEAN_TICKET = Ticket()
+_CLOSED = Verdict(pybreaker.STATE_CLOSED)
 
 
 def _never_counts(error: BaseException) -> bool:
@@ -208,7 +213,7 @@ class SharedCircuitBreaker:
             return Ticket(unrecorded=True)
         self._moved(reply)
         if reply.kind == "closed":
-            return Ticket(failures=reply.number)
+            return Ticket(failures=reply.number) if reply.number else _CLEAN_TICKET
         if reply.kind == "trial":
             return Ticket(trial=token)
         self._tell("rejected")
@@ -222,7 +227,7 @@ class SharedCircuitBreaker:
         """
         self._tell("success")
         if ticket.unrecorded or (ticket.trial is None and ticket.failures == 0):
-            return Verdict(pybreaker.STATE_CLOSED)  # nothing to reset: no round trip
+            return _CLOSED  # nothing to reset: no round trip
         return self._verdict(self._state.record_success, ticket.trial)
 
     def record_failure(self, ticket: Ticket, error: BaseException) -> Verdict:
@@ -240,7 +245,7 @@ class SharedCircuitBreaker:
             return Verdict("not counted")
         self._tell("failure", error)
         if ticket.unrecorded:
-            return Verdict(pybreaker.STATE_CLOSED)
+            return _CLOSED
         return self._verdict(self._state.record_failure, ticket.trial)
 
     def release(self, ticket: Ticket) -> None:

@@ -22,8 +22,10 @@ milliseconds; the tests require under 50): the price of not asking.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
+import weakref
 
 import redis
 
@@ -34,6 +36,7 @@ from .state import Reply, Snapshot
 
 __all__ = ["CachedState", "View"]
 
+_CLEAN = Reply("closed", 0)
 #: Seconds the subscriber waits for a message before checking it should still run.
 _POLL = 1.0
 
@@ -54,12 +57,15 @@ class View:
         self._epochs: dict[str, int] = {}  # messages seen per breaker
         self._generation = 0  # subscriptions made: a new one forgets what was missed
         self._listening = False
-        self._pid = 0
+        self._started = False
         self._stopped = threading.Event()
+        # A forked child has no subscriber thread: it starts its own at first use. Told
+        # by the fork itself, not by comparing pids on every call.
+        os.register_at_fork(after_in_child=functools.partial(_forked, weakref.ref(self)))
 
     def is_clean(self, name: str) -> bool:
         """Whether ``name`` is known closed with no failures; starts the subscriber."""
-        if self._pid != os.getpid():  # first use, or a forked child: no thread yet
+        if not self._started:
             self._start()
         return self._listening and name in self._clean
 
@@ -84,9 +90,9 @@ class View:
 
     def _start(self) -> None:
         with self._lock:
-            if self._pid == os.getpid():
+            if self._started:
                 return
-            self._pid = os.getpid()
+            self._started = True
             self._listening = False
             self._clean.clear()
         threading.Thread(target=self._subscribe, name="breaker-changes", daemon=True).start()
@@ -125,6 +131,14 @@ class View:
                 self._epochs[name] = self._epochs.get(name, 0) + 1
 
 
+def _forked(ref: weakref.ref[View]) -> None:
+    view = ref()
+    if view is not None:
+        # The parent's threads are gone, and one may have held the lock at the fork.
+        view._lock = threading.Lock()
+        view._started = view._listening = False
+
+
 class CachedState:
     """A breaker's :class:`RedisState`, its closed-and-clean ``acquire`` answered by a view.
 
@@ -141,7 +155,7 @@ class CachedState:
 
     def acquire(self, token: str) -> Reply:
         if self._view.is_clean(self._name):
-            return Reply("closed", 0)
+            return _CLEAN
         mark = self._view.since(self._name)
         return self._learnt(mark, self._inner.acquire(token))
 

@@ -118,7 +118,8 @@ class CircuitBreaker(Middleware):
                 raise ConfigError(f"actor {actor.actor_name!r}: {error}", field="breaker") from None
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        name = self._breaker_name(broker, message)
+        current = delivery(message)
+        name = self._breaker_name(broker, current.message)
         if name is None:
             return
         breaker = self.breakers[name]
@@ -127,7 +128,7 @@ class CircuitBreaker(Middleware):
         except CircuitOpenError as error:
             self._defer(broker, message, error)
             raise SkipMessage(str(error)) from None
-        delivery(message).breaker = BreakerCall(breaker, ticket, self.deferral_delay)
+        current.breaker = BreakerCall(breaker, ticket, self.deferral_delay)
 
     def after_process_message(
         self,
@@ -151,7 +152,7 @@ class CircuitBreaker(Middleware):
         """The delay of a message deferred for an open breaker: remaining time plus jitter."""
         return remaining + random.randint(0, self.jitter)
 
-    def _breaker_name(self, broker: dramatiq.Broker, message: MessageProxy) -> str | None:
+    def _breaker_name(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> str | None:
         name = message.options.get("breaker")
         if name is None:
             actor = broker.actors.get(message.actor_name)

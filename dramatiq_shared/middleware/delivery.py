@@ -16,7 +16,8 @@ field                  written by                   read by
 ``log_scope``,         ErrorHandling                ErrorHandling
 ``exception``,
 ``duration_ms``
-``ids()``              whoever asks first           StatusBroadcast (both events)
+``ids()``              whoever asks first           StatusBroadcast (both events),
+                                                    ErrorHandling (the log context)
 =====================  ===========================  ===============================
 
 The middleware import this module, never each other: each works alone on a broker,
@@ -38,7 +39,7 @@ from dramatiq.middleware.shutdown import Shutdown
 
 from ..errors import CircuitOpenError, Defer
 from ..logging import carried_all
-from .messages import record_failure
+from .messages import proxied, record_failure
 
 __all__ = [
     "Action",
@@ -163,11 +164,14 @@ class Delivery:
         "exception",
         "failure_recorded",
         "log_scope",
+        "message",
         "started",
     )
 
-    def __init__(self, attempt: int) -> None:
-        self.attempt = attempt
+    def __init__(self, message: dramatiq.Message[Any]) -> None:
+        #: The message the proxy wraps, for reading its fields (see ``proxied``).
+        self.message = message
+        self.attempt: int = message.options.get("retries", 0) + 1
         self.started = time.monotonic()
         self.decision: Decision | None = None
         self.breaker: BreakerCall | None = None
@@ -182,10 +186,10 @@ class Delivery:
         self.exception = exception
         self.duration_ms = round((time.monotonic() - self.started) * 1000, 1)
 
-    def ids(self, message: MessageProxy, actor: dramatiq.Actor[..., Any] | None) -> tuple[Any, ...]:
+    def ids(self, actor: dramatiq.Actor[..., Any] | None) -> tuple[Any, ...]:
         """``(import_id, note_id)`` the message carries, looked up once a delivery."""
         if self._ids is None:
-            self._ids = carried_all(message, ("import_id", "note_id"), actor)
+            self._ids = carried_all(self.message, ("import_id", "note_id"), actor)
         return self._ids
 
     def record_failure(self, message: MessageProxy, exception: BaseException) -> None:
@@ -208,8 +212,7 @@ def delivery(message: MessageProxy) -> Delivery:
     """
     found: Delivery | None = message.__dict__.get(_ATTRIBUTE)
     if found is None:
-        found = Delivery(message.options.get("retries", 0) + 1)
-        message.__dict__[_ATTRIBUTE] = found
+        found = message.__dict__[_ATTRIBUTE] = Delivery(proxied(message))
     return found
 
 

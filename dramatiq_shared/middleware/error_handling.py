@@ -124,9 +124,11 @@ class ErrorHandling(Middleware):
         self._check_size(message)
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        scope = message_context(message, broker.actors.get(message.actor_name))
+        current = delivery(message)
+        actor = broker.actors.get(current.message.actor_name)
+        scope = message_context(current.message, actor, ids=current.ids(actor))
         scope.__enter__()
-        delivery(message).log_scope = scope
+        current.log_scope = scope
         self._check_size(message)  # raised here, it fails the message: not retryable
 
     def _check_size(self, message: dramatiq.Message[Any] | MessageProxy) -> None:

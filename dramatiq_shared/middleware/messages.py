@@ -17,7 +17,7 @@ from loguru import logger
 
 from .._redis import text
 
-__all__ = ["guard_decoding", "qualified_name", "record_failure", "requeue"]
+__all__ = ["guard_decoding", "proxied", "qualified_name", "record_failure", "requeue"]
 
 #: Milliseconds a lost connection to the broker is waited out before a message that
 #: must be enqueued again is failed instead.
@@ -37,6 +37,18 @@ OnUndecodable = Callable[[str, "str | None", bytes, BaseException], None]
 HISTORY_LIMIT = 10
 #: Characters of an error message kept in the history.
 MESSAGE_LIMIT = 500
+
+
+def proxied(message: MessageProxy | dramatiq.Message[Any]) -> dramatiq.Message[Any]:
+    """The message a proxy wraps (a message is its own), for reading fields on a hot path.
+
+    A proxy reaches each field of its message through ``__getattr__``, which Python
+    calls only after the normal lookup failed: about 0.8 µs a field, where reading the
+    message's own field costs a few dozen nanoseconds, and the middleware read a dozen
+    fields a message.
+    """
+    found: dramatiq.Message[Any] = message.__dict__.get("_message", message)
+    return found
 
 
 def qualified_name(kind: type) -> str:
@@ -253,8 +265,8 @@ class _Guarded:
             )
 
 
-def _redis_id(message: Any) -> str:
-    # Not .get(key, message.message_id): the default would be looked up through the
-    # proxy for every message, though Dramatiq's Redis messages all carry the option.
-    found = message.options.get("redis_message_id")
-    return str(found if found is not None else message.message_id)
+def _redis_id(message: MessageProxy) -> str:
+    fields = proxied(message)
+    # Not .get(key, fields.message_id): Dramatiq's Redis messages all carry the option.
+    found = fields.options.get("redis_message_id")
+    return str(found if found is not None else fields.message_id)

@@ -145,11 +145,12 @@ class StatusBroadcast(Middleware):
         what: str,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        actor_name = message.actor_name
+        current = delivery(message)
+        actor_name = current.message.actor_name
         reporting = self._reporting(broker, actor_name)
         if not reporting.enabled:
             return
-        import_id, note_id = delivery(message).ids(message, reporting.actor)
+        import_id, note_id = current.ids(reporting.actor)
         if import_id is None:
             return
         try:
