@@ -1,23 +1,27 @@
-"""A process-local view in front of the Redis state: a healthy breaker costs no round trip.
+"""A process-local view in front of the Redis state: a closed breaker costs no round trip.
 
-:class:`CachedState` answers ``acquire`` of a breaker it knows to be closed with no
-failures without asking Redis; everything else (every failure and success report,
-every call of a breaker that is not closed and clean, the trial lease) goes to the
+:class:`CachedState` answers ``acquire`` of a breaker it knows to be closed without
+asking Redis, and skips the reset a success would make of a breaker it knows has no
+failures. Everything else (every failure report, the reset after a failure, every call
+of a breaker that is open or half-open, the trial lease) goes to the
 :class:`~dramatiq_shared.breakers.redis_state.RedisState` behind it, so the guarantees of the
 Lua scripts hold as before: the breaker opens exactly once at its threshold, and one
 half-open trial runs fleet-wide.
 
-What the view knows comes from Redis's own replies: a reply ``closed`` with no failures
-marks the breaker clean. The scripts publish the breaker's name on
-``Keys.breaker_changes`` at every transition and at a closed breaker's first failure;
+What the view knows comes from Redis's own replies: a reply ``closed`` marks the breaker
+closed, with the number of failures it counted. The scripts publish the breaker's name
+on ``Keys.breaker_changes`` at every transition and at a closed breaker's first failure;
 a :class:`View`'s subscriber thread then forgets the breaker, and the next call asks
 Redis. A reply is kept only if no message about its breaker arrived while it was on
 its way, so a stale reply cannot overwrite a newer change. While the subscriber is not
 connected (not started yet, or Redis lost), the view knows nothing and every call asks
 Redis, which is also how an outage reaches the breaker's fallback.
 
-A process whose view says clean lets calls through until the message arrives (a few
-milliseconds; the tests require under 50): the price of not asking.
+So a failure costs its own report, one ``acquire`` for each process that then forgets
+the breaker, and the one success that resets the count: not a round trip for every
+call until the next success, as asking on every call of a breaker with failures would.
+A process whose view says closed lets calls through until the message of a transition
+arrives (a few milliseconds; the tests require under 50): the price of not asking.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ _POLL = 1.0
 
 
 class View:
-    """Which breakers of one Redis are closed and clean, as this process last learnt.
+    """Which breakers of one Redis are closed, and their failures, as this process last learnt.
 
     Parameters:
       client: The Redis client; the subscriber opens a pub/sub connection of its pool.
@@ -53,7 +57,7 @@ class View:
         self._client = client
         self._channel = (keys or Keys()).breaker_changes
         self._lock = threading.Lock()
-        self._clean: set[str] = set()
+        self._closed: dict[str, int] = {}  # closed breakers: failures counted
         self._epochs: dict[str, int] = {}  # messages seen per breaker
         self._generation = 0  # subscriptions made: a new one forgets what was missed
         self._listening = False
@@ -63,11 +67,12 @@ class View:
         # by the fork itself, not by comparing pids on every call.
         os.register_at_fork(after_in_child=functools.partial(_forked, weakref.ref(self)))
 
-    def is_clean(self, name: str) -> bool:
-        """Whether ``name`` is known closed with no failures; starts the subscriber."""
+    def failures(self, name: str) -> int | None:
+        """The failures ``name`` counts if it is known to be closed, else None; starts
+        the subscriber."""
         if not self._started:
             self._start()
-        return self._listening and name in self._clean
+        return self._closed.get(name) if self._listening else None
 
     def since(self, name: str) -> tuple[int, int]:
         """A mark for ``name`` to take before asking Redis, for :meth:`learn`."""
@@ -76,12 +81,11 @@ class View:
 
     def learn(self, name: str, mark: tuple[int, int], reply: Reply) -> None:
         """Keep what ``reply`` says of ``name``, unless the breaker changed since ``mark``."""
-        clean = reply.kind == "closed" and reply.number == 0
         with self._lock:
-            if not clean:
-                self._clean.discard(name)
+            if reply.kind != "closed":
+                self._closed.pop(name, None)
             elif self._listening and mark == (self._generation, self._epochs.get(name, 0)):
-                self._clean.add(name)
+                self._closed[name] = reply.number
 
     def stop(self) -> None:
         """Stop the subscriber; the view then knows nothing."""
@@ -94,12 +98,12 @@ class View:
                 return
             self._started = True
             self._listening = False
-            self._clean.clear()
+            self._closed.clear()
         threading.Thread(target=self._subscribe, name="breaker-changes", daemon=True).start()
 
     def _forget(self, *, listening: bool) -> None:
         with self._lock:
-            self._clean.clear()
+            self._closed.clear()
             self._generation += 1
             self._listening = listening
 
@@ -127,7 +131,7 @@ class View:
         elif message["type"] == "message":
             name = text(message["data"])  # type: ignore[arg-type]
             with self._lock:
-                self._clean.discard(name)
+                self._closed.pop(name, None)
                 self._epochs[name] = self._epochs.get(name, 0) + 1
 
 
@@ -140,7 +144,7 @@ def _forked(ref: weakref.ref[View]) -> None:
 
 
 class CachedState:
-    """A breaker's :class:`RedisState`, its closed-and-clean ``acquire`` answered by a view.
+    """A breaker's :class:`RedisState`, what a closed breaker answers taken from a view.
 
     Parameters:
       name: The breaker's name.
@@ -154,8 +158,9 @@ class CachedState:
         self._view = view
 
     def acquire(self, token: str) -> Reply:
-        if self._view.is_clean(self._name):
-            return _CLEAN
+        failures = self._view.failures(self._name)
+        if failures is not None:
+            return _CLEAN if failures == 0 else Reply("closed", failures)
         mark = self._view.since(self._name)
         return self._learnt(mark, self._inner.acquire(token))
 
@@ -164,6 +169,8 @@ class CachedState:
         return self._learnt(mark, self._inner.record_failure(token))
 
     def record_success(self, token: str | None) -> Reply:
+        if token is None and self._view.failures(self._name) == 0:
+            return _CLEAN  # another call's success has reset the count already
         mark = self._view.since(self._name)
         return self._learnt(mark, self._inner.record_success(token))
 

@@ -77,3 +77,40 @@ def test_a_lost_subscription_makes_calls_ask_redis(
     finally:
         watched.close()
         other.close()
+
+
+def test_a_failure_costs_a_few_commands_not_one_for_every_call_after_it(
+    private_redis: tuple[redis.Redis, Any, Any],
+) -> None:
+    client, _, _ = private_redis
+    breakers = Breakers(client, default=CircuitBreakerConfig(failure_threshold=3))
+    try:
+        cb = breakers["svc"]
+        cb.call(lambda: None)
+        time.sleep(0.3)  # subscribed, and the breaker known closed
+
+        def failure_then(successes: int) -> int:
+            before = redis_commands(client)
+            fail(cb)
+            time.sleep(0.01)  # the failure's message reaches the view
+            # Calls in flight together, as on a worker's threads: all let through
+            # while the breaker counts the failure, all succeeding.
+            tickets = [cb.acquire() for _ in range(successes)]
+            for ticket in tickets:
+                cb.record_success(ticket)
+            return redis_commands(client) - before - 1  # less the first INFO
+
+        few = [failure_then(2) for _ in range(10)]
+        many = [failure_then(50) for _ in range(10)]
+        print(f"Redis commands for a failure and 2 successes: {few}; and 50: {many}")
+        # The failure's report, the one acquire that learns of it and the one reset
+        # (scripts' own commands included): the same however many calls follow.
+        assert max(many) <= max(few)
+        # The successes did reset the count: two failures in a row stay below 3.
+        fail(cb)
+        fail(cb)
+        assert cb.current_state == "closed"
+        fail(cb)
+        assert cb.current_state == "open"
+    finally:
+        breakers.close()
