@@ -88,6 +88,29 @@ def test_every_failed_attempt_is_one_json_record_with_its_context(
         )
 
 
+def test_each_failure_has_its_traceback_logged_once(
+    broker: dramatiq.Broker, run_worker: Callable[..., None], json_lines: io.StringIO
+) -> None:
+    install(broker, config=RetryConfig(base_delay=5, max_delay=20))
+
+    @dramatiq.actor(broker=broker, max_attempts=2)
+    def breaks() -> None:
+        raise LookupError("gone")
+
+    breaks.send()
+    run_worker()
+
+    lines = [json.loads(line) for line in json_lines.getvalue().splitlines()]
+    with_traceback = [line for line in lines if "Traceback (most recent call last)" in line["text"]]
+    assert [line["record"]["message"] for line in with_traceback] == ["Action execution failed"] * 2
+    # Dramatiq's own line stays, without a second copy of the traceback.
+    dramatiq_lines = [
+        line for line in lines if line["record"]["message"].startswith("Failed to process message")
+    ]
+    assert len(dramatiq_lines) == 2
+    assert all(line["record"]["exception"] is None for line in dramatiq_lines)
+
+
 def test_a_deferral_is_not_logged_as_a_failure(
     stub_broker: StubBroker, json_lines: io.StringIO
 ) -> None:
