@@ -7,6 +7,7 @@ on a developer's machine and fails under ``CI=true``: CI must never pass by skip
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -24,6 +25,7 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+from loguru import logger
 from playhouse.pool import PooledDatabase
 
 from dramatiq_shared import DatabaseConfig
@@ -87,6 +89,17 @@ def shared_data(name: str) -> Path:
     if not path.exists():
         service_missing("shared test data", FileNotFoundError(str(path)))
     return path
+
+
+@pytest.fixture
+def records() -> Iterator[list[dict[str, Any]]]:
+    """Every loguru record logged during the test, as loguru's JSON form gives it."""
+    collected: list[dict[str, Any]] = []
+    handler = logger.add(
+        lambda line: collected.append(json.loads(line)["record"]), serialize=True, level="DEBUG"
+    )
+    yield collected
+    logger.remove(handler)
 
 
 # --- Redis -------------------------------------------------------------------
