@@ -208,7 +208,8 @@ class CompletionTracker:
             )
         else:
             logger.warning(
-                "Import {} already has all its {} items: further items are not counted",
+                "Import {} already has all the items it expects ({}): further items are not"
+                " counted",
                 import_id,
                 total,
             )

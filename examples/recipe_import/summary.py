@@ -19,6 +19,7 @@ from dramatiq_shared.stores import OperationRunner, bound_model
 from dramatiq_shared.stores.status_history import StatusEventRecord
 
 from .actors import Nutrition
+from .words import plural
 
 __all__ = ["Summary", "note_counts", "summarize", "unenriched"]
 
@@ -61,21 +62,24 @@ class Summary:
                 f"{self.ingredients} ({self.new_ingredients} new with this import,"
                 f" {self.ingredients - self.new_ingredients} already known)",
             ),
-            ("enriched", f"{self.enriched} of {self.ingredients} ingredients"),
+            ("enriched", f"{self.enriched:,} of {plural(self.ingredients, 'ingredient')}"),
             (
                 "top patterns",
                 "; ".join(f"{rules} ({n})" for rules, n in self.top_patterns) or "none",
             ),
             ("retries", str(self.retries)),
             ("breaker trips", str(self.breaker_trips)),
-            ("failures", "none" if not self.failures else f"{failed} notes"),
+            ("failures", "none" if not self.failures else plural(failed, "note")),
             ("elapsed", f"{self.elapsed:.1f} s"),
         ]
         text = [f"Import {self.import_id}: {self.outcome}"]
         text += [f"  {name:<14}{value}" for name, value in rows]
         text += [f"    {note_id}: {reason}" for note_id, reason in self.failures]
         if self.enrichments_resent:
-            text.append(f"  ({self.enrichments_resent} enrichments were sent again)")
+            resent = plural(self.enrichments_resent, "enrichment")
+            text.append(
+                f"  ({resent} {'was' if self.enrichments_resent == 1 else 'were'} sent again)"
+            )
         return "\n".join(text)
 
 
@@ -199,4 +203,4 @@ def _outcome(notes: Mapping[str, int], recipes: int, ending: str | None) -> str:
     finished = notes.get(NoteStatus.COMPLETED.value, 0) + notes.get(NoteStatus.FAILED.value, 0)
     if ending is not None and finished == recipes:
         return ending
-    return f"INCOMPLETE ({finished} of {recipes} notes finished)"
+    return f"INCOMPLETE ({finished} of {plural(recipes, 'note')} finished)"

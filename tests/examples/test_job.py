@@ -22,3 +22,21 @@ def test_redis_without_a_shared_database_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "set DATABASE_URL too" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_recipe_with_wrong_field_types_is_one_warning_line_and_no_traceback(
+    tmp_path: Path,
+) -> None:
+    recipes = tmp_path / "recipes.jsonl"
+    recipes.write_text(
+        '{"title": "Eggs", "ingredients": ["2 eggs"]}\n{"title": "Numbered", "ingredients": 42}\n'
+    )
+    done = run_job(str(recipes), env=environment(DATABASE_URL=f"sqlite:///{tmp_path / 'i.db'}"))
+    assert done.returncode == 1  # the import FAILED, as one of its notes did
+    assert "Traceback" not in done.stderr
+    logged = [line for line in done.stderr.splitlines() if " | " in line]
+    assert len(logged) == 1, done.stderr
+    assert "WARNING" in logged[0]
+    assert "ingredients must be a list of strings or one string, got 42" in logged[0]
+    assert "  failures      1 note\n" in done.stdout  # one note, not "1 notes"
+    assert "enriched      1 of 1 ingredient\n" in done.stdout

@@ -117,7 +117,7 @@ def test_a_mark_for_an_import_nobody_expected_is_logged_once_and_counts_nothing(
     assert warnings == [
         "Import imp-unknown was never expected (CompletionTracker.expect(import_id, total)"
         " declares it): its items are not counted and it will not be ended",
-        "Import imp-full already has all its 1 items: further items are not counted",
+        "Import imp-full already has all the items it expects (1): further items are not counted",
     ]
     assert transport.read("imp-unknown") == []  # no progress, no ending invented
     with pytest.raises(ValidationError, match="item_id must be"):
