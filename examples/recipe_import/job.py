@@ -9,7 +9,8 @@ processes do the work.
 Either way it serves the nutrition service in-process (unless ``NUTRITION_URL`` names
 one), shows a progress bar, waits until every message of the import is done, sends the
 enrichment of any ingredient still without nutrition again, and prints a summary. Exit
-status: 0 when the import COMPLETED, 1 when it FAILED, 2 on bad input or settings.
+status: 0 when the import COMPLETED, 1 when it FAILED, 2 on bad input (an empty file
+included) or settings.
 
 The import id defaults to one derived from the input, so running the same file again
 runs the same import again: every step is idempotent and it adds no rows.
@@ -34,6 +35,7 @@ from dramatiq_shared import (
     ConfigError,
     DatabaseConfig,
     DramatiqSharedError,
+    ValidationError,
     close_workers,
     configure_logging,
     create_worker,
@@ -105,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1 or (args.limit is not None and args.limit < 0):
         raise ConfigError("--workers must be >= 1 and --limit >= 0", field="workers")
     recipes = read_recipes(args.recipes, limit=args.limit)
+    if not recipes:  # nothing to import is a mistake to say, not an import COMPLETED
+        raise ValidationError(
+            f"no recipes in {args.recipes}" + (" (--limit 0)" if args.limit == 0 else ""),
+            field="recipes",
+        )
     import_id = args.import_id or _import_id(args.recipes, recipes)
     configure_logging(args.log_level)
 
@@ -124,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     before = _counters(stack)
     try:
-        for offset in range(0, max(len(recipes), 1), CHUNK):
+        for offset in range(0, len(recipes), CHUNK):
             chunk = recipes[offset : offset + CHUNK]
             actors.import_recipes.send(import_id, chunk, offset, len(recipes))
         show = _Progress(len(recipes), sys.stderr)

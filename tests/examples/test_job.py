@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from .conftest import environment, run_job
 
 
@@ -40,3 +42,15 @@ def test_a_recipe_with_wrong_field_types_is_one_warning_line_and_no_traceback(
     assert "ingredients must be a list of strings or one string, got 42" in logged[0]
     assert "  failures      1 note\n" in done.stdout  # one note, not "1 notes"
     assert "enriched      1 of 1 ingredient\n" in done.stdout
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"], ids=["empty", "blank-lines"])
+def test_a_file_without_recipes_is_refused(tmp_path: Path, content: str) -> None:
+    recipes = tmp_path / "recipes.jsonl"
+    recipes.write_text(content)
+    database = tmp_path / "import.db"
+    done = run_job(str(recipes), env=environment(DATABASE_URL=f"sqlite:///{database}"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"recipe_import: error: no recipes in {recipes}"
+    assert done.stdout == ""  # no summary of an import that did not happen
+    assert not database.exists()
