@@ -10,9 +10,9 @@ operations run each public operation through :meth:`OperationRunner.run`, which
   jittered backoff, when it failed on a transient error: a lost connection, a
   serialization failure, a deadlock, a lock timeout, SQLite's "database is locked";
 * never retries inside a transaction the caller opened: that transaction is
-  already lost, and only the caller can run it again. Inside one, each operation
-  runs in a savepoint, so that a statement the database refuses (a constraint an
-  operation then explains) leaves the caller's transaction usable.
+  already lost, and only the caller can run it again. Inside one on PostgreSQL, each
+  operation runs in a savepoint, so that a statement the database refuses (a
+  constraint an operation then explains) leaves the caller's transaction usable.
 
 :meth:`RunsOperations.unit_of_work` is such a transaction: many operations, of any
 operations objects on the same database, committed together and retried together.
@@ -129,7 +129,9 @@ class OperationRunner:
         while True:
             try:
                 with self._connection():
-                    if self.database.in_transaction():
+                    # On PostgreSQL a refused statement aborts the whole transaction;
+                    # SQLite undoes just the statement, and a savepoint costs CPU.
+                    if not self.is_sqlite and self.database.in_transaction():
                         with self.database.atomic():  # a savepoint, the caller's to keep
                             return operation()
                     return operation()
