@@ -7,6 +7,7 @@ on a developer's machine and fails under ``CI=true``: CI must never pass by skip
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -24,6 +25,7 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+from loguru import logger
 from playhouse.pool import PooledDatabase
 
 from dramatiq_shared import DatabaseConfig
@@ -34,6 +36,9 @@ POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://dramatiq_shared:dramatiq_shared@127.0.0.1:5432/postgres"
 )
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+#: The team's shared test data, beside the repository unless DRAMATIQ_SHARED_TEST_DATA
+#: names the folder.
+DATA_VARIABLE = "DRAMATIQ_SHARED_TEST_DATA"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # Markers follow from the fixtures a test uses, so `-m "not postgres"` works without
@@ -82,11 +87,25 @@ def service_missing(name: str, error: BaseException) -> NoReturn:
 
 
 def shared_data(name: str) -> Path:
-    """The path of a file in ../shared/data; fails under CI when it is absent."""
-    path = SHARED_DATA / name
+    """The path of a file of the shared test data (``DRAMATIQ_SHARED_TEST_DATA``, else
+    ../shared/data); skipped when it is absent, failed under CI."""
+    folder = os.environ.get(DATA_VARIABLE)
+    path = (Path(folder) if folder else SHARED_DATA) / name
     if not path.exists():
-        service_missing("shared test data", FileNotFoundError(str(path)))
+        where = f"{DATA_VARIABLE}={folder}" if folder else f"{SHARED_DATA} (set {DATA_VARIABLE})"
+        service_missing(f"shared test data in {where}", FileNotFoundError(str(path)))
     return path
+
+
+@pytest.fixture
+def records() -> Iterator[list[dict[str, Any]]]:
+    """Every loguru record logged during the test, as loguru's JSON form gives it."""
+    collected: list[dict[str, Any]] = []
+    handler = logger.add(
+        lambda line: collected.append(json.loads(line)["record"]), serialize=True, level="DEBUG"
+    )
+    yield collected
+    logger.remove(handler)
 
 
 # --- Redis -------------------------------------------------------------------

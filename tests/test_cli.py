@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent, __version__
+from dramatiq_shared import (
+    Broadcaster,
+    CompletionTracker,
+    NoteStatus,
+    RedisTransport,
+    StatusEvent,
+    __version__,
+)
 from dramatiq_shared.cli import main
 from dramatiq_shared.db import MODELS, init_database
 from dramatiq_shared.keys import DEFAULT_NAMESPACE, Keys
@@ -220,3 +227,39 @@ def test_the_metrics_exporter_serves_the_worker_processes_folder(tmp_path: Path)
         exporter.terminate()
         exporter.wait(10)
     assert 'dramatiq_shared_errors_total{actor="an_actor",error_type="KeyError"} 3.0' in body
+
+
+@pytest.mark.parametrize("follow", [[], ["--no-follow"]], ids=["follow", "no-follow"])
+def test_status_of_an_unknown_import_says_so_and_exits_1(
+    redis_client: Any, redis_url: str, capsys: pytest.CaptureFixture[str], follow: list[str]
+) -> None:
+    assert main(["status", "no-such-import", "--redis-url", redis_url, *follow]) == 1
+    shown = capsys.readouterr()
+    assert shown.err == "dramatiq-shared: no such import: no-such-import\n"
+    assert shown.out == ""
+
+
+def test_status_of_an_import_that_ended_is_its_final_state_at_once(
+    redis_client: Any, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broadcaster = Broadcaster(RedisTransport(redis_client))
+    tracker = CompletionTracker(broadcaster, redis_client=redis_client)
+    tracker.expect("imp-ran", 3)
+    for item in ("a", "b", "c"):
+        tracker.mark_done("imp-ran", item, ok=item != "b")
+    # Run again: its events stream anew, but it had ended, so no new ending comes;
+    # and the stream has trimmed the old one away.
+    tracker.mark_done("imp-ran", "a")
+    broadcaster.publish(StatusEvent("imp-ran", NoteStatus.PROCESSING, context="note"))
+    broadcaster.close()
+    redis_client.xtrim(Keys(DEFAULT_NAMESPACE).status("imp-ran"), maxlen=1)
+    exits: list[int] = []
+    follower = threading.Thread(
+        target=lambda: exits.append(main(["status", "imp-ran", "--redis-url", redis_url])),
+        daemon=True,
+    )
+    follower.start()
+    follower.join(30)
+    assert not follower.is_alive(), "status is still waiting for an ending that will not come"
+    assert exits == [1]  # it had FAILED
+    assert capsys.readouterr().out == "import imp-ran: FAILED (3 of 3 items done, 1 failed)\n"

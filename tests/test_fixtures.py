@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import dramatiq
 import pytest
 import redis
 from playhouse.db_url import connect
+
+from .conftest import DATA_VARIABLE, shared_data
 
 
 @pytest.mark.parametrize("run", [1, 2])
@@ -60,3 +63,14 @@ def test_workers_process_messages_on_their_broker(
     broker.join(remember.queue_name)
     worker.join()
     assert sorted(seen) == list(range(20))
+
+
+def test_the_shared_data_folder_is_the_variables_when_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "recipes.jsonl").write_text('{"title": "A"}\n')
+    monkeypatch.setenv(DATA_VARIABLE, str(tmp_path))
+    assert shared_data("recipes.jsonl") == tmp_path / "recipes.jsonl"
+    absent = (pytest.skip.Exception, pytest.fail.Exception)  # skipped, or failed under CI
+    with pytest.raises(absent, match=f"{DATA_VARIABLE}={tmp_path}"):
+        shared_data("labelled_lines.jsonl")  # it says where it looked

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,16 @@ def test_bad_settings_are_refused(environment: Any) -> None:
         setup_broker(StubBroker(), retry={"maxAttempts": 0})
     with pytest.raises(ConfigError, match="RetryConfig must be a RetryConfig or a mapping"):
         setup_broker(StubBroker(), retry=3)  # type: ignore[arg-type]
+
+
+def test_a_bad_breaker_setting_names_the_breaker(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'stack.db'}")
+    usda = "breakers['usda-api']: failure_threshold must be an int >= 1, got 0"
+    with pytest.raises(ConfigError, match=re.escape(usda)) as refused:
+        setup_broker(StubBroker(), breakers={"usda-api": {"failureThreshold": 0}})
+    assert refused.value.field == "breakers['usda-api'].failure_threshold"
+    unknown = "breakers['nutrition']: CircuitBreakerConfig has no setting 'resetTimout'"
+    with pytest.raises(ConfigError, match=re.escape(unknown)):
+        setup_broker(StubBroker(), breakers={"nutrition": {"resetTimout": 30_000}})

@@ -122,9 +122,7 @@ class Breakers(Mapping[str, SharedCircuitBreaker]):
         self.fallback = fallback
         self.default = default or CircuitBreakerConfig()
         self.configs = {
-            check_breaker_name(name): config
-            if isinstance(config, CircuitBreakerConfig)
-            else CircuitBreakerConfig.from_mapping(config)
+            check_breaker_name(name): _config_of(name, config)
             for name, config in (configs or {}).items()
         }
         self.transitions = _Transitions()
@@ -167,6 +165,17 @@ class Breakers(Mapping[str, SharedCircuitBreaker]):
 
     def __len__(self) -> int:
         return len(self._breakers)
+
+
+def _config_of(name: str, config: CircuitBreakerConfig | Mapping[str, Any]) -> CircuitBreakerConfig:
+    """The config of breaker ``name``; an error in it names the breaker."""
+    if isinstance(config, CircuitBreakerConfig):
+        return config
+    try:
+        return CircuitBreakerConfig.from_mapping(config)
+    except ConfigError as error:
+        field = f"breakers[{name!r}].{error.field}" if error.field else f"breakers[{name!r}]"
+        raise ConfigError(f"breakers[{name!r}]: {error}", field=field) from None
 
 
 def check_breaker_name(name: Any) -> str:

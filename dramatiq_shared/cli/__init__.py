@@ -2,7 +2,8 @@
 
 Each subcommand is one function taking the parsed arguments and returning an exit
 status. A user mistake (a bad setting, an unknown id, a server that does not answer)
-is one line on stderr and exit status 2, never a traceback.
+is one line on stderr and exit status 2, never a traceback; ``status`` answers for
+an import, so an unknown one is exit status 1 (``no such import``), like one that failed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from . import dead_letters
 from ._common import KEYS, database_config, first_line, positive, redis_client
 
 __all__ = ["build_parser", "main", "progress_bar"]
+
+#: Seconds ``status`` waits, when following, for an import it does not know to appear.
+APPEARS = 5.0
 
 
 def _show_config(args: argparse.Namespace) -> int:
@@ -114,6 +118,17 @@ def _health(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     client = redis_client(args)
     key = KEYS.status(args.import_id)
+    ended = _ended(client, args.import_id)
+    if ended is not None:  # its ending may be trimmed from the stream, or long past
+        print(ended[1], flush=True)
+        return ended[0]
+    # Followed right as its job starts, an import may not have streamed its first event.
+    deadline = time.monotonic() + (APPEARS if args.follow else 0)
+    while not client.exists(key):
+        if time.monotonic() >= deadline:
+            print(f"dramatiq-shared: no such import: {args.import_id}", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
     after = args.after
     while True:
         replies = cast(
@@ -129,6 +144,20 @@ def _status(args: argparse.Namespace) -> int:
                 return 0 if event["status"] == "COMPLETED" else 1
         if not entries and not args.follow:
             return 0
+        if not entries and (ended := _ended(client, args.import_id)) is not None:
+            print(ended[1], flush=True)
+            return ended[0]
+
+
+def _ended(client: redis.Redis, import_id: str) -> tuple[int, str] | None:
+    """The exit status and final state of an import its completion counts say has ended."""
+    counts = {text(k): int(v) for k, v in client.hgetall(KEYS.completion(import_id)).items()}
+    if not counts.get("finished"):
+        return None
+    status = "FAILED" if counts.get("failed") else "COMPLETED"
+    total, failed = counts.get("total", 0), counts.get("failed", 0)
+    done = f"{counts.get('done', 0)} of {total} items done, {failed} failed"
+    return (1 if failed else 0), f"import {import_id}: {status} ({done})"
 
 
 def _describe(event_id: int, event: dict[str, Any]) -> str:
@@ -226,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[redis],
         help="follow an import's status events, with a progress bar",
         description="Print an import's events from its Redis stream as they come, until"
-        " the import completes (exit 0) or fails (exit 1).",
+        " the import completes (exit 0) or fails (exit 1). An import that has ended"
+        " already is its final state at once; one that does not appear (within 5 s when"
+        " following) is 'no such import', exit 1.",
     )
     status.add_argument("import_id", metavar="IMPORT_ID")
     status.add_argument("--after", type=int, default=0, help="start after this event id (0)")

@@ -189,9 +189,13 @@ class IngredientOperations(DomainOperations):
         )
         if not ids:
             return
-        query = m.LineIngredient.insert_many(
-            [{"line": line_id, "ingredient": i} for i in ids]
-        ).on_conflict_ignore()
+        # A row count, not the RETURNING peewee would add on SQLite: a cursor left
+        # unread there would keep a savepoint of the caller's unit of work from closing.
+        query = (
+            m.LineIngredient.insert_many([{"line": line_id, "ingredient": i} for i in ids])
+            .on_conflict_ignore()
+            .as_rowcount()
+        )
         try:
             self._runner.run(query.execute)
         except peewee.IntegrityError as error:

@@ -43,8 +43,8 @@ from loguru import logger
 
 from .._checks import check_int
 from ..config import DatabaseConfig
-from ..errors import ConfigError, MessageTooLargeError
-from ..logging import message_context
+from ..errors import ConfigError, MessageTooLargeError, PermanentError
+from ..logging import message_context, quiet_expected_failures
 from ..metrics import ERRORS
 from ..stores.dead_letters import DeadLetterStore
 from .delivery import Delivery, delivery, is_deferral, seen
@@ -81,6 +81,7 @@ class ErrorHandling(Middleware):
         if max_message_size is not None:
             check_int("max_message_size", max_message_size, minimum=1, error=ConfigError)
         self.max_message_size = max_message_size
+        quiet_expected_failures()  # this middleware's record of such a failure says why
 
     @property
     def actor_options(self) -> set[str]:
@@ -227,6 +228,11 @@ class ErrorHandling(Middleware):
         record = logger.bind(**fields).opt(exception=exception)
         if decision is not None and not decision.action.used_attempt:
             record.info("Action {}: {}", decision.action.value, decision.reason)
+        elif isinstance(exception, PermanentError):
+            # Expected and handled (bad input, say): one WARNING line, the reason in
+            # error_message; a traceback would only show where the check was.
+            logger.bind(**fields).warning("Action execution failed")
+            ERRORS.labels(message.actor_name, fields["error_type"]).inc()
         else:
             record.error("Action execution failed")
             ERRORS.labels(message.actor_name, fields["error_type"]).inc()

@@ -63,7 +63,7 @@ from loguru import logger
 
 from .._checks import check_int
 from ..config import MAX_DELAY, RetryConfig
-from ..errors import CircuitOpenError, ConfigError, Defer
+from ..errors import CircuitOpenError, ConfigError, Defer, PermanentError
 from ..metrics import RETRY_DECISIONS
 from .delivery import Action, Decision, Delivery, delivery
 from .messages import BROKER_OUTAGE, qualified_name, requeue
@@ -225,7 +225,9 @@ class Retry(Middleware):
         # Patched in, not bound: the dict is built only for a record some sink takes.
         log = logger.patch(lambda record: record["extra"].update(retry_decision=decision.as_dict()))
         if not action.runs_again:
-            log.warning("Message {} failed for good: {}", message.message_id, reason)
+            # An expected failure's one WARNING line is ErrorHandling's, with its reason.
+            level = "INFO" if isinstance(exception, PermanentError) else "WARNING"
+            log.log(level, "Message {} failed for good: {}", message.message_id, reason)
             self._send_exhausted(broker, message, decision, exception)
         else:
             log.info("Message {} {} in {} ms: {}", message.message_id, action.value, delay, reason)

@@ -12,10 +12,17 @@ themselves last.
 In Redis, an import's counts (a hash: total, done, failed, finished) and the set of
 its items counted so far expire 7 days after the last change; the names of their keys
 are in :mod:`dramatiq_shared.keys`.
+
+Completion is a side concern of the message that marks an item: a mark for an import
+nobody expected (or one past its total) is not an error of that message. The tracker
+logs it once per import, as a WARNING naming :meth:`CompletionTracker.expect`, counts
+nothing, and the message's own outcome stands.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +43,8 @@ __all__ = ["CompletionTracker", "Progress"]
 _TTL = 7 * 24 * 3600
 #: The context of the import-level events.
 CONTEXT = "import"
+#: Imports whose refused marks a tracker remembers having logged (the oldest forgotten).
+_REMEMBERED = 1_024
 
 # KEYS: hash, items. ARGV: item, ok (1/0), ttl. Returns {outcome, done, total, failed,
 # finished} with outcome 1 counted, 0 seen before, -1 not expected, -2 beyond the total.
@@ -113,6 +122,8 @@ class CompletionTracker:
             self._mark = redis_client.register_script(_MARK)
             self._expect = redis_client.register_script(_EXPECT)
         self._store = CompletionCounts(database) if database is not None else None
+        self._refused: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._refused_lock = threading.Lock()
 
     def expect(self, import_id: str, total: int) -> None:
         """Declare how many items the import has; repeating it with the same total is fine.
@@ -140,12 +151,16 @@ class CompletionTracker:
     def mark_done(self, import_id: str, item_id: str, ok: bool = True) -> Progress:
         """Count ``item_id`` as done (failed when ``ok`` is False), once.
 
+        A mark for an import that was never expected, or that already has all its
+        items, counts nothing: it is logged (once per import) and returns a progress
+        with ``counted`` and ``finished`` False, so the message marking it is not failed
+        for it.
+
         Returns:
           The import's progress; ``finished`` is True for exactly one call per import.
 
         Raises:
-          ValidationError: When the import was never expected, it already has all its
-            items, or a value is invalid.
+          ValidationError: When a value is invalid.
         """
         check_id("import_id", import_id)
         check_id("item_id", item_id)
@@ -158,14 +173,9 @@ class CompletionTracker:
                 args=[item_id, 1 if ok else 0, _TTL],
             )
             outcome, done, total, failed, finished = (int(v) for v in reply)
-        if outcome == -1:
-            raise ValidationError(
-                f"import_id: import {import_id!r} was never expected", field="import_id"
-            )
-        if outcome == -2:
-            raise ValidationError(
-                f"item_id: import {import_id!r} already has all its {total} items", field="item_id"
-            )
+        if outcome < 0:
+            self._refuse(import_id, outcome, total)
+            return Progress(done, total, failed, counted=False, finished=False)
         progress = Progress(done, total, failed, counted=outcome == 1, finished=bool(finished))
         if progress.counted:
             self.broadcaster.publish(
@@ -181,6 +191,28 @@ class CompletionTracker:
         if progress.finished:
             self._finish(import_id, progress)
         return progress
+
+    def _refuse(self, import_id: str, outcome: int, total: int) -> None:
+        """Log, once per import and kind, a mark that counted nothing."""
+        with self._refused_lock:
+            if (import_id, outcome) in self._refused:
+                return
+            self._refused[(import_id, outcome)] = None
+            if len(self._refused) > _REMEMBERED:
+                self._refused.popitem(last=False)
+        if outcome == -1:
+            logger.warning(
+                "Import {} was never expected (CompletionTracker.expect(import_id, total)"
+                " declares it): its items are not counted and it will not be ended",
+                import_id,
+            )
+        else:
+            logger.warning(
+                "Import {} already has all the items it expects ({}): further items are not"
+                " counted",
+                import_id,
+                total,
+            )
 
     def _finish(self, import_id: str, progress: Progress) -> None:
         status = NoteStatus.FAILED if progress.failed else NoteStatus.COMPLETED

@@ -10,7 +10,12 @@ operations run each public operation through :meth:`OperationRunner.run`, which
   jittered backoff, when it failed on a transient error: a lost connection, a
   serialization failure, a deadlock, a lock timeout, SQLite's "database is locked";
 * never retries inside a transaction the caller opened: that transaction is
-  already lost, and only the caller can run it again.
+  already lost, and only the caller can run it again. Inside one on PostgreSQL, each
+  operation runs in a savepoint, so that a statement the database refuses (a
+  constraint an operation then explains) leaves the caller's transaction usable.
+
+:meth:`RunsOperations.unit_of_work` is such a transaction: many operations, of any
+operations objects on the same database, committed together and retried together.
 """
 
 from __future__ import annotations
@@ -124,6 +129,11 @@ class OperationRunner:
         while True:
             try:
                 with self._connection():
+                    # On PostgreSQL a refused statement aborts the whole transaction;
+                    # SQLite undoes just the statement, and a savepoint costs CPU.
+                    if not self.is_sqlite and self.database.in_transaction():
+                        with self.database.atomic():  # a savepoint, the caller's to keep
+                            return operation()
                     return operation()
             except Exception as error:
                 if (
@@ -207,6 +217,35 @@ class RunsOperations:
     def database(self) -> peewee.Database:
         """The database the operations run on."""
         return self._runner.database
+
+    def unit_of_work(self, work: Callable[[], _T]) -> _T:
+        """Run ``work`` in one transaction, retried whole on a transient error.
+
+        ``work`` calls operations, of this object or of any other on the same database
+        (a :class:`~dramatiq_shared.db.PatternTracker` beside the
+        :class:`~dramatiq_shared.db.DatabaseOperations`, say): all their writes are
+        committed together, or none is. That is one transaction (on SQLite, one turn of
+        its single write lock) where each operation would take its own. Since ``work``
+        may run again, it should only write through operations, and leave what must
+        follow a commit (sending a message about a row it made, say) to its caller.
+
+        Parameters:
+          work: What to run; it takes no arguments.
+
+        Returns:
+          What ``work`` returned.
+
+        Raises:
+          Exception: What ``work`` raised, when it was not transient or the retries ran
+            out; nothing it wrote is kept.
+        """
+        runner = self._runner
+
+        def transaction() -> _T:
+            with runner.transaction():
+                return work()
+
+        return runner.run(transaction)
 
     @property
     def config(self) -> DatabaseConfig:

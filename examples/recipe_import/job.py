@@ -9,10 +9,12 @@ processes do the work.
 Either way it serves the nutrition service in-process (unless ``NUTRITION_URL`` names
 one), shows a progress bar, waits until every message of the import is done, sends the
 enrichment of any ingredient still without nutrition again, and prints a summary. Exit
-status: 0 when the import COMPLETED, 1 when it FAILED, 2 on bad input or settings.
+status: 0 when the import COMPLETED, 1 when it FAILED, 2 on bad input (an empty file
+included) or settings.
 
 The import id defaults to one derived from the input, so running the same file again
-runs the same import again: every step is idempotent and it adds no rows.
+runs the same import again: every step is idempotent and it adds no rows. Such a run
+says so before it starts, and its progress and summary count what this run did.
 """
 
 from __future__ import annotations
@@ -34,17 +36,20 @@ from dramatiq_shared import (
     ConfigError,
     DatabaseConfig,
     DramatiqSharedError,
+    ValidationError,
     close_workers,
     configure_logging,
     create_worker,
 )
 from dramatiq_shared.cli import progress_bar
+from dramatiq_shared.db.models import utcnow
 from dramatiq_shared.keys import Keys
 from dramatiq_shared.relay.auth import sign
 
 from .recipes import read_recipes
+from .words import plural
 
-__all__ = ["DEFAULT_RECIPES", "main", "run"]
+__all__ = ["DEFAULT_RECIPES", "Progress", "main", "run"]
 
 #: The example's own sample recipes, its default input.
 DEFAULT_RECIPES = Path(__file__).with_name("data") / "sample_recipes.jsonl"
@@ -52,6 +57,8 @@ DEFAULT_RECIPES = Path(__file__).with_name("data") / "sample_recipes.jsonl"
 CHUNK = 100
 #: Seconds between two looks at the import's progress.
 POLL = 0.25
+#: Most seconds the progress stays silent when it is not a live bar on a terminal.
+QUIET = 5.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,12 +112,17 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1 or (args.limit is not None and args.limit < 0):
         raise ConfigError("--workers must be >= 1 and --limit >= 0", field="workers")
     recipes = read_recipes(args.recipes, limit=args.limit)
+    if not recipes:  # nothing to import is a mistake to say, not an import COMPLETED
+        raise ValidationError(
+            f"no recipes in {args.recipes}" + (" (--limit 0)" if args.limit == 0 else ""),
+            field="recipes",
+        )
     import_id = args.import_id or _import_id(args.recipes, recipes)
     configure_logging(args.log_level)
 
     from . import actors  # noqa: PLC0415 - sets the broker up from the environment
     from .nutrition import DEFAULT_PORT, NutritionServer  # noqa: PLC0415
-    from .summary import note_counts, summarize, unenriched  # noqa: PLC0415
+    from .summary import earlier_run, note_counts, summarize, unenriched  # noqa: PLC0415
 
     actors.prepare_database()
     stack = actors.stack
@@ -121,20 +133,23 @@ def run(args: argparse.Namespace) -> int:
         os.environ["NUTRITION_URL"] = nutrition.url
     workers = [] if distributed else [create_worker(stack.broker, worker_threads=args.workers)]
     dashboard = _serve_dashboard(stack, import_id, args.dashboard_port) if args.dashboard else None
-    started = time.monotonic()
+    started, since = time.monotonic(), utcnow()
     before = _counters(stack)
+    _say_if_it_ran_before(earlier_run(actors.runner, import_id), import_id, len(recipes))
     try:
-        for offset in range(0, max(len(recipes), 1), CHUNK):
+        for offset in range(0, len(recipes), CHUNK):
             chunk = recipes[offset : offset + CHUNK]
             actors.import_recipes.send(import_id, chunk, offset, len(recipes))
-        show = _Progress(len(recipes), sys.stderr)
-        _wait(stack.broker, lambda: show(note_counts(actors.runner, import_id)))
+        show = Progress(len(recipes), sys.stderr)
+        _wait(stack.broker, lambda n: show(note_counts(actors.runner, import_id, since), n))
         missing = unenriched(actors.runner, import_id)
         for ingredient_id in missing:
             actors.enrich_ingredient.send(ingredient_id, import_id=import_id)
-        _wait(stack.broker, lambda: None)
+        _wait(stack.broker, show.finishing)
         stack.broadcaster.flush()
-        summary = _settled(lambda: summarize(actors.runner, import_id, len(recipes)), distributed)
+        summary = _settled(
+            lambda: summarize(actors.runner, import_id, len(recipes), since), distributed
+        )
         summary.elapsed = time.monotonic() - started
         show.done()
     finally:
@@ -151,6 +166,22 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary.outcome == "COMPLETED" else 1
 
 
+def _say_if_it_ran_before(earlier: Any, import_id: str, recipes: int) -> None:
+    """Say, before a run of an import that ran before starts, what it will do again."""
+    if earlier is None:
+        return
+    finished = earlier.notes.get("COMPLETED", 0) + earlier.notes.get("FAILED", 0)
+    print(
+        f"import {import_id} ran before (first on {earlier.started:%Y-%m-%d %H:%M} UTC;"
+        f" {finished:,} of {plural(sum(earlier.notes.values()), 'note')} finished,"
+        f" {earlier.notes.get('FAILED', 0):,} failed): this run parses its"
+        f" {plural(recipes, 'recipe')} again and writes their rows over, adding none;"
+        " ingredients it knows already are not fetched again",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _import_id(path: Path, recipes: list[Any]) -> str:
     digest = hashlib.sha256(json.dumps(recipes, sort_keys=True).encode()).hexdigest()
     return f"{path.stem[:40]}-{digest[:12]}"
@@ -163,14 +194,16 @@ def _pending(broker: dramatiq.Broker) -> int:
     return sum(broker.do_qsize(queue) for queue in broker.get_declared_queues())  # type: ignore[attr-defined]
 
 
-def _wait(broker: dramatiq.Broker, tick: Callable[[], None]) -> None:
+def _wait(broker: dramatiq.Broker, tick: Callable[[int], None]) -> None:
+    """Until no message is pending; ``tick`` is told how many are, every POLL seconds."""
     # Twice empty in a row: a message being moved from a delay queue is in neither.
     empty = 0
     while empty < 2:
-        tick()
-        empty = empty + 1 if _pending(broker) == 0 else 0
+        pending = _pending(broker)
+        tick(pending)
+        empty = empty + 1 if pending == 0 else 0
         time.sleep(POLL)
-    tick()
+    tick(0)
 
 
 def _settled(read: Callable[[], Any], distributed: bool) -> Any:
@@ -199,23 +232,61 @@ def _counters(stack: Any) -> tuple[int, int]:
     return retries, trips
 
 
-class _Progress:
-    """The import's progress bar on a terminal, or a line each quarter elsewhere."""
+class Progress:
+    """The import's progress: a live bar on a terminal, else a line at each quarter and
+    at least every ``quiet`` seconds, so that it never sits silent.
 
-    def __init__(self, total: int, stream: Any) -> None:
+    Parameters:
+      total: The import's notes.
+      stream: Where it is written.
+      quiet: Most seconds between two lines off a terminal. Default :data:`QUIET`.
+      clock: Seconds, monotonic. Default ``time.monotonic``.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        stream: Any,
+        *,
+        quiet: float = QUIET,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.total = total
         self.stream = stream
         self.live = stream.isatty()
-        self.shown = -1
+        self.quiet = quiet
+        self.clock = clock
+        self.quarter = -1
+        self.last = float("-inf")
+        self.notes: dict[str, int] = {}
 
-    def __call__(self, notes: dict[str, int]) -> None:
+    def __call__(self, notes: dict[str, int], pending: int) -> None:
+        """Show the notes this run finished, and the messages still pending."""
+        self.notes = notes
         finished = notes.get("COMPLETED", 0) + notes.get("FAILED", 0)
-        bar = f"notes {progress_bar(finished, self.total)}, {notes.get('FAILED', 0)} failed"
+        quarter = finished * 4 // self.total if self.total else 4
+        self._show(self._bar(pending), changed=quarter > self.quarter)
+        self.quarter = max(quarter, self.quarter)
+
+    def finishing(self, pending: int) -> None:
+        """Show the wait for the last messages (enrichments) once every note is done."""
+        self._show(self._bar(pending, "still to do"), changed=False)
+
+    def _bar(self, pending: int, what: str = "pending") -> str:
+        finished = self.notes.get("COMPLETED", 0) + self.notes.get("FAILED", 0)
+        failed = self.notes.get("FAILED", 0)
+        return (
+            f"notes {progress_bar(finished, self.total)}, {failed:,} failed;"
+            f" {plural(pending, 'message')} {what}"
+        )
+
+    def _show(self, text: str, *, changed: bool) -> None:
+        now = self.clock()
         if self.live:
-            print(f"\r{bar}", end="", file=self.stream, flush=True)
-        elif self.total and finished * 4 // self.total > self.shown:
-            self.shown = finished * 4 // self.total
-            print(bar, file=self.stream, flush=True)
+            print(f"\r{text}\033[K", end="", file=self.stream, flush=True)
+        elif changed or now - self.last >= self.quiet:
+            print(text, file=self.stream, flush=True)
+            self.last = now
 
     def done(self) -> None:
         if self.live:

@@ -1,14 +1,16 @@
 """What an import left in the database, counted: the main job's progress and summary.
 
 Every figure is read back from the database the workers wrote, so it is the same
-whether the work ran in this process or in ``dramatiq`` worker processes, and whether
-the import ran once or was run again.
+whether the work ran in this process or in ``dramatiq`` worker processes. What "this
+run" did (notes finished, ingredients new) is what the database stamped since the run
+began, so a run of an import that ran before counts its own work, not the last one's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 import peewee
@@ -19,8 +21,9 @@ from dramatiq_shared.stores import OperationRunner, bound_model
 from dramatiq_shared.stores.status_history import StatusEventRecord
 
 from .actors import Nutrition
+from .words import plural
 
-__all__ = ["Summary", "note_counts", "summarize", "unenriched"]
+__all__ = ["Earlier", "Summary", "earlier_run", "note_counts", "summarize", "unenriched"]
 
 #: Most failures and patterns a summary lists.
 LISTED = 5
@@ -46,8 +49,13 @@ class Summary:
     enrichments_resent: int = 0
     elapsed: float = 0.0
 
+    @property
+    def lines_per_second(self) -> float:
+        """The import's lines over the run's elapsed time."""
+        return sum(self.lines.values()) / self.elapsed if self.elapsed > 0 else 0.0
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "lines_per_second": round(self.lines_per_second, 1)}
 
     def render(self) -> str:
         """The summary as the main job prints it."""
@@ -58,24 +66,27 @@ class Summary:
             ("lines", f"{lines}: " + ", ".join(f"{n} {s}" for s, n in self.lines.items())),
             (
                 "ingredients",
-                f"{self.ingredients} ({self.new_ingredients} new with this import,"
-                f" {self.ingredients - self.new_ingredients} already known)",
+                f"{self.ingredients:,} ({self.new_ingredients:,} new with this run,"
+                f" {self.ingredients - self.new_ingredients:,} already known)",
             ),
-            ("enriched", f"{self.enriched} of {self.ingredients} ingredients"),
+            ("enriched", f"{self.enriched:,} of {plural(self.ingredients, 'ingredient')}"),
             (
                 "top patterns",
                 "; ".join(f"{rules} ({n})" for rules, n in self.top_patterns) or "none",
             ),
             ("retries", str(self.retries)),
             ("breaker trips", str(self.breaker_trips)),
-            ("failures", "none" if not self.failures else f"{failed} notes"),
-            ("elapsed", f"{self.elapsed:.1f} s"),
+            ("failures", "none" if not self.failures else plural(failed, "note")),
+            ("elapsed", f"{self.elapsed:.1f} s, {self.lines_per_second:,.0f} lines/s"),
         ]
         text = [f"Import {self.import_id}: {self.outcome}"]
         text += [f"  {name:<14}{value}" for name, value in rows]
         text += [f"    {note_id}: {reason}" for note_id, reason in self.failures]
         if self.enrichments_resent:
-            text.append(f"  ({self.enrichments_resent} enrichments were sent again)")
+            resent = plural(self.enrichments_resent, "enrichment")
+            text.append(
+                f"  ({resent} {'was' if self.enrichments_resent == 1 else 'were'} sent again)"
+            )
         return "\n".join(text)
 
 
@@ -91,10 +102,36 @@ def _notes_by_status(m: DomainModels, import_id: str) -> peewee.Query:
     )
 
 
-def note_counts(runner: OperationRunner, import_id: str) -> dict[str, int]:
-    """How many of the import's notes have each status."""
+def note_counts(
+    runner: OperationRunner, import_id: str, since: datetime | None = None
+) -> dict[str, int]:
+    """How many of the import's notes have each status (set ``since`` then, when given)."""
     m = domain_models(runner.database)
-    return runner.run(lambda: _grouped(_notes_by_status(m, import_id)))
+    query = _notes_by_status(m, import_id)
+    if since is not None:
+        query = query.where(m.Note.updated_at >= since)
+    return runner.run(lambda: _grouped(query))
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """An import as an earlier run left it."""
+
+    started: datetime
+    notes: dict[str, int]
+
+
+def earlier_run(runner: OperationRunner, import_id: str) -> Earlier | None:
+    """What an earlier run of the import left, or None when it never ran."""
+    m = domain_models(runner.database)
+
+    def read() -> Earlier | None:
+        row = m.Import.get_or_none(m.Import.id == import_id)
+        if row is None:
+            return None
+        return Earlier(row.created_at, _grouped(_notes_by_status(m, import_id)))
+
+    return runner.run(read)
 
 
 def _import_ingredients(m: DomainModels, import_id: str) -> peewee.Query:
@@ -121,8 +158,8 @@ def unenriched(runner: OperationRunner, import_id: str) -> list[int]:
     return runner.run(lambda: [row for (row,) in query.tuples()])
 
 
-def summarize(runner: OperationRunner, import_id: str, recipes: int) -> Summary:
-    """Count what the import left in the database."""
+def summarize(runner: OperationRunner, import_id: str, recipes: int, since: datetime) -> Summary:
+    """Count what the import left in the database; new ingredients are those made ``since``."""
     m = domain_models(runner.database)
     events_table = bound_model(StatusEventRecord, runner.database)
 
@@ -138,9 +175,8 @@ def summarize(runner: OperationRunner, import_id: str, recipes: int) -> Summary:
         )
         lines = {status.value: found.get(status.value, 0) for status in ParseStatus}
         ingredients = _import_ingredients(m, import_id)
-        started = m.Import.select(m.Import.created_at).where(m.Import.id == import_id)
         new = m.Ingredient.select().where(
-            m.Ingredient.id.in_(ingredients), m.Ingredient.created_at >= started
+            m.Ingredient.id.in_(ingredients), m.Ingredient.created_at >= since
         )
         enriched = Nutrition.select().where(Nutrition.ingredient.in_(ingredients))
         patterns = (
@@ -199,4 +235,4 @@ def _outcome(notes: Mapping[str, int], recipes: int, ending: str | None) -> str:
     finished = notes.get(NoteStatus.COMPLETED.value, 0) + notes.get(NoteStatus.FAILED.value, 0)
     if ending is not None and finished == recipes:
         return ending
-    return f"INCOMPLETE ({finished} of {recipes} notes finished)"
+    return f"INCOMPLETE ({finished} of {plural(recipes, 'note')} finished)"

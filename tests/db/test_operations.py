@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import peewee
@@ -14,6 +15,7 @@ from dramatiq_shared.db import (
     ParsedIngredientLineData,
     ParsedSegment,
     ParseStatus,
+    PatternTracker,
     normalize_ingredient_name,
 )
 from dramatiq_shared.db.models import (
@@ -420,3 +422,62 @@ def test_line_ingredient_links_are_idempotent(ops: DatabaseOperations) -> None:
     with pytest.raises(ValidationError, match="line_id: no parsed ingredient line 'ghost'"):
         ops.link_line_ingredients("ghost", [flour.id])
     assert LineIngredient.select().count() == 2
+
+
+# --- units of work ---------------------------------------------------------------------
+
+
+def test_a_unit_of_work_commits_a_lines_writes_together_with_another_objects(
+    ops: DatabaseOperations, database: peewee.Database
+) -> None:
+    patterns = PatternTracker(database)
+    ops.create_or_update_parsed_ingredient_line("line-1", line())
+
+    def save() -> Any:
+        ops.replace_parsed_segments("line-1", segments("1", "cup"))
+        flour = ops.find_or_create_ingredient("Flour", "1 cup flour")
+        ops.link_line_ingredients("line-1", [flour.id])
+        patterns.track(["amount", "unit", "ingredient"], "line-1")
+        ops.set_line_status("line-1", ParseStatus.INCORRECT)
+        return flour
+
+    flour = ops.unit_of_work(save)
+    assert flour.is_new
+    assert [r["value"] for r in rows(Segment)] == ["1", "cup"]
+    assert [(r["line"], r["ingredient"]) for r in rows(LineIngredient)] == [("line-1", flour.id)]
+    assert [r["parse_status"] for r in rows(IngredientLine)] == ["INCORRECT"]
+    again = ops.unit_of_work(save)  # run again: the same rows
+    assert (again.id, again.is_new) == (flour.id, False)
+    assert len(rows(Segment)) == 2
+
+
+def test_a_unit_of_work_that_fails_keeps_none_of_its_writes(
+    ops: DatabaseOperations, database: peewee.Database
+) -> None:
+    ops.create_or_update_parsed_ingredient_line("line-1", line())
+
+    def save() -> None:
+        ops.replace_parsed_segments("line-1", segments("2"))
+        ops.find_or_create_ingredient("Sugar")
+        # Refused by the database, then explained: the unit's transaction stays usable
+        # for the explanation's reads (on PostgreSQL a failed statement aborts it).
+        ops.link_line_ingredients("line-404", [1])
+
+    with pytest.raises(ValidationError, match="line_id: no parsed ingredient line 'line-404'"):
+        ops.unit_of_work(save)
+    assert rows(Segment) == []
+    assert rows(Ingredient) == []
+
+
+def test_a_unit_of_work_is_retried_whole_on_a_transient_error(ops: DatabaseOperations) -> None:
+    calls = []
+
+    def save() -> None:
+        calls.append(1)
+        ops.find_or_create_ingredient("Salt")
+        if len(calls) == 1:  # SQLite's word for a busy writer, transient on any database
+            raise sqlite3.OperationalError("database is locked")
+
+    ops.unit_of_work(save)
+    assert len(calls) == 2
+    assert [r["name"] for r in rows(Ingredient)] == ["salt"]  # the first try left nothing

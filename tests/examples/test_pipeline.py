@@ -76,7 +76,8 @@ def test_every_shared_recipe_imports_embedded_and_a_rerun_adds_no_rows(tmp_path:
     assert row_counts(database) == before
     assert {k: again[k] for k in SAME} == {k: summary[k] for k in SAME}
     assert again["endings"] == 1  # the import had ended; running it again ends nothing new
-    assert again["new_ingredients"] == summary["new_ingredients"]
+    assert again["new_ingredients"] == 0  # this run found every ingredient known
+    assert summary["new_ingredients"] == summary["ingredients"]
 
 
 def test_redis_and_postgres_with_two_worker_processes_count_what_embedded_counts(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +13,6 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries
-from loguru import logger
 
 from dramatiq_shared import RetryConfig
 from dramatiq_shared.middleware import ErrorHandling, Retry
@@ -73,17 +71,6 @@ def run_worker(broker: dramatiq.Broker) -> Iterator[Callable[..., None]]:
     yield run
     for worker in workers:
         worker.stop()
-
-
-@pytest.fixture
-def records() -> Iterator[list[dict[str, Any]]]:
-    """Every loguru record logged during the test, as loguru's JSON form gives it."""
-    collected: list[dict[str, Any]] = []
-    handler = logger.add(
-        lambda line: collected.append(json.loads(line)["record"]), serialize=True, level="DEBUG"
-    )
-    yield collected
-    logger.remove(handler)
 
 
 def decisions(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

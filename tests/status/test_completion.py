@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import peewee
 import pytest
@@ -16,11 +17,13 @@ from dramatiq_shared import (
     Broadcaster,
     CompletionTracker,
     ConfigError,
+    DatabaseConfig,
     MemoryTransport,
     RedisTransport,
     StatusConfig,
     ValidationError,
 )
+from dramatiq_shared.db import create_tables, init_database
 
 from .completion_marks import ITEMS
 
@@ -76,12 +79,10 @@ def test_the_database_counts_the_same_way(database: peewee.Database) -> None:
         (3, True, True),
         (3, False, False),
     ]
-    with pytest.raises(ValidationError, match="already has all its 3 items"):
-        tracker.mark_done("imp-db", "d")
+    beyond = tracker.mark_done("imp-db", "d")  # logged, not raised: see the test below
+    assert (beyond.current, beyond.total, beyond.counted, beyond.finished) == (3, 3, False, False)
     with pytest.raises(ValidationError, match="expects 3 items, not 4"):
         tracker.expect("imp-db", 4)
-    with pytest.raises(ValidationError, match="'nope' was never expected"):
-        tracker.mark_done("nope", "a")
     tracker.expect("imp-empty", 0)
     broadcaster.close()
     assert [e["status"] for e in transport.read("imp-db")] == ["PROCESSING"] * 3 + ["COMPLETED"]
@@ -91,3 +92,33 @@ def test_the_database_counts_the_same_way(database: peewee.Database) -> None:
 def test_it_needs_exactly_one_store(redis_client: redis.Redis) -> None:
     with pytest.raises(ConfigError, match="exactly one of redis_client and database"):
         CompletionTracker(Broadcaster(MemoryTransport()))
+
+
+@pytest.mark.parametrize("store", ["redis_client", "sqlite_url"])
+def test_a_mark_for_an_import_nobody_expected_is_logged_once_and_counts_nothing(
+    store: str, request: pytest.FixtureRequest, records: list[dict[str, Any]]
+) -> None:
+    transport = MemoryTransport()
+    broadcaster = Broadcaster(transport, config=StatusConfig(broadcast_interval=0))
+    if store == "redis_client":
+        tracker = CompletionTracker(broadcaster, redis_client=request.getfixturevalue(store))
+    else:
+        database = init_database(DatabaseConfig(url=request.getfixturevalue(store)))
+        create_tables(database)
+        tracker = CompletionTracker(broadcaster, database=database)
+    marks = [tracker.mark_done("imp-unknown", item) for item in ("a", "b", "a")]
+    assert all(not m.counted and not m.finished for m in marks)
+    tracker.expect("imp-full", 1)
+    tracker.mark_done("imp-full", "a")
+    beyond = [tracker.mark_done("imp-full", item) for item in ("b", "c")]
+    assert all(not m.counted and not m.finished for m in beyond)
+    broadcaster.close()
+    warnings = [r["message"] for r in records if r["level"]["name"] == "WARNING"]
+    assert warnings == [
+        "Import imp-unknown was never expected (CompletionTracker.expect(import_id, total)"
+        " declares it): its items are not counted and it will not be ended",
+        "Import imp-full already has all the items it expects (1): further items are not counted",
+    ]
+    assert transport.read("imp-unknown") == []  # no progress, no ending invented
+    with pytest.raises(ValidationError, match="item_id must be"):
+        tracker.mark_done("imp-full", "")  # a bad value is still refused
