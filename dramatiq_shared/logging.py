@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger
 
-from .errors import ConfigError, PermanentError
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     import dramatiq
@@ -31,7 +31,6 @@ __all__ = [
     "carried_all",
     "configure_logging",
     "message_context",
-    "quiet_expected_failures",
 ]
 
 #: The message fields :func:`message_context` binds, in the order the human format shows them.
@@ -62,41 +61,6 @@ class InterceptHandler(logging.Handler):
             frame = frame.f_back
             depth += 1
         logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
-
-
-#: The logger of Dramatiq's worker threads, which log every exception an actor raises.
-_WORKER_LOGGER = "dramatiq.worker.WorkerThread"
-
-
-class _ExpectedFailures(logging.Filter):
-    """Dramatiq's record of a ``PermanentError``, as Dramatiq logs an actor's ``throws``.
-
-    Dramatiq logs any exception outside an actor's ``throws`` at ERROR with its
-    traceback. A ``PermanentError`` (a ``ValidationError`` of bad input, say) is an
-    expected, handled failure: its reason is reported by ``ErrorHandling``'s one
-    record, so Dramatiq's becomes INFO, without traceback, in Dramatiq's own words.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc_info = record.exc_info
-        if record.levelno >= logging.ERROR and exc_info and isinstance(exc_info[1], PermanentError):
-            message = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-            record.msg = "Failed to process message %s with expected exception %s."
-            record.args = (message, type(exc_info[1]).__name__)
-            record.exc_info = record.exc_text = None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
-def quiet_expected_failures() -> None:
-    """Make Dramatiq log an actor's ``PermanentError`` at INFO, without a traceback.
-
-    Installed once per process by :class:`~dramatiq_shared.middleware.ErrorHandling`,
-    whose record of each failed attempt says why. Safe to call again.
-    """
-    worker = logging.getLogger(_WORKER_LOGGER)
-    if not any(isinstance(f, _ExpectedFailures) for f in worker.filters):
-        worker.addFilter(_ExpectedFailures())
 
 
 def _human_format(record: Record) -> str:

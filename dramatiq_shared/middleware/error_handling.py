@@ -9,11 +9,13 @@ import and note ids) to every log record while it runs. When an attempt fails it
   known (it is emitted as the broker acks or nacks the delivery), bound with
   ``message_id``, ``actor``, ``queue``, ``attempt``, ``max_attempts``, ``will_retry``,
   ``error_type``, ``error_message``, ``duration_ms``, the import and note ids when the
-  message carries them, and the traceback. A deferral or a shutdown re-queue, which
-  consume no attempt, is logged at INFO instead. Dramatiq's worker logs the failure
-  too ("Failed to process message ... with unhandled exception."): while this
-  middleware's worker runs, that line keeps its text but not its traceback, so each
-  failure's traceback is formatted once;
+  message carries them, and the traceback. An expected, handled failure (a
+  ``PermanentError``, such as a ``ValidationError`` of bad input) is one WARNING line
+  without traceback; a deferral or a shutdown re-queue, which consume no attempt, is
+  logged at INFO. Dramatiq's worker logs the failure too ("Failed to process message
+  ... with unhandled exception."): while this middleware's worker runs, that line
+  keeps its text but not its traceback, so each failure's traceback is formatted once
+  (a ``PermanentError``'s line becomes INFO, as Dramatiq logs an actor's ``throws``);
 * on a final failure writes the message, its options and its error history to the
   dead-letters table, when it was given a database.
 
@@ -44,7 +46,7 @@ from loguru import logger
 from .._checks import check_int
 from ..config import DatabaseConfig
 from ..errors import ConfigError, MessageTooLargeError, PermanentError
-from ..logging import message_context, quiet_expected_failures
+from ..logging import message_context
 from ..metrics import ERRORS
 from ..stores.dead_letters import DeadLetterStore
 from .delivery import Delivery, delivery, is_deferral, seen
@@ -81,7 +83,6 @@ class ErrorHandling(Middleware):
         if max_message_size is not None:
             check_int("max_message_size", max_message_size, minimum=1, error=ConfigError)
         self.max_message_size = max_message_size
-        quiet_expected_failures()  # this middleware's record of such a failure says why
 
     @property
     def actor_options(self) -> set[str]:
@@ -98,10 +99,10 @@ class ErrorHandling(Middleware):
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         guard_decoding(broker, self._undecodable)
-        _ONE_TRACEBACK.install()
+        _WORKER_RECORDS.install()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        _ONE_TRACEBACK.uninstall()
+        _WORKER_RECORDS.uninstall()
 
     def _undecodable(
         self, queue_name: str, message_id: str | None, body: bytes, error: BaseException
@@ -240,13 +241,18 @@ class ErrorHandling(Middleware):
             _bury(self.dead_letters, message, fields, (decision and decision.reason) or "failed")
 
 
-class _OneTraceback(logging.Filter):
-    """Takes the traceback off Dramatiq's worker's record of a failure, which this
-    middleware logs with the traceback and the attempt's context.
+class _WorkerRecords(logging.Filter):
+    """Dramatiq's worker's record of a failure, trimmed to what this middleware's record
+    of it does not say.
 
-    Installed on Dramatiq's worker logger while at least one worker with this
-    middleware runs. Formatting a traceback is most of what a failure costs to log
-    (about 75 µs of 100 here), and the same traceback twice helps nobody.
+    Dramatiq logs every exception outside an actor's ``throws`` at ERROR with its
+    traceback, and this middleware logs the same failure with the attempt's context.
+    Formatting a traceback is most of what logging a failure costs (about 75 µs of
+    100 here), so Dramatiq's line keeps its text and loses the traceback. A
+    ``PermanentError`` (a ``ValidationError`` of bad input, say) is an expected,
+    handled failure: its line becomes INFO, in Dramatiq's own words for an actor's
+    ``throws``. Installed on Dramatiq's worker logger while at least one worker with
+    this middleware runs.
     """
 
     LOGGER = "dramatiq.worker.WorkerThread"
@@ -269,12 +275,19 @@ class _OneTraceback(logging.Filter):
                 logging.getLogger(self.LOGGER).removeFilter(self)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and str(record.msg).startswith("Failed to process message"):
-            record.exc_info = record.exc_text = None
+        exc_info = record.exc_info
+        if not exc_info or not str(record.msg).startswith("Failed to process message"):
+            return True
+        if isinstance(exc_info[1], PermanentError):
+            message = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "Failed to process message %s with expected exception %s."
+            record.args = (message, type(exc_info[1]).__name__)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info = record.exc_text = None
         return True
 
 
-_ONE_TRACEBACK = _OneTraceback()
+_WORKER_RECORDS = _WorkerRecords()
 
 
 def _bury(
