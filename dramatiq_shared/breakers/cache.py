@@ -9,17 +9,19 @@ Lua scripts hold as before: the breaker opens exactly once at its threshold, and
 half-open trial runs fleet-wide.
 
 What the view knows comes from Redis's own replies: a reply ``closed`` marks the breaker
-closed, with the number of failures it counted. The scripts publish the breaker's name
-on ``Keys.breaker_changes`` at every transition and at a closed breaker's first failure;
-a :class:`View`'s subscriber thread then forgets the breaker, and the next call asks
-Redis. A reply is kept only if no message about its breaker arrived while it was on
-its way, so a stale reply cannot overwrite a newer change. While the subscriber is not
-connected (not started yet, or Redis lost), the view knows nothing and every call asks
-Redis, which is also how an outage reaches the breaker's fallback.
+closed, with the number of failures it counted. The scripts publish on
+``Keys.breaker_changes`` the breaker's name at every transition, and its name and
+``1`` at a closed breaker's first failure. A :class:`View`'s subscriber thread then
+forgets the breaker after a transition (the next call asks Redis), and after a first
+failure knows it closed with failures. A reply is kept only if no message about its
+breaker arrived while it was on its way, so a stale reply cannot overwrite a newer
+change. While the subscriber is not connected (not started yet, or Redis lost), the
+view knows nothing and every call asks Redis, which is also how an outage reaches the
+breaker's fallback.
 
-So a failure costs its own report, one ``acquire`` for each process that then forgets
-the breaker, and the one success that resets the count: not a round trip for every
-call until the next success, as asking on every call of a breaker with failures would.
+So a failure costs its own report and, in each process, the one success that resets
+the count (the successes that finish while that reset is on its way skip theirs): not
+a round trip for every call until the next success, nor one for every success.
 A process whose view says closed lets calls through until the message of a transition
 arrives (a few milliseconds; the tests require under 50): the price of not asking.
 """
@@ -129,9 +131,12 @@ class View:
         if message["type"] == "subscribe":
             self._forget(listening=True)  # from now on no change goes unnoticed
         elif message["type"] == "message":
-            name = text(message["data"])  # type: ignore[arg-type]
+            name, _, failures = text(message["data"]).partition(" ")  # type: ignore[arg-type]
             with self._lock:
-                self._closed.pop(name, None)
+                if failures:  # a closed breaker's first failure
+                    self._closed[name] = int(failures)
+                else:
+                    self._closed.pop(name, None)
                 self._epochs[name] = self._epochs.get(name, 0) + 1
 
 
@@ -156,6 +161,7 @@ class CachedState:
         self._name = name
         self._inner = inner
         self._view = view
+        self._resetting: tuple[int, int] | None = None  # the view's mark at the last reset
 
     def acquire(self, token: str) -> Reply:
         failures = self._view.failures(self._name)
@@ -169,10 +175,19 @@ class CachedState:
         return self._learnt(mark, self._inner.record_failure(token))
 
     def record_success(self, token: str | None) -> Reply:
-        if token is None and self._view.failures(self._name) == 0:
-            return _CLEAN  # another call's success has reset the count already
         mark = self._view.since(self._name)
-        return self._learnt(mark, self._inner.record_success(token))
+        if token is None:
+            # The count is 0 already, or another call's reset, made since the last
+            # failure this process heard of, makes it 0: nothing for this one to do.
+            if self._view.failures(self._name) == 0 or self._resetting == mark:
+                return _CLEAN
+            self._resetting = mark
+        try:
+            reply = self._inner.record_success(token)
+        except BaseException:
+            self._resetting = None  # not reset after all: the next success tries
+            raise
+        return self._learnt(mark, reply)
 
     def release(self, token: str) -> None:
         self._inner.release(token)

@@ -44,8 +44,9 @@ RETRY_AFTER = 1.0
 STREAM_LENGTH = 10_000
 
 # KEYS: state hash, trial lease, events stream, changes channel. ARGV: name first,
-# stream length last. Each transition, and a closed breaker's first failure, is
-# published (the breaker's name) for the processes caching "closed, no failures".
+# stream length last. Each transition is published as the breaker's name, and a closed
+# breaker's first failure as its name, a space and 1, for the processes that cache
+# what a closed breaker counts (breakers/cache.py).
 _PRELUDE = """
 local clock = nil
 local function now()
@@ -55,8 +56,8 @@ local function now()
   end
   return clock
 end
-local function changed()
-  redis.call('PUBLISH', KEYS[4], ARGV[1])
+local function changed(failures)
+  redis.call('PUBLISH', KEYS[4], failures and (ARGV[1] .. ' ' .. failures) or ARGV[1])
 end
 local function event(kind, state, remaining)
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[#ARGV], '*', 'breaker', ARGV[1],
@@ -112,7 +113,7 @@ return {'busy', wait, moved}
 _FAILURE = """
 if state == 'closed' then
   local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-  if failures == 1 then changed() end
+  if failures == 1 then changed(1) end
   if failures < tonumber(ARGV[3]) then return {'closed', failures, ''} end
   open(tonumber(ARGV[4]), 0)
   return {'open', tonumber(ARGV[4]), 'closed'}

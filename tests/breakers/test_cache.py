@@ -12,6 +12,10 @@ import redis
 
 from dramatiq_shared import CircuitBreakerConfig, CircuitOpenError
 from dramatiq_shared.breakers import Breakers
+from dramatiq_shared.breakers.cache import CachedState, View
+from dramatiq_shared.breakers.redis_state import RedisState
+from dramatiq_shared.breakers.state import StateUnavailableError
+from dramatiq_shared.keys import Keys
 from tests.conftest import redis_commands
 
 from .test_breakers import TRIAL_SCRIPT, fail
@@ -114,3 +118,25 @@ def test_a_failure_costs_a_few_commands_not_one_for_every_call_after_it(
         assert cb.current_state == "open"
     finally:
         breakers.close()
+
+
+def test_a_reset_that_did_not_reach_redis_is_made_by_the_next_success(
+    redis_client: redis.Redis,
+) -> None:
+    view = View(redis_client)
+    unreachable = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens there
+    cached = CachedState("svc", RedisState(unreachable, "svc", CircuitBreakerConfig()), view)
+    try:
+        assert view.failures("svc") is None  # starts the subscriber
+        deadline = time.monotonic() + 5
+        while view.since("svc") == (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.01)  # subscribed: the generation moved
+        redis_client.publish(Keys().breaker_changes, "svc 1")  # a first failure elsewhere
+        while view.failures("svc") != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert view.failures("svc") == 1
+        for _ in range(2):  # the second success does not take the first's reset as made
+            with pytest.raises(StateUnavailableError):
+                cached.record_success(None)
+    finally:
+        view.stop()
