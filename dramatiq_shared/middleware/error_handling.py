@@ -9,8 +9,10 @@ import and note ids) to every log record while it runs. When an attempt fails it
   known (it is emitted as the broker acks or nacks the delivery), bound with
   ``message_id``, ``actor``, ``queue``, ``attempt``, ``max_attempts``, ``will_retry``,
   ``error_type``, ``error_message``, ``duration_ms``, the import and note ids when the
-  message carries them, and the traceback. A deferral or a shutdown re-queue, which
-  consume no attempt, is logged at INFO instead;
+  message carries them, and the traceback. A deferral, which consumes no attempt, is
+  logged at INFO instead; what Dramatiq's worker keeps out of its error log (a
+  ``dramatiq.Retry``, ``RateLimitExceeded``, an exception in the actor's ``throws``)
+  is logged without a traceback, at INFO, or WARNING when the message failed for good;
 * on a final failure writes the message, its options and its error history to the
   dead-letters table, when it was given a database.
 
@@ -32,7 +34,7 @@ from typing import Any
 import dramatiq
 import peewee
 from dramatiq.broker import MessageProxy
-from dramatiq.errors import ActorNotFound
+from dramatiq.errors import ActorNotFound, RateLimitExceeded
 from dramatiq.middleware import Middleware
 from loguru import logger
 
@@ -213,11 +215,15 @@ class ErrorHandling(Middleware):
             "error_message": str(exception)[:_MESSAGE_LIMIT],
             "duration_ms": current.duration_ms,
         }
-        record = logger.bind(**fields).opt(exception=exception)
+        record = logger.bind(**fields)
         if decision is not None and not decision.action.used_attempt:
-            record.info("Action {}: {}", decision.action.value, decision.reason)
+            record.opt(exception=exception).info(
+                "Action {}: {}", decision.action.value, decision.reason
+            )
+        elif _expected(broker, message, exception):
+            record.log("WARNING" if message.failed else "INFO", "Action execution failed")
         else:
-            record.error("Action execution failed")
+            record.opt(exception=exception).error("Action execution failed")
             ERRORS.labels(message.actor_name, fields["error_type"]).inc()
         if message.failed and self.dead_letters is not None:
             _bury(self.dead_letters, message, fields, (decision and decision.reason) or "failed")
@@ -238,6 +244,16 @@ def _bury(
         logger.opt(exception=error).error(
             "Could not record dead letter {}: {}", message.message_id, error
         )
+
+
+def _expected(broker: dramatiq.Broker, message: MessageProxy, exception: BaseException) -> bool:
+    """Whether ``exception`` steers the message rather than reporting a fault, as
+    Dramatiq's worker tells them apart (it logs none of them as errors)."""
+    if isinstance(exception, (dramatiq.Retry, RateLimitExceeded)):
+        return True
+    actor = broker.actors.get(message.actor_name)
+    throws = message.options.get("throws") or (actor.options.get("throws") if actor else None)
+    return throws is not None and isinstance(exception, throws)
 
 
 def _max_attempts(broker: dramatiq.Broker, message: MessageProxy) -> int | None:
