@@ -59,7 +59,7 @@ from .status.completion import CompletionTracker
 from .status.transport import MemoryTransport, RedisTransport
 from .stores.connection import open_database
 from .stores.status_history import StatusHistory
-from .workers import message_counts
+from .workers import MessageCounts
 
 __all__ = ["Stack", "get_stack", "setup_broker"]
 
@@ -223,8 +223,10 @@ def _broker_from_env(redis_url: str | None) -> dramatiq.Broker:
 
 
 def _install(broker: dramatiq.Broker, stack: tuple[Middleware, ...]) -> None:
-    """Put ``stack`` where Dramatiq's Retries was (or at the end), replacing it."""
-    message_counts(broker)  # first in the list, so it sees every message start
+    """Put ``stack`` where Dramatiq's Retries was (or at the end), replacing it, after
+    the broker's MessageCounts (added there when it has none)."""
+    if not any(isinstance(m, MessageCounts) for m in broker.middleware):
+        stack = (MessageCounts(), *stack)
     position = next(
         (n for n, m in enumerate(broker.middleware) if isinstance(m, Retries)),
         len(broker.middleware),
