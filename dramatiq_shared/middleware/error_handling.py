@@ -192,9 +192,12 @@ class ErrorHandling(Middleware):
         scope, current.log_scope = current.log_scope, None
         if scope is None:  # held back before this middleware saw it start
             return
+        # Let go of the exception: a broker may keep the message (the StubBroker's dead
+        # letters), and the exception's traceback holds every frame it passed through.
+        exception, current.exception = current.exception, None
         try:
-            if current.exception is not None:
-                self._report(broker, message, current, current.exception)
+            if exception is not None:
+                self._report(broker, message, current, exception)
         finally:
             scope.__exit__(None, None, None)
 
