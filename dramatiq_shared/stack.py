@@ -21,11 +21,15 @@ What it builds, when not given:
 * the database: ``database``, else ``DRAMATIQ_SHARED_DB_URL`` / ``DATABASE_URL``, else
   ``sqlite:///dramatiq_shared.db``; SQLite tables are created here, PostgreSQL's by
   ``dramatiq-shared init-db``;
-* configs from the ``DRAMATIQ_SHARED_*`` variables (see :mod:`dramatiq_shared.config`).
+* configs from the ``DRAMATIQ_SHARED_*`` variables (see :mod:`dramatiq_shared.config`);
+  retries as Dramatiq's ``Retries`` does them by default
+  (:data:`~dramatiq_shared.config.DRAMATIQ_DEFAULTS`) unless a ``retry`` config or a
+  ``DRAMATIQ_SHARED_RETRY_*`` variable is given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,7 +43,14 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, Retries
 
 from ._checks import check_int
-from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
+from .config import (
+    DRAMATIQ_DEFAULTS,
+    ENV_PREFIX,
+    CircuitBreakerConfig,
+    DatabaseConfig,
+    RetryConfig,
+    StatusConfig,
+)
 from .db.models import create_tables
 from .errors import ConfigError
 from .middleware import CircuitBreaker, ErrorHandling, Heartbeat, Retry, StatusBroadcast
@@ -48,7 +59,7 @@ from .status.completion import CompletionTracker
 from .status.transport import MemoryTransport, RedisTransport
 from .stores.connection import open_database
 from .stores.status_history import StatusHistory
-from .workers import message_counts
+from .workers import MessageCounts
 
 __all__ = ["Stack", "get_stack", "setup_broker"]
 
@@ -87,8 +98,10 @@ def setup_broker(
     Parameters:
       broker: The broker; default from ``RABBITMQ_URL``, ``REDIS_URL``, or a StubBroker.
       retry: Retry defaults (a :class:`RetryConfig` or a mapping, camelCase accepted);
-        default from ``DRAMATIQ_SHARED_RETRY_*``. Its ``circuit_breaker`` is the default
-        of breakers not named in ``breakers``.
+        default from ``DRAMATIQ_SHARED_RETRY_*`` when any is set, else Dramatiq's
+        (:data:`~dramatiq_shared.config.DRAMATIQ_DEFAULTS`: 20 retries, 15 s to 7 days
+        apart). Its ``circuit_breaker`` is the default of breakers not named in
+        ``breakers``.
       status: Status broadcasting settings; default from ``DRAMATIQ_SHARED_STATUS_*``.
       database: The database (config or URL); default from the environment.
       breakers: Settings per breaker name.
@@ -108,7 +121,7 @@ def setup_broker(
     if max_message_size is not None:  # ErrorHandling checks it too, but only after the
         # database and the broadcaster exist: refused here, nothing is set up half-way.
         check_int("max_message_size", max_message_size, minimum=1, error=ConfigError)
-    retry_config = _config(RetryConfig, retry)
+    retry_config = _config(RetryConfig, retry) if retry is not None else _retry_from_env()
     status_config = _config(StatusConfig, status)
     database_config = (
         DatabaseConfig(url=database) if isinstance(database, str) else database
@@ -186,6 +199,14 @@ def _config(kind: Any, value: Any) -> Any:
     return value
 
 
+def _retry_from_env() -> RetryConfig:
+    """The retry config the environment sets, or Dramatiq's defaults when it sets none."""
+    if any(key.startswith(f"{ENV_PREFIX}RETRY_") for key in os.environ):
+        return RetryConfig.from_env()
+    breaker = RetryConfig.from_env().circuit_breaker  # DRAMATIQ_SHARED_BREAKER_*
+    return dataclasses.replace(DRAMATIQ_DEFAULTS, circuit_breaker=breaker)
+
+
 def _broker_from_env(redis_url: str | None) -> dramatiq.Broker:
     rabbitmq_url = os.environ.get("RABBITMQ_URL")
     if rabbitmq_url:
@@ -202,14 +223,16 @@ def _broker_from_env(redis_url: str | None) -> dramatiq.Broker:
 
 
 def _install(broker: dramatiq.Broker, stack: tuple[Middleware, ...]) -> None:
-    """Put ``stack`` where Dramatiq's Retries was (or at the end), replacing it."""
-    message_counts(broker)  # first in the list, so it sees every message start
+    """Put ``stack`` where Dramatiq's Retries was (or at the end), replacing it, after
+    the broker's MessageCounts (added there when it has none)."""
+    if not any(isinstance(m, MessageCounts) for m in broker.middleware):
+        stack = (MessageCounts(), *stack)
     position = next(
         (n for n, m in enumerate(broker.middleware) if isinstance(m, Retries)),
         len(broker.middleware),
     )
     broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, Retries)]
-    # Recomputed, so options only Retries understood (min_backoff...) are refused.
+    # Recomputed without Retries' options; Retry's, added below, cover them all.
     broker.actor_options = set().union(*(m.actor_options for m in broker.middleware))
     for offset, middleware in enumerate(stack):
         broker.middleware.insert(position + offset, middleware)

@@ -34,6 +34,9 @@ __all__ = [
     "message_counts",
 ]
 
+#: Marks, on a message proxy, a delivery MessageCounts saw start.
+_COUNTED = "_dramatiq_shared_counted"
+
 _started: weakref.WeakKeyDictionary[dramatiq.Worker, datetime] = weakref.WeakKeyDictionary()
 
 
@@ -52,13 +55,18 @@ class WorkerStatus:
 
 
 class MessageCounts(Middleware):
-    """Counts messages in flight, processed, failed for good and run again."""
+    """Counts messages in flight, processed, failed for good and run again.
+
+    Only messages it saw start count: one that a middleware before it in the list
+    skipped (Dramatiq tells every middleware of the skip) was never in flight here.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.in_flight = self.processed = self.failed = self.retried = 0
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        message.__dict__[_COUNTED] = True
         with self._lock:
             self.in_flight += 1
         IN_FLIGHT.inc()
@@ -71,6 +79,8 @@ class MessageCounts(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
+        if message.__dict__.pop(_COUNTED, None) is None:
+            return
         IN_FLIGHT.dec()
         with self._lock:
             self.in_flight -= 1
@@ -82,6 +92,8 @@ class MessageCounts(Middleware):
                     self.retried += 1
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        if message.__dict__.pop(_COUNTED, None) is None:
+            return
         IN_FLIGHT.dec()
         with self._lock:
             self.in_flight -= 1

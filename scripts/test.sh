@@ -5,6 +5,7 @@
 #     they are not answering on 127.0.0.1;
 #   - RabbitMQ, started (installed if absent) when it is not answering on 127.0.0.1;
 #   - Chromium from Debian's packages, for the dashboard's browser test;
+#   - memcached from Debian's packages, for Dramatiq's own test suite (tests/compat);
 #   - a PostgreSQL role the tests log in as (each test session creates and drops
 #     its own database).
 # Arguments are passed to pytest:  bash scripts/test.sh -k config -x
@@ -64,6 +65,9 @@ if ! listening "$RABBITMQ_PORT"; then
   as_root rabbitmq-server -detached
   for _ in $(seq 1 120); do listening "$RABBITMQ_PORT" && break; sleep 0.5; done
 fi
+
+# --- memcached, for Dramatiq's own test suite (tests/compat starts one of its own) ---
+command -v memcached >/dev/null || apt_install memcached
 
 # --- Chromium, for the dashboard's browser test (Playwright drives Debian's build) ---
 command -v chromium >/dev/null || apt_install chromium

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,11 @@ from dramatiq_shared import (
     ConfigError,
     MemoryTransport,
     RedisTransport,
+    RetryConfig,
     get_stack,
     setup_broker,
 )
+from dramatiq_shared.config import DRAMATIQ_DEFAULTS
 from dramatiq_shared.middleware import CircuitBreaker, ErrorHandling, Retry, StatusBroadcast
 from dramatiq_shared.workers import MessageCounts
 
@@ -47,12 +50,47 @@ def test_twice_is_one_stack_in_order_without_retries(environment: Any) -> None:
     assert setup_broker(broker) is broker
     assert not any(isinstance(m, Retries) for m in broker.middleware)
     assert ours(broker) == ORDER
-    # Where Retries was, one further on: MessageCounts went first in the list.
-    assert type(broker.middleware[0]) is MessageCounts
+    # Where Retries was, after MessageCounts; Dramatiq's own stay where they were
+    # (its tests add middleware before AgeLimit and find it first in the list).
+    assert type(broker.middleware[position]) is MessageCounts
     assert [type(m) for m in broker.middleware[position + 1 : position + 5]] == ORDER
+    assert [type(m) for m in broker.middleware[:position]] == [
+        type(m) for m in StubBroker().middleware[:position]
+    ]
     assert dramatiq.get_broker() is broker
-    assert "min_backoff" not in broker.actor_options  # Retries' own options are gone
+    # Every option of Dramatiq's Retries stays declarable (Retry honours each).
+    assert Retries().actor_options <= broker.actor_options
     assert {"max_attempts", "breaker", "on_error", "status_context"} <= broker.actor_options
+
+
+def test_actors_may_declare_every_option_of_dramatiqs_retries(environment: Any) -> None:
+    broker = setup_broker(StubBroker())
+
+    @dramatiq.actor(
+        broker=broker,
+        max_retries=None,
+        min_backoff=0,
+        max_backoff=10,
+        retry_when=lambda retries, exception: retries < 2,
+        throws=KeyError,
+        on_retry_exhausted="elsewhere",
+    )
+    def dramatiq_style() -> None:
+        pass
+
+    assert dramatiq_style.options["min_backoff"] == 0
+
+
+def test_without_a_retry_config_the_defaults_are_dramatiqs(environment: Any) -> None:
+    for name in [n for n in os.environ if n.startswith("DRAMATIQ_SHARED_RETRY_")]:
+        environment.delenv(name)
+    retry = get_stack(setup_broker(StubBroker())).retry
+    assert retry.config == DRAMATIQ_DEFAULTS
+    assert (retry.config.max_attempts, retry.config.base_delay) == (21, 15_000)
+    assert retry.config.max_delay == 7 * 24 * 3600 * 1000
+    get_stack().broadcaster.close()
+    given = RetryConfig(max_attempts=4)
+    assert get_stack(setup_broker(StubBroker(), retry=given)).retry.config == given
 
 
 def test_embedded_defaults_run_a_message_end_to_end(environment: Any) -> None:

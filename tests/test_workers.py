@@ -10,6 +10,7 @@ import pytest
 from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_shared import ConfigError, close_workers, create_worker, get_worker_status
+from dramatiq_shared.workers import MessageCounts
 
 from .middleware.conftest import install
 
@@ -65,3 +66,32 @@ def test_unknown_queues_and_bad_numbers_are_refused(redis_broker: RedisBroker) -
         create_worker(redis_broker, queues=["nope"])
     with pytest.raises(ConfigError, match="worker_threads must be an int >= 1, got 0"):
         create_worker(redis_broker, worker_threads=0)
+
+
+def test_a_message_skipped_before_message_counts_saw_it_is_not_counted(
+    redis_broker: RedisBroker,
+) -> None:
+    # setup_broker() puts MessageCounts where Retries was, after AgeLimit: a message
+    # AgeLimit skips never started as far as MessageCounts knows.
+    counts = MessageCounts()
+    redis_broker.add_middleware(counts)
+    done = threading.Event()
+
+    @dramatiq.actor(broker=redis_broker, max_age=1)
+    def stale() -> None:
+        pass
+
+    @dramatiq.actor(broker=redis_broker)
+    def fresh() -> None:
+        done.set()
+
+    stale.send_with_options(delay=50)  # older than max_age once it is due
+    fresh.send()
+    worker = create_worker(redis_broker, worker_timeout=50)
+    try:
+        assert done.wait(10)
+        redis_broker.join(stale.queue_name, timeout=10_000)
+        worker.join()
+    finally:
+        close_workers([worker])
+    assert (counts.in_flight, counts.processed) == (0, 1)

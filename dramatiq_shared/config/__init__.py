@@ -28,10 +28,11 @@ from ._base import _snake_case as _snake_case
 from ._error_specs import ErrorSpec, error_matches, resolve_error_specs
 from .breaker import CircuitBreakerConfig
 from .database import DatabaseConfig
-from .retry import JITTER_MODES, RetryConfig
+from .retry import DRAMATIQ_DEFAULTS, JITTER_MODES, RetryConfig
 from .status import StatusConfig
 
 __all__ = [
+    "DRAMATIQ_DEFAULTS",
     "JITTER_MODES",
     "CircuitBreakerConfig",
     "DatabaseConfig",

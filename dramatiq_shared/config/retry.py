@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dramatiq.errors import Retry as RetryRequest
+from dramatiq.middleware.shutdown import Shutdown
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from .._checks import check_int
@@ -15,7 +17,11 @@ from ._error_specs import ErrorSpec, error_matches, resolve_error_specs
 from .breaker import CircuitBreakerConfig
 
 #: How retry delays are spread; ``True`` means ``"decorrelated"``, ``False`` ``"none"``.
-JITTER_MODES = ("decorrelated", "full", "equal", "none")
+JITTER_MODES = ("decorrelated", "full", "equal", "none", "dramatiq")
+
+
+def _parse_attempts(text: str) -> int | None:
+    return None if text.strip().lower() == "none" else _parse_int(text)
 
 
 def _parse_jitter(text: str) -> bool | str:
@@ -27,25 +33,27 @@ def _parse_jitter(text: str) -> bool | str:
 class RetryConfig(_Config):
     """Middleware defaults for retries; actors and messages may override each field.
 
-    Environment: ``DRAMATIQ_SHARED_RETRY_MAX_ATTEMPTS``, ``..._BASE_DELAY``,
-    ``..._MAX_DELAY``, ``..._RETRYABLE_ERRORS`` (comma-separated names), ``..._JITTER``
-    (a mode or true/false); a ``circuit_breaker`` is built from the
+    Environment: ``DRAMATIQ_SHARED_RETRY_MAX_ATTEMPTS`` (an int or ``none``),
+    ``..._BASE_DELAY``, ``..._MAX_DELAY``, ``..._RETRYABLE_ERRORS`` (comma-separated
+    names), ``..._JITTER`` (a mode or true/false); a ``circuit_breaker`` is built from the
     ``DRAMATIQ_SHARED_BREAKER_*`` variables when any of them is set.
 
     Parameters:
-      max_attempts: Executions in all, the first included. Default 3.
+      max_attempts: Executions in all, the first included; None retries for ever
+        (Dramatiq's ``max_retries=None``). Default 3.
       base_delay: Milliseconds before the first retry. Default 1000.
       max_delay: Upper bound of any retry delay, in milliseconds, at most 7 days (what
         Dramatiq's brokers accept). Default 30000.
       retryable_errors: ``None`` retries every ``Exception``; otherwise exception
         classes or names (subclasses included). Default None.
       jitter: One of :data:`JITTER_MODES`; ``True`` is stored as ``"decorrelated"``
-        and ``False`` as ``"none"``. Default True.
+        and ``False`` as ``"none"``; ``"dramatiq"`` spreads them as Dramatiq's
+        ``Retries`` does. Default True.
       circuit_breaker: Default breaker settings, a :class:`CircuitBreakerConfig` or a
         mapping for :meth:`CircuitBreakerConfig.from_mapping`. Default None.
     """
 
-    max_attempts: int = 3
+    max_attempts: int | None = 3
     base_delay: int = 1_000
     max_delay: int = 30_000
     retryable_errors: Sequence[ErrorSpec] | None = None
@@ -55,7 +63,7 @@ class RetryConfig(_Config):
     _env = _env_fields(
         "RETRY_",
         {
-            "max_attempts": _parse_int,
+            "max_attempts": _parse_attempts,
             "base_delay": _parse_int,
             "max_delay": _parse_int,
             "retryable_errors": _parse_names,
@@ -64,7 +72,8 @@ class RetryConfig(_Config):
     )
 
     def __post_init__(self) -> None:
-        check_int("max_attempts", self.max_attempts, minimum=1, error=ConfigError)
+        if self.max_attempts is not None:
+            check_int("max_attempts", self.max_attempts, minimum=1, error=ConfigError)
         check_int("base_delay", self.base_delay, minimum=0, error=ConfigError)
         check_int("max_delay", self.max_delay, minimum=0, maximum=MAX_DELAY, error=ConfigError)
         if self.max_delay < self.base_delay:
@@ -97,14 +106,15 @@ class RetryConfig(_Config):
     def is_retryable(self, error: BaseException) -> bool:
         """Tell whether a failure with ``error`` may be retried under this config.
 
-        A :class:`~dramatiq_shared.errors.PermanentError` never is and a
-        :class:`~dramatiq_shared.errors.TransientError` always is. Otherwise the
-        ``retryable_errors`` filter decides; ``None`` admits every ``Exception`` and
+        A :class:`~dramatiq_shared.errors.PermanentError` never is; a
+        :class:`~dramatiq_shared.errors.TransientError`, a ``dramatiq.Retry`` (asked
+        for) and a worker's ``Shutdown`` (not the actor's fault) always are. Otherwise
+        the ``retryable_errors`` filter decides; ``None`` admits every ``Exception`` and
         Dramatiq's ``TimeLimitExceeded`` (a ``BaseException``, but a failure like any other).
         """
         if isinstance(error, PermanentError):
             return False
-        if isinstance(error, TransientError):
+        if isinstance(error, (TransientError, RetryRequest, Shutdown)):
             return True
         if self.retryable_errors is None:
             return isinstance(error, (Exception, TimeLimitExceeded))
@@ -119,3 +129,12 @@ def _jitter_mode(value: Any) -> str:
     if value in JITTER_MODES:
         return str(value)
     raise ConfigError.invalid("jitter", value, f"True, False or one of {', '.join(JITTER_MODES)}")
+
+
+#: What Dramatiq's ``Retries`` does by default: 20 retries (21 executions), backoff
+#: from 15 seconds doubling up to 7 days, spread as Dramatiq spreads it.
+#: :func:`~dramatiq_shared.setup_broker` and :class:`~dramatiq_shared.middleware.Retry`
+#: use it unless given a config.
+DRAMATIQ_DEFAULTS = RetryConfig(
+    max_attempts=21, base_delay=15_000, max_delay=MAX_DELAY, jitter="dramatiq"
+)

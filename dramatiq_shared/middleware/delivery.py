@@ -35,7 +35,6 @@ from typing import Any, Protocol
 
 import dramatiq
 from dramatiq.broker import MessageProxy
-from dramatiq.middleware.shutdown import Shutdown
 
 from ..errors import CircuitOpenError, Defer
 from ..logging import carried_all
@@ -65,8 +64,6 @@ class Action(str, enum.Enum):
     NOT_RETRYABLE = "not_retryable"
     #: Runs again after a delay without using an attempt (``Defer``, an open breaker).
     DEFERRED = "deferred"
-    #: The worker shut down mid-message: runs again at once, no attempt used.
-    REQUEUED = "requeued"
     #: The copy that would run again could not be enqueued: failed, so dead-lettered.
     ENQUEUE_FAILED = "enqueue_failed"
     #: The actor returned.
@@ -80,10 +77,10 @@ class Action(str, enum.Enum):
     @property
     def used_attempt(self) -> bool:
         """Whether the delivery failed and counted as an attempt."""
-        return self not in (Action.DEFERRED, Action.REQUEUED, Action.SUCCEEDED)
+        return self not in (Action.DEFERRED, Action.SUCCEEDED)
 
 
-_RUNS_AGAIN = frozenset((Action.RETRY, Action.DEFERRED, Action.REQUEUED))
+_RUNS_AGAIN = frozenset((Action.RETRY, Action.DEFERRED))
 
 
 @dataclass(frozen=True)
@@ -224,5 +221,6 @@ def seen(message: MessageProxy) -> bool:
 
 def is_deferral(exception: BaseException) -> bool:
     """Whether ``exception`` asks to run the message later rather than reporting a failure:
-    ``Defer``, an open breaker inside the actor, or the worker shutting down."""
-    return isinstance(exception, (Defer, CircuitOpenError, Shutdown))
+    ``Defer`` or an open breaker inside the actor. (A worker's ``Shutdown`` is a failed
+    attempt, as Dramatiq counts it.)"""
+    return isinstance(exception, (Defer, CircuitOpenError))

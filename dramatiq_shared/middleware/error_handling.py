@@ -9,13 +9,16 @@ import and note ids) to every log record while it runs. When an attempt fails it
   known (it is emitted as the broker acks or nacks the delivery), bound with
   ``message_id``, ``actor``, ``queue``, ``attempt``, ``max_attempts``, ``will_retry``,
   ``error_type``, ``error_message``, ``duration_ms``, the import and note ids when the
-  message carries them, and the traceback. An expected, handled failure (a
-  ``PermanentError``, such as a ``ValidationError`` of bad input) is one WARNING line
-  without traceback; a deferral or a shutdown re-queue, which consume no attempt, is
-  logged at INFO. Dramatiq's worker logs the failure too ("Failed to process message
-  ... with unhandled exception."): while this middleware's worker runs, that line
-  keeps its text but not its traceback, so each failure's traceback is formatted once
-  (a ``PermanentError``'s line becomes INFO, as Dramatiq logs an actor's ``throws``);
+  message carries them, and the traceback. What is expected and handled is logged
+  without a traceback: a ``PermanentError`` (a ``ValidationError`` of bad input, say)
+  as one WARNING line, and what Dramatiq's worker keeps out of its error log (a
+  ``dramatiq.Retry``, ``RateLimitExceeded``, an exception in the actor's ``throws``)
+  at INFO, or WARNING when the message failed for good. A deferral, which consumes no
+  attempt, is logged at INFO. Dramatiq's worker logs an unhandled failure too
+  ("Failed to process message ... with unhandled exception."): while this
+  middleware's worker runs, that line keeps its text but not its traceback, so each
+  failure's traceback is formatted once (a ``PermanentError``'s line becomes INFO, as
+  Dramatiq logs an actor's ``throws``);
 * on a final failure writes the message, its options and its error history to the
   dead-letters table, when it was given a database.
 
@@ -39,7 +42,7 @@ from typing import Any
 import dramatiq
 import peewee
 from dramatiq.broker import MessageProxy
-from dramatiq.errors import ActorNotFound
+from dramatiq.errors import ActorNotFound, RateLimitExceeded
 from dramatiq.middleware import Middleware
 from loguru import logger
 
@@ -203,9 +206,12 @@ class ErrorHandling(Middleware):
         scope, current.log_scope = current.log_scope, None
         if scope is None:  # held back before this middleware saw it start
             return
+        # Let go of the exception: a broker may keep the message (the StubBroker's dead
+        # letters), and the exception's traceback holds every frame it passed through.
+        exception, current.exception = current.exception, None
         try:
-            if current.exception is not None:
-                self._report(broker, message, current, current.exception)
+            if exception is not None:
+                self._report(broker, message, current, exception)
         finally:
             scope.__exit__(None, None, None)
 
@@ -226,16 +232,20 @@ class ErrorHandling(Middleware):
             "error_message": str(exception)[:_MESSAGE_LIMIT],
             "duration_ms": current.duration_ms,
         }
-        record = logger.bind(**fields).opt(exception=exception)
+        record = logger.bind(**fields)
         if decision is not None and not decision.action.used_attempt:
-            record.info("Action {}: {}", decision.action.value, decision.reason)
+            record.opt(exception=exception).info(
+                "Action {}: {}", decision.action.value, decision.reason
+            )
+        elif _expected(broker, message, exception):
+            record.log("WARNING" if message.failed else "INFO", "Action execution failed")
         elif isinstance(exception, PermanentError):
             # Expected and handled (bad input, say): one WARNING line, the reason in
             # error_message; a traceback would only show where the check was.
-            logger.bind(**fields).warning("Action execution failed")
+            record.warning("Action execution failed")
             ERRORS.labels(message.actor_name, fields["error_type"]).inc()
         else:
-            record.error("Action execution failed")
+            record.opt(exception=exception).error("Action execution failed")
             ERRORS.labels(message.actor_name, fields["error_type"]).inc()
         if message.failed and self.dead_letters is not None:
             _bury(self.dead_letters, message, fields, (decision and decision.reason) or "failed")
@@ -305,6 +315,16 @@ def _bury(
         logger.opt(exception=error).error(
             "Could not record dead letter {}: {}", message.message_id, error
         )
+
+
+def _expected(broker: dramatiq.Broker, message: MessageProxy, exception: BaseException) -> bool:
+    """Whether ``exception`` steers the message rather than reporting a fault, as
+    Dramatiq's worker tells them apart (it logs none of them as errors)."""
+    if isinstance(exception, (dramatiq.Retry, RateLimitExceeded)):
+        return True
+    actor = broker.actors.get(message.actor_name)
+    throws = message.options.get("throws") or (actor.options.get("throws") if actor else None)
+    return throws is not None and isinstance(exception, throws)
 
 
 def _max_attempts(broker: dramatiq.Broker, message: MessageProxy) -> int | None:

@@ -76,7 +76,7 @@ def test_a_failure_enters_the_error_history_once_per_delivery(
 
 def test_actions_say_whether_the_message_runs_again_and_whether_it_used_an_attempt() -> None:
     again = {action for action in Action if action.runs_again}
-    assert again == {Action.RETRY, Action.DEFERRED, Action.REQUEUED}
+    assert again == {Action.RETRY, Action.DEFERRED}
     used = {action for action in Action if action.used_attempt}
     assert used == {Action.RETRY, Action.EXHAUSTED, Action.NOT_RETRYABLE, Action.ENQUEUE_FAILED}
     decision = Decision(Action.RETRY, 1, max_attempts=3, delay=10, reason="r", error_type="E")
@@ -95,7 +95,7 @@ def test_actions_say_whether_the_message_runs_again_and_whether_it_used_an_attem
 def test_deferrals_are_the_exceptions_that_ask_to_run_later() -> None:
     assert is_deferral(Defer(10))
     assert is_deferral(CircuitOpenError("svc", 10))
-    assert is_deferral(Shutdown())
+    assert not is_deferral(Shutdown())  # an attempt, as Dramatiq counts it
     assert not is_deferral(RuntimeError("boom"))
 
 

@@ -15,16 +15,19 @@ import peewee
 import pytest
 import redis
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import compute_backoff
 from dramatiq.middleware import Retries
-from dramatiq.middleware.shutdown import Shutdown
+from dramatiq.middleware.shutdown import Shutdown, ShutdownNotifications
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from dramatiq_shared import ConfigError, Defer, PermanentError, RetryConfig, TransientError
+from dramatiq_shared.config import DRAMATIQ_DEFAULTS
 from dramatiq_shared.middleware import Retry
 from dramatiq_shared.middleware.delivery import delivery
 from dramatiq_shared.middleware.retry_policy import backoff_delay
 from dramatiq_shared.stores import DeadLetterStore
 
+from ..conftest import wait_until
 from .conftest import Calls, EnqueueFailsBroker, dead_lettered, decisions, drain, install
 
 
@@ -183,11 +186,18 @@ def test_on_retry_exhausted_hears_of_every_final_failure_once(
     def flaky_quietly() -> None:
         raise TimeoutError("nobody listens")
 
+    @dramatiq.actor(broker=broker, max_attempts=5, throws=KeyError, on_retry_exhausted="gave_up")
+    def expected() -> None:
+        raise KeyError("as declared")
+
     flaky.send()
     poisoned.send()
     flaky_quietly.send()
+    expected.send()
     run_worker()
     found = dict(heard)
+    # As Dramatiq's Retries: an exception in throws is no exhausted retry.
+    assert "expected" not in found
     assert len(heard) == 2
     assert found["flaky"] == {
         "retries": 1,
@@ -224,19 +234,19 @@ def test_retry_after_sets_the_delay(
     assert calls.options[1]["retry_delay"] == 300
 
 
-def test_a_dramatiq_retry_delay_is_clamped_to_max_delay(stub_broker: StubBroker) -> None:
+def test_a_dramatiq_retry_delay_is_kept_as_asked(stub_broker: StubBroker) -> None:
     retry = install(stub_broker, config=RetryConfig(base_delay=1, max_delay=50))
 
     @dramatiq.actor(broker=stub_broker)
     def asks() -> None:
-        raise dramatiq.Retry(delay=10_000)
+        raise dramatiq.Retry(delay=3_600_000)
 
     message = stub_broker.enqueue(asks.message())
     proxy = dramatiq.broker.MessageProxy(message)
-    retry.after_process_message(stub_broker, proxy, exception=dramatiq.Retry(delay=10_000))
+    retry.after_process_message(stub_broker, proxy, exception=dramatiq.Retry(delay=3_600_000))
     decision = delivery(proxy).decision
     assert decision is not None
-    assert decision.delay == 50
+    assert (decision.action.value, decision.delay) == ("retry", 3_600_000)  # as Retries does
 
 
 def test_defer_consumes_no_attempt_and_stops_at_max_defers(
@@ -263,22 +273,52 @@ def test_defer_consumes_no_attempt_and_stops_at_max_defers(
     assert retry.counts()[("deferred", "waits", "dramatiq_shared.errors.Defer")] == 4
 
 
-def test_a_shutdown_requeues_without_consuming_an_attempt(
+def test_a_shutdown_is_an_attempt_as_dramatiq_counts_it(
     broker: dramatiq.Broker, run_worker: Callable[..., None], calls: Calls
 ) -> None:
     install(broker)
 
-    @dramatiq.actor(broker=broker, max_attempts=1)
+    @dramatiq.actor(broker=broker, max_retries=1)
     def interrupted() -> None:
         calls()
-        if len(calls) == 1:
-            raise Shutdown("worker stopping")
+        raise Shutdown("worker stopping")
+
+    @dramatiq.actor(broker=broker, max_retries=0)
+    def once() -> None:
+        calls()
+        raise Shutdown("worker stopping")
 
     interrupted.send()
+    once.send()
     run_worker()
-    assert len(calls) == 2
-    assert calls.options[1].get("retries", 0) == 0
-    assert dead_lettered(broker) == []
+    runs = sorted(o.get("retries", 0) for o in calls.options)
+    assert runs == [0, 0, 1]  # interrupted ran twice (retries 0, 1), once ran once
+    assert len(dead_lettered(broker)) == 2
+
+
+def test_a_worker_shutting_down_fails_a_message_without_retries_left(
+    stub_broker: StubBroker,
+) -> None:
+    # Dramatiq's own test_shutdown_notifications_are_received, under Retry.
+    install(stub_broker)
+    stub_broker.add_middleware(ShutdownNotifications())
+    runs: list[int] = []
+
+    @dramatiq.actor(broker=stub_broker, notify_shutdown=True, max_retries=0)
+    def long_job() -> None:
+        runs.append(1)
+        for _ in range(100):
+            time.sleep(0.05)
+
+    long_job.send()
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50)
+    worker.start()
+    assert wait_until(lambda: runs, time.monotonic() + 10)
+    worker.stop()
+    with pytest.raises(Shutdown):
+        stub_broker.join(long_job.queue_name)
+    assert len(runs) == 1
+    assert len(stub_broker.dead_letters) == 1
 
 
 def test_a_message_option_overrides_the_actor_option(
@@ -397,6 +437,20 @@ def test_installing_both_retry_layers_is_refused(stub_broker: StubBroker) -> Non
         ({"on_error": "cleanup"}, "actor 'bad': on_error must be a callable"),
         ({"on_retry_exhausted": 3}, "actor 'bad': on_retry_exhausted must be an actor's name"),
         ({"throws": "KeyError"}, "actor 'bad': throws must be an exception class or a tuple"),
+        (
+            {"max_attempts": 3, "max_retries": 2},
+            "actor 'bad': both 'max_attempts' and Dramatiq's 'max_retries' are set",
+        ),
+        (
+            {"base_delay": 10, "min_backoff": 10},
+            "actor 'bad': both 'base_delay' and Dramatiq's 'min_backoff' are set",
+        ),
+        (
+            {"max_delay": 10, "max_backoff": 10},
+            "actor 'bad': both 'max_delay' and Dramatiq's 'max_backoff' are set",
+        ),
+        ({"retry_when": 3}, "actor 'bad': retry_when must be a callable"),
+        ({"min_backoff": 20, "max_backoff": 10}, "actor 'bad': max_delay must be >= base_delay"),
     ],
 )
 def test_bad_actor_options_are_refused_at_declaration(
@@ -517,3 +571,178 @@ def test_a_real_time_limit_counts_as_a_failed_attempt(
     run_worker()
     assert len(calls) == 2
     assert len(dead_lettered(broker)) == 1
+
+
+# --- Dramatiq's Retries options, with Dramatiq's meaning --------------------------------
+
+
+def test_message_min_and_max_backoff_are_honoured(
+    broker: dramatiq.Broker,
+    run_worker: Callable[..., None],
+    calls: Calls,
+    records: list[dict[str, Any]],
+) -> None:
+    install(broker, config=RetryConfig(base_delay=10_000, max_delay=60_000, jitter="dramatiq"))
+
+    @dramatiq.actor(broker=broker, max_retries=1)
+    def fails_once() -> None:
+        calls()
+        if len(calls) == 1:
+            raise RuntimeError("once")
+
+    fails_once.send_with_options(min_backoff=0, max_backoff=0)
+    run_worker()
+    assert len(calls) == 2
+    assert [(d["action"], d["delay"]) for d in decisions(records)] == [("retry", 0)]
+
+
+def test_retry_when_decides_instead_of_max_retries(
+    broker: dramatiq.Broker,
+    run_worker: Callable[..., None],
+    calls: Calls,
+    records: list[dict[str, Any]],
+) -> None:
+    install(broker, config=RetryConfig(base_delay=0, max_delay=0))
+    asked: list[tuple[int, str]] = []
+
+    def retry_when(retries: int, exception: BaseException) -> bool:
+        asked.append((retries, type(exception).__name__))
+        return retries < 2
+
+    @dramatiq.actor(broker=broker, max_retries=0, retry_when=retry_when)
+    def fails() -> None:
+        calls()
+        raise ValueError("x")
+
+    fails.send()
+    run_worker()
+    assert len(calls) == 3
+    assert asked == [(0, "ValueError"), (1, "ValueError"), (2, "ValueError")]
+    taken = sorted((d["attempt"], d["action"], d["reason"]) for d in decisions(records))
+    assert taken == [
+        (1, "retry", "attempt 1 of 1 failed"),
+        (2, "retry", "attempt 2 of 1 failed"),
+        (3, "exhausted", "retry_when refused retry 3"),
+    ]
+    assert len(dead_lettered(broker)) == 1
+
+
+def test_max_retries_none_retries_for_ever(
+    broker: dramatiq.Broker, run_worker: Callable[..., None], calls: Calls
+) -> None:
+    install(broker, config=RetryConfig(max_attempts=2, base_delay=0, max_delay=0))
+
+    @dramatiq.actor(broker=broker, max_retries=None)
+    def stubborn() -> None:
+        calls()
+        if len(calls) < 8:
+            raise RuntimeError("not yet")
+
+    stubborn.send()
+    run_worker()
+    assert len(calls) == 8
+    assert calls.options[-1]["retries"] == 7
+    assert dead_lettered(broker) == []
+
+
+def test_retry_without_a_config_is_dramatiqs_retries() -> None:
+    assert Retry().config == DRAMATIQ_DEFAULTS
+    assert (DRAMATIQ_DEFAULTS.max_attempts, DRAMATIQ_DEFAULTS.base_delay) == (21, 15_000)
+    assert DRAMATIQ_DEFAULTS.max_delay == 7 * 86_400_000
+    assert Retry(max_retries=None).config.max_attempts is None
+    tuned = Retry(max_retries=3, min_backoff=5, max_backoff=10)
+    assert (tuned.config.max_attempts, tuned.config.base_delay, tuned.config.max_delay) == (
+        4,
+        5,
+        10,
+    )
+    # A max_backoff below the inherited min_backoff caps it, as in Dramatiq.
+    assert Retry(max_backoff=100).config.base_delay == 100
+
+
+@pytest.mark.parametrize("retry", [1, 2, 5, 12, 40])
+def test_dramatiq_jitter_is_dramatiqs_compute_backoff(retry: int) -> None:
+    config = RetryConfig(base_delay=15_000, max_delay=86_400_000, jitter="dramatiq")
+    for seed in range(200):
+        random.seed(seed)
+        _, theirs = compute_backoff(retry - 1, factor=15_000, max_backoff=86_400_000)
+        assert backoff_delay("dramatiq", retry, config, None, random.Random(seed)) == theirs
+
+
+def test_a_failure_sets_retries_traceback_and_requeue_timestamp_as_dramatiq(
+    broker: dramatiq.Broker,
+    run_worker: Callable[..., None],
+    calls: Calls,
+    database: peewee.Database,
+) -> None:
+    install(broker, database=database)
+    told: list[dict[str, Any]] = []
+
+    @dramatiq.actor(broker=broker)
+    def on_fail(message: dict[str, Any], exception: dict[str, Any]) -> None:
+        told.append(message)
+
+    @dramatiq.actor(broker=broker, max_retries=1, on_failure="on_fail")
+    def broken() -> None:
+        calls()
+        raise RuntimeError("broken")
+
+    started = int(time.time() * 1000)
+    broken.send()
+    run_worker()
+    assert len(calls) == 2
+    retried = calls.options[1]  # the retry carries the first failure's
+    assert 'raise RuntimeError("broken")' in retried["traceback"]
+    assert retried["traceback"].rstrip().endswith("RuntimeError: broken")
+    assert started <= retried["requeue_timestamp"] <= int(time.time() * 1000)
+    # on_failure hears of each failed attempt, after Retry set them (as after Retries).
+    payloads = sorted((m["options"] for m in told), key=lambda options: options["retries"])
+    assert [options["retries"] for options in payloads] == [1, 2]
+    (row,) = DeadLetterStore(database).list()
+    for options in (*payloads, row.message["options"]):
+        assert "RuntimeError: broken" in options["traceback"]
+        assert options["requeue_timestamp"] >= retried["requeue_timestamp"]
+    assert row.message["options"]["retries"] == 2
+
+
+def test_control_flow_exceptions_are_not_logged_as_errors(
+    broker: dramatiq.Broker,
+    run_worker: Callable[..., None],
+    calls: Calls,
+    records: list[dict[str, Any]],
+) -> None:
+    install(broker, config=RetryConfig(base_delay=0, max_delay=0))
+
+    @dramatiq.actor(broker=broker)
+    def asks_again() -> None:
+        calls()
+        if len(calls) == 1:
+            raise dramatiq.Retry(delay=1)
+
+    @dramatiq.actor(broker=broker, throws=KeyError)
+    def expected() -> None:
+        raise KeyError("as declared")
+
+    @dramatiq.actor(broker=broker, max_retries=0)
+    def limited() -> None:
+        raise dramatiq.RateLimitExceeded("rate limit exceeded for key 'k'")
+
+    @dramatiq.actor(broker=broker, max_retries=0)
+    def faulty() -> None:
+        raise RuntimeError("a bug")
+
+    for actor in (asks_again, expected, limited, faulty):
+        actor.send()
+    run_worker()
+    assert len(calls) == 2
+    failed = sorted(
+        (r["extra"]["actor"], r["level"]["name"], r["exception"] is not None)
+        for r in records
+        if r["message"] == "Action execution failed"
+    )
+    assert failed == [
+        ("asks_again", "INFO", False),  # retried, as asked
+        ("expected", "WARNING", False),  # failed for good, as declared
+        ("faulty", "ERROR", True),
+        ("limited", "WARNING", False),
+    ]
