@@ -107,3 +107,15 @@ def test_status_reclaim(
     for scenario in ("one burst", "steps of 10"):
         assert f"{scenario}: B/A throughput ratio" in out
         assert f"{scenario}: Redis commands/event" in out
+
+
+@pytest.mark.usefixtures("bench_redis")
+def test_hook_cost(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    run_benchmark(
+        "hook_cost.py",
+        *("--messages", "300", "--rounds", "1", "--variant", "import"),
+        monkeypatch=monkeypatch,
+    )
+    out = capsys.readouterr().out
+    assert "import: hooks CPU a message, median: A " in out
+    assert "the suite adds" in out
