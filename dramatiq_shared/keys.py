@@ -11,6 +11,7 @@ key: the user's part always comes last, after a fixed prefix that names its spac
 ``{ns}:global:status``                      stream of every import's events, a batch an
                                             entry
 ``{ns}:global:imports``                     sorted set of import ids by last event time
+``{ns}:global:last-ids``                    hash: each import's last event id
 ``{ns}:global:unpersisted``                 sorted set of the tokens of status batches a
                                             history has yet to persist
 ``{ns}:global:breaker-events``              stream of breaker transitions and refusals
@@ -83,6 +84,11 @@ class Keys:
     def imports(self) -> str:
         """The sorted set of import ids by last event time."""
         return f"{self.namespace}:global:imports"
+
+    @property
+    def last_ids(self) -> str:
+        """The hash of each import's last event id (its stream's last entry's)."""
+        return f"{self.namespace}:global:last-ids"
 
     @property
     def unpersisted(self) -> str:

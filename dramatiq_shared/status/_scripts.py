@@ -9,18 +9,21 @@ from __future__ import annotations
 __all__ = ["APPEND", "RECLAIM"]
 
 # KEYS: the all-stream, the imports index, the batch's ids key, its events' key, the
-# unpersisted set, then the stream of each import in the batch. ARGV: maxlen, timestamp,
+# unpersisted set, the last-ids hash, then the stream of each import in the batch.
+# ARGV: maxlen, timestamp,
 # the batch key's TTL (ms), the TTL of kept events (ms) or 0 to keep none, the batch's
 # token, the number of imports, their ids (in the order of their streams), then per
 # event the number of its import and its JSON text. A batch whose key exists was
 # appended before (its reply was lost): its ids are returned again and nothing is
 # appended twice.
 #
-# Each event is one entry of its import's stream, with id ``{event id}-0``; the
-# import's last event id is its stream's last-generated-id, which trimming and XDEL
-# leave as they are. The whole batch is one entry of the all-stream (fields ``i1``,
-# ``d1``, ``e1``, ``i2``...: import id, event id, JSON) and one ZADD of the imports
-# index, so a batch costs two commands and one per import, plus one per event.
+# Each event is one entry of its import's stream, with id ``{event id}-0``. The
+# imports' last event ids are kept in one hash, read and written once a batch (an
+# import it lacks, one streamed before the hash existed, is read from its stream's
+# last-generated-id, which trimming and XDEL leave as they are). The whole batch is
+# one entry of the all-stream (fields ``i1``, ``d1``, ``e1``, ``i2``...: import id,
+# event id, JSON) and one ZADD of the imports index, so a batch costs a dozen
+# commands, plus one per event.
 #
 # Redis does not roll back a script that fails, so a failure halfway would leave part
 # of the batch applied, and every retry would append that part again. So everything a
@@ -40,19 +43,26 @@ end
 expect(KEYS[1], 'stream')
 expect(KEYS[2], 'zset')
 if persist then expect(KEYS[5], 'zset') end
+expect(KEYS[6], 'hash')
 local imports = tonumber(ARGV[6])
+local known = {}
+if imports > 0 then known = redis.call('HMGET', KEYS[6], unpack(ARGV, 7, 6 + imports)) end
 local last = {}
 for j = 1, imports do
-  local info = redis.pcall('XINFO', 'STREAM', KEYS[5 + j])
-  last[j] = 0
-  if info.err then
-    if not string.find(info.err, 'no such key', 1, true) then
-      error({err = 'WRONGTYPE ' .. KEYS[5 + j] .. ' is not a stream: ' .. info.err})
-    end
+  if known[j] then
+    last[j] = tonumber(known[j])
   else
-    for k = 1, #info, 2 do
-      if info[k] == 'last-generated-id' then
-        last[j] = tonumber(string.match(info[k + 1], '^%d+'))
+    local info = redis.pcall('XINFO', 'STREAM', KEYS[6 + j])
+    last[j] = 0
+    if info.err then
+      if not string.find(info.err, 'no such key', 1, true) then
+        error({err = 'WRONGTYPE ' .. KEYS[6 + j] .. ' is not a stream: ' .. info.err})
+      end
+    else
+      for k = 1, #info, 2 do
+        if info[k] == 'last-generated-id' then
+          last[j] = tonumber(string.match(info[k + 1], '^%d+'))
+        end
       end
     end
   end
@@ -66,7 +76,7 @@ for i = 7 + imports, #ARGV, 2 do
   local id = last[j] + 1
   last[j] = id
   local text = string.format('%d', id)
-  redis.call('XADD', KEYS[5 + j], 'MAXLEN', '~', ARGV[1], text .. '-0', 'event', event)
+  redis.call('XADD', KEYS[6 + j], 'MAXLEN', '~', ARGV[1], text .. '-0', 'event', event)
   local n = #ids + 1
   ids[n] = id
   events[n] = event
@@ -84,6 +94,14 @@ for j = 1, imports do
   index[#index + 1] = ARGV[6 + j]
 end
 redis.call(unpack(index))
+if imports > 0 then
+  local ids_of = {'HSET', KEYS[6]}
+  for j = 1, imports do
+    ids_of[#ids_of + 1] = ARGV[6 + j]
+    ids_of[#ids_of + 1] = last[j]
+  end
+  redis.call(unpack(ids_of))
+end
 local ttl = ARGV[3]
 if persist then
   ttl = ARGV[4]

@@ -166,6 +166,7 @@ class RedisTransport:
             self.keys.batch(token),
             self.keys.batch_events(token),
             self.keys.unpersisted,
+            self.keys.last_ids,
         ]
         if len(events) > MAX_BATCH:
             raise ValidationError(

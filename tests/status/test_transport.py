@@ -155,6 +155,7 @@ CORRUPTIONS: dict[str, Corrupt] = {
     "all-stream a string": lambda client: client.set(KEYS.all_status, "oops"),
     "imports index a list": lambda client: client.rpush(KEYS.imports, "imp-good"),
     "unpersisted set a string": lambda client: client.set(KEYS.unpersisted, "oops"),
+    "last ids a list": lambda client: client.rpush(KEYS.last_ids, "imp-good"),
 }
 
 
@@ -199,3 +200,14 @@ def test_ids_go_on_after_the_streams_last_id_even_when_its_entries_were_deleted(
     assert ids == [1, 4, 5]
     assert [e["id"] for e in transport.read("imp-1")] == [1, 2, 4, 5]
     assert transport.append([event("imp-1", 5)], 3_000) == [6]
+
+
+def test_ids_go_on_from_a_stream_written_before_the_last_ids_were_kept(
+    redis_client: redis.Redis,
+) -> None:
+    transport = RedisTransport(redis_client)
+    transport.append([event("imp-1", n) for n in range(3)], 1_000)
+    redis_client.delete(KEYS.last_ids)  # as an import streamed by the previous version
+    assert transport.append([event("imp-1", 3), event("imp-2", 0)], 2_000) == [4, 1]
+    assert redis_client.hgetall(KEYS.last_ids) == {b"imp-1": b"4", b"imp-2": b"1"}
+    assert transport.append([event("imp-1", 4)], 3_000) == [5]
