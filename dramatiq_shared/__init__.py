@@ -39,7 +39,12 @@ from .errors import (
 from .logging import configure_logging, message_context
 from .middleware import CircuitBreaker, ErrorHandling, Heartbeat, Retry, StatusBroadcast
 from .stack import Stack, get_stack, setup_broker
-from .status.broadcaster import Broadcaster, add_status_event_and_broadcast, set_broadcaster
+from .status.broadcaster import (
+    Broadcaster,
+    add_status_event_and_broadcast,
+    add_status_event_and_broadcast_async,
+    set_broadcaster,
+)
 from .status.completion import CompletionTracker
 from .status.events import NoteStatus, StatusEvent
 from .status.transport import MemoryTransport, RedisTransport
@@ -104,6 +109,7 @@ __all__ = [
     "RedisTransport",
     "StatusEvent",
     "add_status_event_and_broadcast",
+    "add_status_event_and_broadcast_async",
     "set_broadcaster",
     # Breakers shared by every worker process, for use around single calls too.
     "SharedCircuitBreaker",

@@ -4,7 +4,8 @@ Before a message of a breaker-guarded actor runs, the middleware asks the actor'
 breaker (shared by every worker process through Redis, see
 :mod:`dramatiq_shared.breakers`). While the breaker is open the message is not
 executed: it is re-enqueued with a delay of the breaker's remaining open time plus
-jitter, without consuming an attempt, and only then skipped. If that re-enqueue fails
+jitter, without consuming an attempt, and only then skipped (storing no result in
+Dramatiq's ``Results``, which its copy does once it runs). If that re-enqueue fails
 the message is failed, so the broker dead-letters it rather than acking it away.
 
 After the message runs, its outcome is reported to the breaker: a success (which may
@@ -168,6 +169,10 @@ class CircuitBreaker(Middleware):
         enqueued = requeue(
             broker, message, delay, attempts=self.enqueue_attempts, outage=self.broker_outage
         )
+        if enqueued:
+            # Dramatiq's Results stores None for a skipped message, as if it had run:
+            # its copy will run, and store the result, so this delivery stores none.
+            options["store_results"] = False
         delivery(message).decide(
             Action.DEFERRED if enqueued else Action.ENQUEUE_FAILED,
             delay=delay,

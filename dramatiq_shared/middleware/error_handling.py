@@ -4,7 +4,8 @@ For each message the middleware binds the message's identity (id, actor, queue,
 import and note ids) to every log record while it runs. When an attempt fails it
 
 * runs the actor's ``on_error(message, exception)`` hook, in the worker thread, for
-  clean-up; a hook that raises is logged and changes nothing else;
+  clean-up (an ``async def`` hook on the event loop of Dramatiq's ``AsyncIO``
+  middleware, waited for); a hook that raises is logged and changes nothing else;
 * logs one record at ERROR, ``"Action execution failed"``, once the retry decision is
   known (it is emitted as the broker acks or nacks the delivery), bound with
   ``message_id``, ``actor``, ``queue``, ``attempt``, ``max_attempts``, ``will_retry``,
@@ -35,12 +36,15 @@ history in the message once per delivery, before any retry is enqueued.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
+from collections.abc import Awaitable
 from typing import Any
 
 import dramatiq
 import peewee
+from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import MessageProxy
 from dramatiq.errors import ActorNotFound, RateLimitExceeded
 from dramatiq.middleware import Middleware
@@ -174,7 +178,9 @@ class ErrorHandling(Middleware):
         hook = actor.options.get("on_error") if actor else None
         if hook is not None:
             try:
-                hook(message, exception)
+                outcome = hook(message, exception)
+                if inspect.isawaitable(outcome):  # an ``async def`` hook
+                    _await(outcome)
             except Exception as error:
                 logger.opt(exception=error).error(
                     "The on_error hook of actor {} raised {}; the message's outcome stands",
@@ -315,6 +321,24 @@ def _bury(
         logger.opt(exception=error).error(
             "Could not record dead letter {}: {}", message.message_id, error
         )
+
+
+def _await(outcome: Awaitable[Any]) -> None:
+    """Run what an ``async def`` on_error hook returned to its end, on the event loop
+    Dramatiq's ``AsyncIO`` middleware runs async actors on, from this worker thread.
+
+    Raises:
+      ConfigError: When no such loop runs (the coroutine is closed, never started).
+    """
+    loop_thread = get_event_loop_thread()
+    if loop_thread is None:
+        if inspect.iscoroutine(outcome):
+            outcome.close()  # never awaited, and said so below rather than by a warning
+        raise ConfigError(
+            "an async on_error hook runs on the event loop of Dramatiq's AsyncIO"
+            " middleware: add dramatiq.middleware.AsyncIO() to the broker"
+        )
+    loop_thread.run_coroutine(outcome)
 
 
 def _expected(broker: dramatiq.Broker, message: MessageProxy, exception: BaseException) -> bool:

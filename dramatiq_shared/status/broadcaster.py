@@ -48,6 +48,7 @@ from .transport import MAX_BATCH, Transport
 __all__ = [
     "Broadcaster",
     "add_status_event_and_broadcast",
+    "add_status_event_and_broadcast_async",
     "get_broadcaster",
     "set_broadcaster",
 ]
@@ -271,5 +272,22 @@ def add_status_event_and_broadcast(event_or_fields: StatusEvent | Mapping[str, A
     Raises:
       ValidationError: When the event is invalid.
       ConfigError: When no broadcaster is configured.
+    """
+    return get_broadcaster().publish(event_or_fields)
+
+
+async def add_status_event_and_broadcast_async(
+    event_or_fields: StatusEvent | Mapping[str, Any],
+) -> StatusEvent:
+    """Publish a status event through the configured broadcaster, from a coroutine.
+
+    For ``async def`` actors (Dramatiq's ``AsyncIO`` middleware). It never blocks the
+    event loop: publishing validates the event and appends it to the broadcaster's list
+    under a lock held only for such bookkeeping, never while the transport or the
+    database is waited for, so it runs on the loop itself; handing it to a thread would
+    cost more than it does.
+    The transport and the database are the broadcaster thread's, whose waits (a
+    stalled Redis, say) the coroutine never shares. Its parameter, return value and
+    errors are those of :func:`add_status_event_and_broadcast`.
     """
     return get_broadcaster().publish(event_or_fields)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -14,7 +15,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries
 
-from dramatiq_shared import RetryConfig
+from dramatiq_shared import RetryConfig, get_stack, setup_broker
 from dramatiq_shared.middleware import ErrorHandling, Retry
 
 Install = Callable[..., Retry]
@@ -120,3 +121,44 @@ class EnqueueFailsBroker(RedisBroker):
         if self.broken:
             raise redis.ConnectionError("Connection refused (injected)")
         return super().enqueue(message, delay=delay)
+
+
+@pytest.fixture
+def suite(redis_broker: RedisBroker, redis_url: str, tmp_path: Path) -> Iterator[RedisBroker]:
+    """A RedisBroker with the whole suite (``setup_broker()``) on the test's Redis, quick
+    retries, and every status event streamed (no coalescing), with Dramatiq's
+    ``CurrentMessage``. A test adds what else it needs (``AsyncIO``, ``Results``)."""
+    redis_broker.add_middleware(dramatiq.middleware.CurrentMessage())
+    setup_broker(
+        redis_broker,
+        redis_url=redis_url,
+        database=f"sqlite:///{tmp_path / 'suite.db'}",
+        retry={"maxAttempts": 3, "baseDelay": 10, "maxDelay": 50},
+        status={"broadcastInterval": 0},
+        breakers={"svc": {"failureThreshold": 2, "resetTimeout": 300}},
+    )
+    yield redis_broker
+    get_stack(redis_broker).broadcaster.close()
+
+
+def events(broker: dramatiq.Broker, import_id: str, note_id: str | None = None) -> list[Any]:
+    """``(status, attempt)`` of the events streamed for ``import_id`` (and ``note_id``),
+    in order, once the broadcaster has sent everything published so far."""
+    broadcaster = get_stack(broker).broadcaster
+    assert broadcaster.flush(), "status events were not sent"
+    return [
+        (e["status"], (e["metadata"] or {}).get("attempt"))
+        for e in broadcaster.transport.read(import_id)
+        if e["context"] != "import" and (note_id is None or e["noteId"] == note_id)
+    ]
+
+
+def import_events(broker: dramatiq.Broker, import_id: str) -> list[tuple[str, Any, Any]]:
+    """``(status, current_count, total_count)`` of an import's completion events."""
+    broadcaster = get_stack(broker).broadcaster
+    assert broadcaster.flush(), "status events were not sent"
+    return [
+        (e["status"], e["currentCount"], e["totalCount"])
+        for e in broadcaster.transport.read(import_id)
+        if e["context"] == "import"
+    ]
