@@ -37,8 +37,6 @@ history in the message once per delivery, before any retry is enqueued.
 from __future__ import annotations
 
 import inspect
-import logging
-import threading
 from collections.abc import Awaitable
 from typing import Any
 
@@ -53,7 +51,7 @@ from loguru import logger
 from .._checks import check_int
 from ..config import DatabaseConfig
 from ..errors import ConfigError, MessageTooLargeError, PermanentError
-from ..logging import message_context
+from ..logging import WORKER_RECORDS, message_context
 from ..metrics import ERRORS
 from ..stores.dead_letters import DeadLetterStore
 from .delivery import Delivery, delivery, is_deferral, seen
@@ -106,10 +104,10 @@ class ErrorHandling(Middleware):
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         guard_decoding(broker, self._undecodable)
-        _WORKER_RECORDS.install()
+        WORKER_RECORDS.install()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        _WORKER_RECORDS.uninstall()
+        WORKER_RECORDS.uninstall()
 
     def _undecodable(
         self, queue_name: str, message_id: str | None, body: bytes, error: BaseException
@@ -255,55 +253,6 @@ class ErrorHandling(Middleware):
             ERRORS.labels(message.actor_name, fields["error_type"]).inc()
         if message.failed and self.dead_letters is not None:
             _bury(self.dead_letters, message, fields, (decision and decision.reason) or "failed")
-
-
-class _WorkerRecords(logging.Filter):
-    """Dramatiq's worker's record of a failure, trimmed to what this middleware's record
-    of it does not say.
-
-    Dramatiq logs every exception outside an actor's ``throws`` at ERROR with its
-    traceback, and this middleware logs the same failure with the attempt's context.
-    Formatting a traceback is most of what logging a failure costs (about 75 µs of
-    100 here), so Dramatiq's line keeps its text and loses the traceback. A
-    ``PermanentError`` (a ``ValidationError`` of bad input, say) is an expected,
-    handled failure: its line becomes INFO, in Dramatiq's own words for an actor's
-    ``throws``. Installed on Dramatiq's worker logger while at least one worker with
-    this middleware runs.
-    """
-
-    LOGGER = "dramatiq.worker.WorkerThread"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._workers = 0
-
-    def install(self) -> None:
-        with self._lock:
-            self._workers += 1
-            if self._workers == 1:
-                logging.getLogger(self.LOGGER).addFilter(self)
-
-    def uninstall(self) -> None:
-        with self._lock:
-            self._workers = max(0, self._workers - 1)
-            if self._workers == 0:
-                logging.getLogger(self.LOGGER).removeFilter(self)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc_info = record.exc_info
-        if not exc_info or not str(record.msg).startswith("Failed to process message"):
-            return True
-        if isinstance(exc_info[1], PermanentError):
-            message = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-            record.msg = "Failed to process message %s with expected exception %s."
-            record.args = (message, type(exc_info[1]).__name__)
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        record.exc_info = record.exc_text = None
-        return True
-
-
-_WORKER_RECORDS = _WorkerRecords()
 
 
 def _bury(
