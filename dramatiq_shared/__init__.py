@@ -35,9 +35,10 @@ from .errors import (
     PermanentError,
     TransientError,
     ValidationError,
+    WorkerDiedError,
 )
 from .logging import configure_logging, message_context
-from .middleware import CircuitBreaker, ErrorHandling, Heartbeat, Retry, StatusBroadcast
+from .middleware import CircuitBreaker, DeathLimit, ErrorHandling, Heartbeat, Retry, StatusBroadcast
 from .stack import Stack, get_stack, setup_broker
 from .status.broadcaster import (
     Broadcaster,
@@ -84,8 +85,10 @@ __all__ = [
     "PermanentError",
     "TransientError",
     "ValidationError",
+    "WorkerDiedError",
     # Middleware, each usable alone with broker.add_middleware().
     "CircuitBreaker",
+    "DeathLimit",
     "ErrorHandling",
     "Heartbeat",
     "Retry",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import dramatiq
-from dramatiq.middleware import MiddlewareError
+from dramatiq.middleware import MiddlewareError, SkipMessage
 
 __all__ = [
     "AuthError",
@@ -22,6 +22,7 @@ __all__ = [
     "PermanentError",
     "TransientError",
     "ValidationError",
+    "WorkerDiedError",
 ]
 
 _E = TypeVar("_E", bound="_InvalidValueError")
@@ -137,6 +138,30 @@ class Defer(DramatiqSharedError, dramatiq.Retry):  # noqa: N818 - an instruction
         super().__init__(f"{reason} for {delay} ms")
         self.delay: int = delay
         self.reason = reason
+
+
+class WorkerDiedError(PermanentError, SkipMessage):
+    """A message was refused because worker processes died running it, ``deliveries``
+    times in a row, without an outcome (see :class:`~dramatiq_shared.middleware.DeathLimit`).
+
+    It is a ``SkipMessage`` too: raised in ``before_process_message`` after the message
+    is failed, Dramatiq's worker skips the actor and nacks the message, whichever retry
+    middleware is installed, as it does for a message past ``AgeLimit``.
+
+    Parameters:
+      deliveries: Runs of the message that never reached an outcome.
+      worker: The last worker process that ran it, ``host:pid``.
+      started_at: When that run began (ISO 8601, UTC).
+    """
+
+    def __init__(self, deliveries: int, worker: str, started_at: str) -> None:
+        super().__init__(
+            f"worker died while processing it: {deliveries} deliveries without an outcome,"
+            f" the last on {worker} at {started_at}"
+        )
+        self.deliveries = deliveries
+        self.worker = worker
+        self.started_at = started_at
 
 
 def _shorten(value: Any, limit: int = 80) -> str:

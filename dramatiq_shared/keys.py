@@ -15,6 +15,8 @@ key: the user's part always comes last, after a fixed prefix that names its spac
 ``{ns}:global:unpersisted``                 sorted set of the tokens of status batches a
                                             history has yet to persist
 ``{ns}:global:breaker-events``              stream of breaker transitions and refusals
+``{ns}:global:deliveries``                  hash: the runs without an outcome of each
+                                            running message (see ``DeathLimit``)
 ``{ns}:batch:ids:{token}``                  the ids a status batch got
 ``{ns}:batch:events:{token}``               the batch's events, until persisted
 ``{ns}:breaker:state:{name}``               hash: one breaker's state
@@ -99,6 +101,11 @@ class Keys:
     def breaker_events(self) -> str:
         """The stream of breaker transitions and refused calls."""
         return f"{self.namespace}:global:breaker-events"
+
+    @property
+    def deliveries(self) -> str:
+        """The hash of the runs without an outcome of each running message."""
+        return f"{self.namespace}:global:deliveries"
 
     # --- status batches ----------------------------------------------------------------
 

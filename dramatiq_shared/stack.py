@@ -10,7 +10,10 @@ order and ``after_*`` hooks in reverse), put where Dramatiq's ``Retries`` was:
 3. :class:`Retry` — decides and re-enqueues; asks the breaker for its verdict;
 4. :class:`ErrorHandling` — binds the log context first, runs ``on_error`` hooks first
    after a failure, and logs and dead-letters once the broker acks or nacks;
-5. :class:`Heartbeat` — with Redis: the worker process's status every few seconds.
+5. :class:`DeathLimit` — with Redis: counts each run before the actor starts, so a
+   message that keeps killing its worker process is failed (and reported by the four
+   above) instead of run for ever;
+6. :class:`Heartbeat` — with Redis: the worker process's status every few seconds.
 
 What it builds, when not given:
 
@@ -53,7 +56,14 @@ from .config import (
 )
 from .db.models import create_tables
 from .errors import ConfigError
-from .middleware import CircuitBreaker, ErrorHandling, Heartbeat, Retry, StatusBroadcast
+from .middleware import (
+    CircuitBreaker,
+    DeathLimit,
+    ErrorHandling,
+    Heartbeat,
+    Retry,
+    StatusBroadcast,
+)
 from .status.broadcaster import Broadcaster, set_broadcaster
 from .status.completion import CompletionTracker
 from .status.transport import MemoryTransport, RedisTransport
@@ -89,6 +99,7 @@ def setup_broker(
     breakers: Mapping[str, CircuitBreakerConfig | Mapping[str, Any]] | None = None,
     redis_url: str | None = None,
     max_message_size: int | None = None,
+    max_deaths: int | None = 3,
 ) -> dramatiq.Broker:
     """Install the suite on ``broker`` (built from the environment when None) and make it
     Dramatiq's global broker.
@@ -108,6 +119,8 @@ def setup_broker(
       redis_url: Redis for breakers, status streams and completion; default ``REDIS_URL``.
       max_message_size: Largest encoded message in bytes (see :class:`ErrorHandling`);
         default None, no limit.
+      max_deaths: Runs that killed their worker process after which a message is
+        failed (see :class:`DeathLimit`; needs Redis); default 3, None counts nothing.
 
     Returns:
       The broker.
@@ -121,6 +134,8 @@ def setup_broker(
     if max_message_size is not None:  # ErrorHandling checks it too, but only after the
         # database and the broadcaster exist: refused here, nothing is set up half-way.
         check_int("max_message_size", max_message_size, minimum=1, error=ConfigError)
+    if max_deaths is not None:
+        check_int("max_deaths", max_deaths, minimum=1, error=ConfigError)
     retry_config = _config(RetryConfig, retry) if retry is not None else _retry_from_env()
     status_config = _config(StatusConfig, status)
     database_config = (
@@ -163,7 +178,7 @@ def setup_broker(
         ErrorHandling(database=db, max_message_size=max_message_size),
     )
     if client is not None:
-        stack += (Heartbeat(client),)
+        stack += (DeathLimit(client, max_deaths=max_deaths), Heartbeat(client))
     _install(broker, stack)
     setattr(
         broker,

@@ -42,8 +42,15 @@ def servers(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
     suite.stop()
 
 
-def added(servers: tuple[RedisServer, RedisServer], tmp_path: Path, *, import_ids: bool) -> float:
-    """Commands the suite sent to its Redis per message, over MESSAGES no-op messages."""
+def added(
+    servers: tuple[RedisServer, RedisServer],
+    tmp_path: Path,
+    *,
+    import_ids: bool,
+    max_deaths: int | None = None,
+) -> float:
+    """Commands the suite sent to its Redis per message, over MESSAGES no-op messages;
+    DeathLimit's count, a command a message, only with ``max_deaths``."""
     broker_server, suite_server = servers
     broker = RedisBroker(url=broker_server.url)
     setup_broker(
@@ -51,6 +58,7 @@ def added(servers: tuple[RedisServer, RedisServer], tmp_path: Path, *, import_id
         database=f"sqlite:///{tmp_path / 'costs.db'}",
         redis_url=suite_server.url,
         status={"linger": 2_000},
+        max_deaths=max_deaths,
     )
     done = threading.Semaphore(0)
 
@@ -101,6 +109,13 @@ def test_lifecycle_events_with_import_ids_add_at_most_two_commands_a_message(
     servers: tuple[RedisServer, RedisServer], tmp_path: Path
 ) -> None:
     assert added(servers, tmp_path, import_ids=True) <= 2
+
+
+def test_counting_runs_against_worker_deaths_adds_one_command_a_message(
+    servers: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    # An HSETNX before each run; the clears are one HDEL a batch.
+    assert 1 <= added(servers, tmp_path, import_ids=False, max_deaths=3) <= 1.05
 
 
 def test_a_status_batch_costs_a_command_an_event_and_a_few_more_whatever_its_imports(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .circuit_breaker import CircuitBreaker
+from .death_limit import DeathLimit
 from .error_handling import ErrorHandling
 from .heartbeat import Heartbeat
 from .retry import Retry
 from .status import StatusBroadcast
 
-__all__ = ["CircuitBreaker", "ErrorHandling", "Heartbeat", "Retry", "StatusBroadcast"]
+__all__ = ["CircuitBreaker", "DeathLimit", "ErrorHandling", "Heartbeat", "Retry", "StatusBroadcast"]

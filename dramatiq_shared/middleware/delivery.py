@@ -18,6 +18,8 @@ field                  written by                   read by
 ``duration_ms``
 ``ids()``              whoever asks first           StatusBroadcast (both events),
                                                     ErrorHandling (the log context)
+``death_watch``        DeathLimit                   DeathLimit (what to clear at the
+                                                    outcome, the isolation held)
 =====================  ===========================  ===============================
 
 The middleware import this module, never each other: each works alone on a broker,
@@ -35,6 +37,7 @@ from typing import Any, Protocol
 
 import dramatiq
 from dramatiq.broker import MessageProxy
+from dramatiq.middleware import SkipMessage
 
 from ..errors import CircuitOpenError, Defer
 from ..logging import carried_all
@@ -47,6 +50,7 @@ __all__ = [
     "Delivery",
     "delivery",
     "is_deferral",
+    "refusal",
     "seen",
 ]
 
@@ -156,6 +160,7 @@ class Delivery:
         "_ids",
         "attempt",
         "breaker",
+        "death_watch",
         "decision",
         "duration_ms",
         "exception",
@@ -176,6 +181,8 @@ class Delivery:
         self.exception: BaseException | None = None
         self.duration_ms = 0.0
         self.failure_recorded = False
+        #: ``(stamp, isolation held)`` of a run DeathLimit counted.
+        self.death_watch: tuple[str, str] | None = None
         self._ids: tuple[Any, ...] | None = None
 
     def finish(self, exception: BaseException | None) -> None:
@@ -217,6 +224,18 @@ def seen(message: MessageProxy) -> bool:
     """Whether a middleware has asked for this message's delivery yet: a message the
     worker refused before processing it (``ActorNotFound``) has none."""
     return _ATTRIBUTE in message.__dict__
+
+
+def refusal(message: MessageProxy) -> BaseException | None:
+    """Why a middleware failed ``message`` before its actor ran, asked in
+    ``after_skip_message``: the ``SkipMessage`` it raised (``DeathLimit``'s
+    ``WorkerDiedError``, Dramatiq's ``AgeLimit``, a deferral that could not be enqueued),
+    which Dramatiq's worker keeps on a failed message. None for a skipped message that
+    was not failed: it runs again, or was never meant to run."""
+    if not message.failed:
+        return None
+    kept: BaseException | None = getattr(message, "_exception", None)
+    return kept or SkipMessage("failed before its actor ran")
 
 
 def is_deferral(exception: BaseException) -> bool:

@@ -21,7 +21,10 @@ import and note ids) to every log record while it runs. When an attempt fails it
   failure's traceback is formatted once (a ``PermanentError``'s line becomes INFO, as
   Dramatiq logs an actor's ``throws``);
 * on a final failure writes the message, its options and its error history to the
-  dead-letters table, when it was given a database.
+  dead-letters table, when it was given a database. A message a middleware failed
+  before its actor ran (``DeathLimit``, Dramatiq's ``AgeLimit``, a deferral that could
+  not be enqueued) is a final failure too: one WARNING line, and a dead letter with
+  the reason; its ``on_error`` hook does not run, as the actor did not.
 
 On Redis it also keeps a body that cannot be decoded from taking the worker's consumer
 down with it: the body goes to the queue's dead-letter queue (as on RabbitMQ), is
@@ -45,7 +48,7 @@ import peewee
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import MessageProxy
 from dramatiq.errors import ActorNotFound, RateLimitExceeded
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import Middleware, SkipMessage
 from loguru import logger
 
 from .._checks import check_int
@@ -54,7 +57,7 @@ from ..errors import ConfigError, MessageTooLargeError, PermanentError
 from ..logging import WORKER_RECORDS, message_context
 from ..metrics import ERRORS
 from ..stores.dead_letters import DeadLetterStore
-from .delivery import Delivery, delivery, is_deferral, seen
+from .delivery import Delivery, delivery, is_deferral, refusal, seen
 from .messages import guard_decoding, qualified_name
 
 __all__ = ["ErrorHandling"]
@@ -186,6 +189,13 @@ class ErrorHandling(Middleware):
                     type(error).__name__,
                 )
 
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        refused = refusal(message)
+        if refused is not None:  # failed before it ran: reported, and buried, at the nack
+            current = delivery(message)
+            current.finish(refused)
+            current.record_failure(message, refused)
+
     def before_ack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self._finish(broker, message)
 
@@ -208,14 +218,19 @@ class ErrorHandling(Middleware):
     def _finish(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         current = delivery(message)
         scope, current.log_scope = current.log_scope, None
-        if scope is None:  # held back before this middleware saw it start
-            return
         # Let go of the exception: a broker may keep the message (the StubBroker's dead
         # letters), and the exception's traceback holds every frame it passed through.
         exception, current.exception = current.exception, None
+        if exception is None:
+            if scope is not None:
+                scope.__exit__(None, None, None)
+            return
+        if scope is None:  # failed by a middleware before this one saw it start
+            actor = broker.actors.get(current.message.actor_name)
+            scope = message_context(current.message, actor, ids=current.ids(actor))
+            scope.__enter__()
         try:
-            if exception is not None:
-                self._report(broker, message, current, exception)
+            self._report(broker, message, current, exception)
         finally:
             scope.__exit__(None, None, None)
 
@@ -243,9 +258,10 @@ class ErrorHandling(Middleware):
             )
         elif _expected(broker, message, exception):
             record.log("WARNING" if message.failed else "INFO", "Action execution failed")
-        elif isinstance(exception, PermanentError):
-            # Expected and handled (bad input, say): one WARNING line, the reason in
-            # error_message; a traceback would only show where the check was.
+        elif isinstance(exception, (PermanentError, SkipMessage)):
+            # Expected and handled (bad input, a message failed before it ran): one
+            # WARNING line, the reason in error_message; a traceback would only show
+            # where the check was.
             record.warning("Action execution failed")
             ERRORS.labels(message.actor_name, fields["error_type"]).inc()
         else:

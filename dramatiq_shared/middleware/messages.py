@@ -102,6 +102,8 @@ def requeue(
     """
     number = 0
     started = time.monotonic()
+    # As Dramatiq's Retries stamps its copies: the copy is a new delivery (DeathLimit).
+    message.options["requeue_timestamp"] = int(time.time() * 1000)
     while True:
         number += 1
         try:

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 import traceback
 from collections import Counter
 from typing import Any
@@ -81,7 +80,7 @@ from .._checks import check_int
 from ..config import DRAMATIQ_DEFAULTS, MAX_DELAY, RetryConfig
 from ..errors import CircuitOpenError, ConfigError, Defer, PermanentError
 from ..metrics import RETRY_DECISIONS
-from .delivery import Action, Decision, Delivery, delivery
+from .delivery import Action, Decision, Delivery, delivery, refusal
 from .messages import BROKER_OUTAGE, qualified_name, requeue
 from .retry_policy import (
     MESSAGE_KEYS,
@@ -269,6 +268,24 @@ class Retry(Middleware):
         else:
             log.info("Message {} {} in {} ms: {}", message.message_id, action.value, delay, reason)
 
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        refused = refusal(message)
+        if refused is None:
+            return
+        # Failed before it ran (DeathLimit, AgeLimit, a deferral that could not be
+        # enqueued): failed for good, so its actor's on_retry_exhausted hears of it.
+        current = delivery(message)
+        settings = self._settings(broker, message)
+        error_type = qualified_name(type(refused))
+        decision = current.decision or current.decide(
+            Action.NOT_RETRYABLE,
+            max_attempts=settings.config.max_attempts,
+            reason=str(refused),
+            error_type=error_type,
+        )
+        self._count(decision.action.value, message.actor_name, decision.error_type or error_type)
+        self._send_exhausted(broker, message, settings, decision, refused)
+
     @staticmethod
     def _thrown(message: MessageProxy, settings: Settings, exception: BaseException) -> bool:
         """Whether ``exception`` is one the actor (or message) declared in ``throws``."""
@@ -348,7 +365,6 @@ class Retry(Middleware):
                 type(exception), exception, exception.__traceback__, limit=_TRACEBACK_LIMIT
             )
         )
-        options["requeue_timestamp"] = int(time.time() * 1000)
         return action, delay, reason
 
     def _breaker_delay(self, current: Delivery, remaining: int) -> int:

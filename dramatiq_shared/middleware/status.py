@@ -10,7 +10,8 @@ COMPLETED       when it succeeds
 RETRYING        when it failed and runs again: a retry (metadata: attempt, max_attempts,
                 delay, error_type), or a deferral (``Defer``, an open circuit breaker, a
                 shutdown), with the reason
-FAILED          when it failed for good (metadata: error_type, error_message, attempt)
+FAILED          when it failed for good (metadata: error_type, error_message, attempt),
+                or was failed before it ran (``DeathLimit``, Dramatiq's ``AgeLimit``)
 ==============  ===========================================================================
 
 The event's context is the actor option ``status_context`` (default: the actor's
@@ -35,7 +36,7 @@ from .._checks import check_text
 from ..errors import ConfigError
 from ..status.broadcaster import Broadcaster
 from ..status.events import MAX_TEXT, NoteStatus, StatusEvent
-from .delivery import delivery
+from .delivery import delivery, refusal
 from .messages import qualified_name
 
 __all__ = ["StatusBroadcast"]
@@ -93,8 +94,9 @@ class StatusBroadcast(Middleware):
             self._report_failure(broker, message, exception)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        if delivery(message).decision is not None:  # held back by a middleware that decided
-            self._report_failure(broker, message, None)
+        # Held back by a middleware that decided (a deferral), or failed before it ran.
+        if delivery(message).decision is not None or message.failed:
+            self._report_failure(broker, message, refusal(message))
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self.broadcaster.flush()
