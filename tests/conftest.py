@@ -35,6 +35,7 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://dramatiq_shared:dramatiq_shared@127.0.0.1:5432/postgres"
 )
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 #: The team's shared test data, beside the repository unless DRAMATIQ_SHARED_TEST_DATA
 #: names the folder.
@@ -46,7 +47,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 _SERVICE_FIXTURES = {
     "redis": {"redis_client", "redis_broker", "redis_worker", "private_redis", "persistent_redis"},
     "postgres": {"postgres_url", "_postgres_server"},
-    "rabbitmq": {"rabbitmq_broker"},
+    "rabbitmq": {"rabbitmq_broker", "rabbitmq_url"},
 }
 
 
@@ -95,6 +96,18 @@ def shared_data(name: str) -> Path:
         where = f"{DATA_VARIABLE}={folder}" if folder else f"{SHARED_DATA} (set {DATA_VARIABLE})"
         service_missing(f"shared test data in {where}", FileNotFoundError(str(path)))
     return path
+
+
+@pytest.fixture
+def rabbitmq_url() -> str:
+    """RabbitMQ's URL (``TEST_RABBITMQ_URL``), once it answers."""
+    import pika  # noqa: PLC0415 - the rabbitmq extra, needed only here
+
+    try:
+        pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL)).close()
+    except Exception as error:
+        service_missing(f"RabbitMQ at {RABBITMQ_URL}", error)
+    return RABBITMQ_URL
 
 
 @pytest.fixture

@@ -23,8 +23,9 @@ import and note ids) to every log record while it runs. When an attempt fails it
 * on a final failure writes the message, its options and its error history to the
   dead-letters table, when it was given a database. A message a middleware failed
   before its actor ran (``DeathLimit``, Dramatiq's ``AgeLimit``, a deferral that could
-  not be enqueued) is a final failure too: one WARNING line, and a dead letter with
-  the reason; its ``on_error`` hook does not run, as the actor did not.
+  not be enqueued) is a final failure too: one WARNING line, ``"Message … failed
+  before it ran: <reason>"``, and a dead letter with the reason; its ``on_error`` hook
+  does not run, as the actor did not.
 
 On Redis it also keeps a body that cannot be decoded from taking the worker's consumer
 down with it: the body goes to the queue's dead-letter queue (as on RabbitMQ), is
@@ -258,10 +259,12 @@ class ErrorHandling(Middleware):
             )
         elif _expected(broker, message, exception):
             record.log("WARNING" if message.failed else "INFO", "Action execution failed")
-        elif isinstance(exception, (PermanentError, SkipMessage)):
-            # Expected and handled (bad input, a message failed before it ran): one
-            # WARNING line, the reason in error_message; a traceback would only show
-            # where the check was.
+        elif isinstance(exception, SkipMessage):  # failed by a middleware: it never ran
+            record.warning("Message {} failed before it ran: {}", message.message_id, exception)
+            ERRORS.labels(message.actor_name, fields["error_type"]).inc()
+        elif isinstance(exception, PermanentError):
+            # Expected and handled (bad input, say): one WARNING line, the reason in
+            # error_message; a traceback would only show where the check was.
             record.warning("Action execution failed")
             ERRORS.labels(message.actor_name, fields["error_type"]).inc()
         else:

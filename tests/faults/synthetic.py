@@ -57,17 +57,23 @@ def workers(
             process.wait(60)
 
 
-def message(actor: str, *args: object) -> dramatiq.Message[object]:
-    """A message for ``actor`` on the default queue, as any producer would send it."""
-    return dramatiq.Message(
-        queue_name="default", actor_name=actor, args=args, kwargs={}, options={}
-    )
+def message(actor: str, *args: object, queue: str = "default") -> dramatiq.Message[object]:
+    """A message for ``actor`` on ``queue``, as any producer would send it."""
+    return dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
 
 
 def prepare(
-    redis_url: str, postgres_url: str, import_id: str, messages: int, actor: str = "store"
+    redis_url: str,
+    postgres_url: str,
+    import_id: str,
+    messages: int,
+    actor: str = "store",
+    *,
+    sender: dramatiq.Broker | None = None,
+    queue: str = "default",
 ) -> peewee.Database:
-    """Tables, the import, its expected total, and one ``actor`` message per item."""
+    """Tables, the import, its expected total, and one ``actor`` message per item on
+    ``queue``, sent through ``sender`` (default: a RedisBroker on ``redis_url``)."""
     assert main(["init-db", "--database", postgres_url]) == 0
     database = init_database(postgres_url)
     DatabaseOperations(database).create_or_update_import(import_id, total_notes=messages)
@@ -75,9 +81,9 @@ def prepare(
     tracker = CompletionTracker(Broadcaster(RedisTransport(client)), redis_client=client)
     tracker.expect(import_id, messages)
     tracker.broadcaster.close()
-    sender = RedisBroker(url=redis_url)
+    sender = sender or RedisBroker(url=redis_url)
     for n in range(messages):
-        sender.enqueue(message(actor, import_id, n))
+        sender.enqueue(message(actor, import_id, n, queue=queue))
     sender.close()
     return database
 

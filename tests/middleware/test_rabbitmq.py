@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -10,7 +9,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import dramatiq
-import pika
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
@@ -18,19 +16,12 @@ from dramatiq_shared import Broadcaster, MemoryTransport, RetryConfig, StatusCon
 from dramatiq_shared.middleware import CircuitBreaker, StatusBroadcast
 from dramatiq_shared.middleware.heartbeat import queue_depths
 
-from ..conftest import service_missing
 from .conftest import Calls, install
-
-RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
 
 @pytest.fixture
-def rabbitmq_broker() -> Iterator[Any]:
-    try:
-        pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL)).close()
-    except Exception as error:
-        service_missing(f"RabbitMQ at {RABBITMQ_URL}", error)
-    broker = RabbitmqBroker(url=RABBITMQ_URL)
+def rabbitmq_broker(rabbitmq_url: str) -> Iterator[Any]:
+    broker = RabbitmqBroker(url=rabbitmq_url)
     broker.emit_after("process_boot")
     yield broker
     broker.flush_all()
