@@ -33,6 +33,7 @@ from .errors import (
     DramatiqSharedError,
     MessageTooLargeError,
     PermanentError,
+    ServerError,
     TransientError,
     ValidationError,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "DramatiqSharedError",
     "MessageTooLargeError",
     "PermanentError",
+    "ServerError",
     "TransientError",
     "ValidationError",
     # Middleware, each usable alone with broker.add_middleware().
