@@ -20,6 +20,7 @@ __all__ = [
     "Defer",
     "DramatiqSharedError",
     "PermanentError",
+    "ServerError",
     "TransientError",
     "ValidationError",
     "WorkerDiedError",
@@ -86,6 +87,23 @@ class MessageTooLargeError(ValidationError, MiddlewareError):
     A Dramatiq ``MiddlewareError`` too, so ``send()`` raises it rather than Dramatiq
     logging it away; on a worker it fails the message at once, as any ValidationError.
     """
+
+
+class ServerError(DramatiqSharedError):
+    """A server that a setting names refused the connection or did not answer.
+
+    Raised by the checks of :mod:`dramatiq_shared.servers` before a process starts its
+    work, never from a middleware hook.
+
+    Parameters:
+      message: The whole message: the setting, the URL with its password hidden, the cause.
+      setting: What named the server: a variable (``REDIS_URL``) or an option
+        (``--database``).
+    """
+
+    def __init__(self, message: str, *, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class AuthError(DramatiqSharedError):

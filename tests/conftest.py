@@ -121,6 +121,17 @@ def records() -> Iterator[list[dict[str, Any]]]:
     logger.remove(handler)
 
 
+def environment(**settings: str) -> dict[str, str]:
+    """This environment without any server settings, plus ``settings``: for a subprocess."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("REDIS_URL", "DATABASE_URL", "RABBITMQ_URL", "NUTRITION_URL")
+        and not name.startswith("DRAMATIQ_SHARED_")
+    }
+    return {**env, **settings}
+
+
 # --- Redis -------------------------------------------------------------------
 
 
@@ -258,6 +269,12 @@ def postgres_url(_postgres_server: str) -> Iterator[str]:
     with connection.cursor() as cursor:
         cursor.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     connection.close()
+
+
+@pytest.fixture
+def missing_database_url(_postgres_server: str) -> str:
+    """The URL of a database the running PostgreSQL server does not have."""
+    return _with_database(_postgres_server, f"dramatiq_shared_missing_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture

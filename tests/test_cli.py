@@ -10,7 +10,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import pytest
+from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_shared import (
     Broadcaster,
@@ -25,7 +27,7 @@ from dramatiq_shared.db import MODELS, init_database
 from dramatiq_shared.keys import DEFAULT_NAMESPACE, Keys
 from dramatiq_shared.relay.auth import verify
 
-from .conftest import free_port
+from .conftest import environment, free_port
 
 
 def test_config_prints_the_effective_configuration(
@@ -93,7 +95,8 @@ def test_init_db_on_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixt
     assert main(["init-db", "--database", "postgresql://u:pw@127.0.0.1:1/x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(
-        "dramatiq-shared: error: the database refused or did not answer: OperationalError:"
+        "dramatiq-shared: error: --database=postgresql://u:***@127.0.0.1:1/x: the database"
+        " refused or did not answer (OperationalError:"
     )
     assert err.count("\n") == 1
 
@@ -263,3 +266,127 @@ def test_status_of_an_import_that_ended_is_its_final_state_at_once(
     assert not follower.is_alive(), "status is still waiting for an ending that will not come"
     assert exits == [1]  # it had FAILED
     assert capsys.readouterr().out == "import imp-ran: FAILED (3 of 3 items done, 1 failed)\n"
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``dramatiq-shared ARGS`` as a process of its own, with ``env``."""
+    return subprocess.run(
+        [sys.executable, "-m", "dramatiq_shared.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def assert_one_line(done: subprocess.CompletedProcess[str], *parts: str) -> None:
+    """Exit status 2 and one line on stderr, holding every one of ``parts``, nothing else."""
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.startswith("dramatiq-shared: error: ")
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.endswith("\n")
+    for part in parts:
+        assert part in done.stderr
+
+
+def test_redis_that_is_not_there_is_one_line_naming_the_variable_for_every_command(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = environment(
+        REDIS_URL=f"redis://:s3cret@127.0.0.1:{port}/0",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'cli.db'}",
+        DRAMATIQ_SHARED_SECRET="a-secret-of-at-least-16-bytes",
+    )
+    for command in (["workers"], ["status", "imp-1"], ["dead-letters", "retry", "1"], ["relay"]):
+        done = cli(*command, env=env)
+        assert_one_line(
+            done,
+            f"REDIS_URL=redis://:***@127.0.0.1:{port}/0: Redis refused or did not answer",
+            "Connection refused",
+            "start it or correct REDIS_URL",
+        )
+        assert "s3cret" not in done.stderr
+
+
+def test_a_server_given_by_an_option_is_named_by_the_option(missing_database_url: str) -> None:
+    port = free_port()
+    done = cli("status", "imp-1", "--redis-url", f"redis://127.0.0.1:{port}/0", env=environment())
+    assert_one_line(done, f"--redis-url=redis://127.0.0.1:{port}/0: Redis refused", "refused")
+    done = cli("init-db", "--database", missing_database_url, env=environment())
+    name = missing_database_url.rsplit("/", 1)[1]
+    assert_one_line(
+        done,
+        "--database=postgresql://dramatiq_shared:***@",
+        f'database "{name}" does not exist',
+        "correct --database",
+    )
+    assert ":dramatiq_shared@" not in done.stderr  # the password, hidden
+
+
+@pytest.mark.parametrize("variable", ["DATABASE_URL", "DRAMATIQ_SHARED_DB_URL"])
+def test_a_database_that_does_not_exist_is_one_line_naming_the_variable(
+    missing_database_url: str, variable: str
+) -> None:
+    name = missing_database_url.rsplit("/", 1)[1]
+    for command in (["init-db"], ["dead-letters", "list"]):
+        done = cli(*command, env=environment(**{variable: missing_database_url}))
+        assert_one_line(
+            done,
+            f"{variable}=postgresql://dramatiq_shared:***@",
+            "the database refused or did not answer (OperationalError: ",
+            f'database "{name}" does not exist',
+        )
+
+
+def test_a_malformed_url_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'cli.db'}"
+    for command in (["workers"], ["health"], ["status", "imp-1"]):
+        done = cli(*command, env=environment(REDIS_URL="notaurl", DATABASE_URL=database))
+        assert_one_line(
+            done, "REDIS_URL must be a redis://, rediss:// or unix:// URL, got 'notaurl'"
+        )
+    done = cli("health", "--redis-url", "redis://127.0.0.1:notaport/0", env=environment())
+    assert_one_line(done, "--redis-url must be a redis://", "Port could not be cast")
+    for command in (["init-db"], ["dead-letters", "list"]):
+        done = cli(*command, env=environment(DATABASE_URL="notaurl"))
+        assert_one_line(
+            done, "DATABASE_URL: url must be a sqlite:/// or postgresql:// URL, got 'notaurl'"
+        )
+    done = cli("init-db", "--database", "mysql://u:pw@db/x", env=environment())
+    assert_one_line(done, "--database: url must be a sqlite:/// or postgresql:// URL")
+    assert "'mysql://u:***@db/x'" in done.stderr
+
+
+def test_health_exits_1_when_queues_hold_messages_and_no_worker_is_live(
+    redis_client: Any, redis_url: str, sqlite_url: str
+) -> None:
+    broker = RedisBroker(url=redis_url)
+    waiting = dramatiq.actor(lambda: None, actor_name="waiting", broker=broker)
+    later = dramatiq.actor(lambda: None, actor_name="later", queue_name="later", broker=broker)
+    for _ in range(3):
+        waiting.send()
+    later.send_with_options(delay=60_000)
+    env = environment(REDIS_URL=redis_url, DATABASE_URL=sqlite_url)
+    done = cli("health", env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr == ""
+    lines = [" ".join(line.split()) for line in done.stdout.splitlines()]
+    assert lines == [
+        "redis ok",
+        "workers down: 0 live while queues hold messages (default 3, later 1); start workers",
+        "queue default 3 ready, 0 delayed, 0 dead",
+        "queue later 0 ready, 1 delayed, 0 dead",
+        "database ok",
+    ]
+    broker.flush_all()  # nothing waiting: no worker is no fault
+    done = cli("health", env=env)
+    assert done.returncode == 0, done.stdout
+    assert [" ".join(line.split()) for line in done.stdout.splitlines()] == [
+        "redis ok",
+        "workers 0 live",
+        "database ok",
+    ]
+    broker.close()

@@ -2,8 +2,12 @@
 
 Each subcommand is one function taking the parsed arguments and returning an exit
 status. A user mistake (a bad setting, an unknown id, a server that does not answer)
-is one line on stderr and exit status 2, never a traceback; ``status`` answers for
-an import, so an unknown one is exit status 1 (``no such import``), like one that failed.
+is one line on stderr and exit status 2, never a traceback: each command connects
+once to the servers it needs before anything else (:mod:`dramatiq_shared.servers`),
+and the line names the option or variable that gave the server, its URL with the
+password hidden, and the cause. ``status`` answers for an import, so an unknown one
+is exit status 1 (``no such import``), like one that failed; ``health`` reports a
+server that is down, and waiting work no worker takes, with exit status 1.
 """
 
 from __future__ import annotations
@@ -27,12 +31,21 @@ from ..config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusCo
 from ..db.models import MODELS, create_tables
 from ..errors import ConfigError, DramatiqSharedError
 from ..metrics import registry as metrics_registry
-from ..middleware.heartbeat import live_workers, queue_depths
+from ..middleware.heartbeat import live_workers, queue_depths, stored_queues
 from ..relay import __main__ as relay_main
 from ..relay.auth import sign
+from ..servers import first_line, unreachable
 from ..stores.connection import open_database
 from . import dead_letters
-from ._common import KEYS, database_config, first_line, positive, redis_client
+from ._common import (
+    KEYS,
+    database,
+    database_config,
+    database_setting,
+    positive,
+    redis_client,
+    redis_setting,
+)
 
 __all__ = ["build_parser", "main", "progress_bar"]
 
@@ -53,7 +66,7 @@ def _show_config(args: argparse.Namespace) -> int:
 
 def _init_db(args: argparse.Namespace) -> int:
     config = database_config(args)
-    create_tables(open_database(config))
+    create_tables(database(args))
     print(f"{len(MODELS)} tables ready in {config.redacted_url}")
     return 0
 
@@ -62,6 +75,13 @@ def _depths(client: redis.Redis, workers: list[dict[str, Any]]) -> dict[str, dic
     broker = RedisBroker(client=client)  # type: ignore[no-untyped-call]
     queues = sorted({queue for worker in workers for queue in worker["queues"]})
     return queue_depths(broker, queues)
+
+
+def _waiting(client: redis.Redis) -> dict[str, dict[str, int]]:
+    """The depths of the queues holding messages that are ready or delayed."""
+    broker = RedisBroker(client=client)  # type: ignore[no-untyped-call]
+    depths = queue_depths(broker, stored_queues(client, broker.namespace))
+    return {name: depth for name, depth in depths.items() if depth["ready"] + depth["delayed"]}
 
 
 def _workers(args: argparse.Namespace) -> int:
@@ -88,13 +108,18 @@ def _workers(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     checks: dict[str, str] = {}
     workers: list[dict[str, Any]] = []
-    client = redis_client(args)
+    client = redis_client(args, check=False)  # down is an answer here, not an error
     try:
         client.ping()
         checks["redis"] = "ok"
         workers = live_workers(client, KEYS.namespace)
         checks["workers"] = f"{len(workers)} live"
-        for queue, depth in _depths(client, workers).items():
+        depths = _depths(client, workers)
+        if not workers and (waiting := _waiting(client)):
+            held = ", ".join(f"{q} {d['ready'] + d['delayed']}" for q, d in waiting.items())
+            checks["workers"] = f"down: 0 live while queues hold messages ({held}); start workers"
+            depths = waiting
+        for queue, depth in depths.items():
             checks[f"queue {queue}"] = ", ".join(f"{n} {kind}" for kind, n in depth.items())
         for key in client.scan_iter(match=KEYS.breaker_pattern()):
             state = client.hget(key, "state")
@@ -103,9 +128,9 @@ def _health(args: argparse.Namespace) -> int:
         checks["redis"] = f"down: {type(error).__name__}: {error}"
     config = database_config(args)
     try:
-        database = open_database(config)
-        with database.connection_context():
-            database.execute_sql("SELECT 1")  # type: ignore[no-untyped-call]
+        db = open_database(config)
+        with db.connection_context():
+            db.execute_sql("SELECT 1")  # type: ignore[no-untyped-call]
         checks["database"] = "ok"
     except peewee.DatabaseError as error:
         checks["database"] = f"down: {first_line(error)}"
@@ -246,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[database, redis],
         help="check Redis, the database, workers, queues and breakers; exit 1 when down",
         description="Check what the workers depend on. Exit status 1 when Redis or the"
-        " database is down.",
+        " database is down, or when queues hold messages and no worker is live (it says"
+        " which, and how many); 2 when a URL is malformed.",
     )
     health.set_defaults(run=_health)
 
@@ -309,10 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.run(args)
     except DramatiqSharedError as error:
         return _fail(str(error))
-    except peewee.DatabaseError as error:
-        return _fail(f"the database refused or did not answer: {first_line(error)}")
+    except peewee.DatabaseError as error:  # past the check, mid-command
+        url = database_config(args).url
+        return _fail(str(unreachable(database_setting(args), url, "the database", error)))
     except redis.RedisError as error:
-        return _fail(f"Redis did not answer: {first_line(error)}")
+        url = getattr(args, "redis_url", None) or os.environ.get("REDIS_URL", "")
+        return _fail(str(unreachable(redis_setting(args), url, "Redis", error)))
     return status
 
 

@@ -10,15 +10,15 @@ from typing import Any
 from dramatiq.brokers.redis import RedisBroker
 
 from ..errors import ConfigError
-from ..stores.connection import open_database
+from ..servers import check_redis
 from ..stores.dead_letters import DeadLetterRecord, DeadLetterStore
-from ._common import database_config, positive, redis_url
+from ._common import database, positive, redis_setting, redis_url
 
 __all__ = ["add_parser"]
 
 
 def _store(args: argparse.Namespace) -> DeadLetterStore:
-    return DeadLetterStore(open_database(database_config(args)))
+    return DeadLetterStore(database(args))
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -57,6 +57,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _retry(args: argparse.Namespace) -> int:
     url = redis_url(args, "retrying needs the broker")
+    check_redis(url, setting=redis_setting(args))
     store = _store(args)
     broker = RedisBroker(url=url)  # type: ignore[no-untyped-call]  # dramatiq leaves it untyped
     try:

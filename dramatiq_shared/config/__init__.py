@@ -27,7 +27,7 @@ from ._base import MAX_DELAY as MAX_DELAY
 from ._base import _snake_case as _snake_case
 from ._error_specs import ErrorSpec, error_matches, resolve_error_specs
 from .breaker import CircuitBreakerConfig
-from .database import DatabaseConfig
+from .database import DatabaseConfig, redact_url
 from .retry import DRAMATIQ_DEFAULTS, JITTER_MODES, RetryConfig
 from .status import StatusConfig
 
@@ -40,5 +40,6 @@ __all__ = [
     "RetryConfig",
     "StatusConfig",
     "error_matches",
+    "redact_url",
     "resolve_error_specs",
 ]

@@ -15,8 +15,8 @@ from ._base import ENV_PREFIX, _Config, _env_fields, _parse_int
 _DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql")
 
 
-def _redact(url: str) -> str:
-    """Hide the password of a URL so error messages and logs never show it."""
+def redact_url(url: str) -> str:
+    """The URL with its password hidden (``redis://:***@host``), for messages and logs."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -64,7 +64,7 @@ class DatabaseConfig(_Config):
     def __post_init__(self) -> None:
         scheme = urlsplit(self.url).scheme if isinstance(self.url, str) else None
         if scheme not in _DATABASE_SCHEMES:
-            shown = _redact(self.url) if isinstance(self.url, str) else self.url
+            shown = redact_url(self.url) if isinstance(self.url, str) else self.url
             raise ConfigError.invalid("url", shown, "a sqlite:/// or postgresql:// URL")
         check_int("connection_limit", self.connection_limit, minimum=1, error=ConfigError)
         check_int("timeout", self.timeout, minimum=1, error=ConfigError)
@@ -79,14 +79,24 @@ class DatabaseConfig(_Config):
         Parameters:
           environ: The variables to read; ``os.environ`` when omitted.
         """
+        return cls.url_variable(environ) is not None
+
+    @classmethod
+    def url_variable(cls, environ: Mapping[str, str] | None = None) -> str | None:
+        """The variable :meth:`from_env` takes the URL from (``DRAMATIQ_SHARED_DB_URL``,
+        else ``DATABASE_URL``), or None when neither is set.
+
+        Parameters:
+          environ: The variables to read; ``os.environ`` when omitted.
+        """
         environ = os.environ if environ is None else environ
         variables, _ = cls._env["url"]
-        return any(environ.get(name) for name in variables)
+        return next((name for name in variables if environ.get(name, "").strip()), None)
 
     @property
     def redacted_url(self) -> str:
         """The URL with its password hidden, for logs."""
-        return _redact(self.url)
+        return redact_url(self.url)
 
     def as_dict(self) -> dict[str, Any]:
         """Return the settings as JSON-ready values, with the URL's password hidden."""

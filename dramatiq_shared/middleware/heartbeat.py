@@ -5,7 +5,9 @@ as JSON (host, pid, started, threads, queues, messages in flight, processed, fai
 retried, last beat) and expires after ``ttl``: a worker that died disappears by itself.
 A heartbeat that cannot be written is logged (at most once a minute) and never touches
 the messages. :func:`live_workers` reads them back; :func:`queue_depths` counts each
-queue's ready, delayed and dead messages, on Redis and on RabbitMQ.
+queue's ready, delayed and dead messages, on Redis and on RabbitMQ, and
+:func:`stored_queues` finds the queues a Redis broker holds messages of, whether or not
+a live worker declared them.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ from typing import Any
 
 import dramatiq
 import redis
-from dramatiq.common import dq_name, xq_name
+from dramatiq.common import dq_name, q_name, xq_name
 from dramatiq.middleware import Middleware
 from loguru import logger
 
 from .._checks import check_int
+from .._redis import text
 from ..errors import ConfigError
 from ..keys import DEFAULT_NAMESPACE, Keys
 from ..workers import MessageCounts, message_counts
 
-__all__ = ["Heartbeat", "live_workers", "queue_depths"]
+__all__ = ["Heartbeat", "live_workers", "queue_depths", "stored_queues"]
 
 
 class Heartbeat(Middleware):
@@ -139,3 +142,14 @@ def queue_depths(
             "dead": int(client.zcard(f"{namespace}:{xq_name(name)}")),
         }
     return depths
+
+
+def stored_queues(client: redis.Redis, namespace: str = "dramatiq") -> list[str]:
+    """The queues of which a Redis broker in ``namespace`` holds messages: ready, delayed,
+    being processed or dead (their ``.msgs`` hashes, which Redis drops when empty)."""
+    prefix, suffix = f"{namespace}:", ".msgs"
+    names = {
+        q_name(text(key)[len(prefix) : -len(suffix)])
+        for key in client.scan_iter(match=f"{prefix}*{suffix}", count=100)
+    }
+    return sorted(names)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from .. import servers
 from ..config import DatabaseConfig
 from ..errors import ConfigError, DramatiqSharedError
 from ..logging import configure_logging
@@ -58,11 +59,15 @@ def run(args: argparse.Namespace) -> int:
     url = args.redis_url or os.environ.get("REDIS_URL")
     if not url:
         raise ConfigError("the relay reads Redis streams: pass --redis-url or set REDIS_URL")
+    redis_setting = "--redis-url" if args.redis_url else "REDIS_URL"
+    servers.redis_client(url, setting=redis_setting)  # malformed: refused before it starts
     config = DatabaseConfig.from_env()
-    database_url = args.database or (config.url if DatabaseConfig.url_configured() else None)
-    history = None
-    if database_url:
-        history = StatusHistory(open_database(DatabaseConfig(url=database_url)))
+    database_setting = "--database" if args.database else DatabaseConfig.url_variable()
+    database = None
+    if database_setting is not None:
+        url_given = args.database or config.url
+        database = servers.database_config(url_given, setting=database_setting, base=config)
+    history = StatusHistory(open_database(database)) if database is not None else None
     # Blocking: a burst of clients catching up waits for a connection instead of failing.
     client = aioredis.Redis(
         connection_pool=aioredis.BlockingConnectionPool.from_url(
@@ -76,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
         allowed_origins=args.origin,
         breaker_client=client,
     )
+    # Once its settings are good, the servers must answer: else one line, not a relay
+    # that starts and fails every client.
+    servers.check_redis(url, setting=redis_setting)
+    if database is not None and database_setting is not None:
+        servers.check_database(database, setting=database_setting)
     if args.demo and not os.environ.get("DRAMATIQ_SHARED_SECRET"):
         token = sign(ADMIN, app[SECRET], ttl=24 * 3600)
         print(f"demo relay: http://{args.host}:{args.port}/?token={token}", flush=True)

@@ -10,7 +10,10 @@ Either way it serves the nutrition service in-process (unless ``NUTRITION_URL`` 
 one), shows a progress bar, waits until every message of the import is done, sends the
 enrichment of any ingredient still without nutrition again, and prints a summary. Exit
 status: 0 when the import COMPLETED, 1 when it FAILED, 2 on bad input (an empty file
-included) or settings.
+included) or settings, or a server the settings name that does not answer (checked
+before anything is sent). With ``REDIS_URL``, messages that wait 10 s
+(``--no-worker-after``) while no worker has a live heartbeat are said, with the command
+that starts workers, again every 10 s while it stays so.
 
 The import id defaults to one derived from the input, so running the same file again
 runs the same import again: every step is idempotent and it adds no rows. Such a run
@@ -44,12 +47,14 @@ from dramatiq_shared import (
 from dramatiq_shared.cli import progress_bar
 from dramatiq_shared.db.models import utcnow
 from dramatiq_shared.keys import Keys
+from dramatiq_shared.middleware.heartbeat import live_workers
 from dramatiq_shared.relay.auth import sign
+from dramatiq_shared.servers import check_environment
 
 from .recipes import read_recipes
 from .words import plural
 
-__all__ = ["DEFAULT_RECIPES", "Progress", "main", "run"]
+__all__ = ["DEFAULT_RECIPES", "Progress", "WorkerWatch", "main", "run"]
 
 #: The example's own sample recipes, its default input.
 DEFAULT_RECIPES = Path(__file__).with_name("data") / "sample_recipes.jsonl"
@@ -59,6 +64,10 @@ CHUNK = 100
 POLL = 0.25
 #: Most seconds the progress stays silent when it is not a live bar on a terminal.
 QUIET = 5.0
+#: Seconds messages wait with no live worker before the job says so (--no-worker-after).
+NO_WORKER_AFTER = 10.0
+#: What starts the workers, as README.rst runs them.
+WORKER_COMMAND = "dramatiq examples.recipe_import.actors -p 2"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also serve the relay's live page, and keep it up until Ctrl-C",
     )
     parser.add_argument("--dashboard-port", type=int, default=8080, help="its port (8080)")
+    parser.add_argument(
+        "--no-worker-after",
+        type=float,
+        default=NO_WORKER_AFTER,
+        metavar="SECONDS",
+        help="with REDIS_URL, say so when messages wait this long and no worker is live"
+        f" ({NO_WORKER_AFTER:g})",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--log-level", default="WARNING", help="lowest level logged (WARNING)")
     return parser
@@ -102,23 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Import the recipes of ``args.recipes`` and print the summary; the exit status."""
     distributed = bool(os.environ.get("REDIS_URL"))
-    if distributed and not DatabaseConfig.url_configured():
-        raise ConfigError(
-            "REDIS_URL is set, so `dramatiq examples.recipe_import.actors` processes do the"
-            " work, and they must share its database: set DATABASE_URL too (or unset"
-            " REDIS_URL to run everything here)",
-            field="DATABASE_URL",
-        )
-    if args.workers < 1 or (args.limit is not None and args.limit < 0):
-        raise ConfigError("--workers must be >= 1 and --limit >= 0", field="workers")
-    recipes = read_recipes(args.recipes, limit=args.limit)
-    if not recipes:  # nothing to import is a mistake to say, not an import COMPLETED
-        raise ValidationError(
-            f"no recipes in {args.recipes}" + (" (--limit 0)" if args.limit == 0 else ""),
-            field="recipes",
-        )
+    recipes = _recipes(args, distributed)
     import_id = args.import_id or _import_id(args.recipes, recipes)
     configure_logging(args.log_level)
+    check_environment()  # a server that is not there is one line, before anything is sent
 
     from . import actors  # noqa: PLC0415 - sets the broker up from the environment
     from .nutrition import DEFAULT_PORT, NutritionServer  # noqa: PLC0415
@@ -141,11 +145,15 @@ def run(args: argparse.Namespace) -> int:
             chunk = recipes[offset : offset + CHUNK]
             actors.import_recipes.send(import_id, chunk, offset, len(recipes))
         show = Progress(len(recipes), sys.stderr)
-        _wait(stack.broker, lambda n: show(note_counts(actors.runner, import_id, since), n))
+        watch = WorkerWatch(stack.redis, show.say, after=args.no_worker_after)
+        _wait(
+            stack.broker,
+            lambda n: (show(note_counts(actors.runner, import_id, since), n), watch(n)),
+        )
         missing = unenriched(actors.runner, import_id)
         for ingredient_id in missing:
             actors.enrich_ingredient.send(ingredient_id, import_id=import_id)
-        _wait(stack.broker, show.finishing)
+        _wait(stack.broker, lambda n: (show.finishing(n), watch(n)))
         stack.broadcaster.flush()
         summary = _settled(
             lambda: summarize(actors.runner, import_id, len(recipes), since), distributed
@@ -164,6 +172,28 @@ def run(args: argparse.Namespace) -> int:
         _linger(dashboard)
     stack.broadcaster.close()
     return 0 if summary.outcome == "COMPLETED" else 1
+
+
+def _recipes(args: argparse.Namespace, distributed: bool) -> list[Any]:
+    """The recipes to import, once the settings and the input are good."""
+    if distributed and not DatabaseConfig.url_configured():
+        raise ConfigError(
+            "REDIS_URL is set, so `dramatiq examples.recipe_import.actors` processes do the"
+            " work, and they must share its database: set DATABASE_URL too (or unset"
+            " REDIS_URL to run everything here)",
+            field="DATABASE_URL",
+        )
+    if args.workers < 1 or (args.limit is not None and args.limit < 0):
+        raise ConfigError("--workers must be >= 1 and --limit >= 0", field="workers")
+    if not args.no_worker_after > 0:
+        raise ConfigError.invalid("--no-worker-after", args.no_worker_after, "seconds > 0")
+    recipes = read_recipes(args.recipes, limit=args.limit)
+    if not recipes:  # nothing to import is a mistake to say, not an import COMPLETED
+        raise ValidationError(
+            f"no recipes in {args.recipes}" + (" (--limit 0)" if args.limit == 0 else ""),
+            field="recipes",
+        )
+    return recipes
 
 
 def _say_if_it_ran_before(earlier: Any, import_id: str, recipes: int) -> None:
@@ -288,9 +318,63 @@ class Progress:
             print(text, file=self.stream, flush=True)
             self.last = now
 
+    def say(self, text: str) -> None:
+        """A line of its own, which a live bar continues below."""
+        print(f"\r{text}\033[K" if self.live else text, file=self.stream, flush=True)
+
     def done(self) -> None:
         if self.live:
             print(file=self.stream)
+
+
+class WorkerWatch:
+    """Says when messages have waited ``after`` seconds and no worker has a live heartbeat,
+    with what starts workers; again every ``after`` seconds while it stays so.
+
+    Called with the messages pending at each look at the import. Embedded (no Redis) the
+    job's own worker does the work, and it says nothing.
+
+    Parameters:
+      client: The Redis of the workers' heartbeats; None when embedded.
+      say: Where its line goes.
+      after: Seconds. Default :data:`NO_WORKER_AFTER`.
+      clock: Seconds, monotonic. Default ``time.monotonic``.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        say: Callable[[str], None],
+        *,
+        after: float = NO_WORKER_AFTER,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.say = say
+        self.after = after
+        self.clock = clock
+        self.unseen: float | None = None  # since when messages wait and no worker was seen
+        self.looked = 0.0
+
+    def __call__(self, pending: int) -> None:
+        if self.client is None:
+            return
+        now = self.clock()
+        if pending == 0 or self.unseen is None:
+            self.unseen = None if pending == 0 else now
+            self.looked = now
+            return
+        if now - self.looked < self.after:  # one look at the heartbeats each `after` s
+            return
+        self.looked = now
+        if live_workers(self.client):
+            self.unseen = now
+            return
+        self.say(
+            f"no worker: {plural(pending, 'message')} pending and no worker heartbeat in"
+            f" Redis for {now - self.unseen:.0f} s; start workers with `{WORKER_COMMAND}`"
+            " (still waiting)"
+        )
 
 
 def _serve_dashboard(stack: Any, import_id: str, port: int) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,18 +11,11 @@ import pytest
 
 from examples.recipe_import.nutrition import NutritionServer
 
+from ..conftest import environment
+
+__all__ = ["ROOT", "environment", "nutrition", "run_job"]
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def environment(**settings: str) -> dict[str, str]:
-    """This environment without any server settings, plus ``settings``."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in ("REDIS_URL", "DATABASE_URL", "RABBITMQ_URL", "NUTRITION_URL")
-        and not name.startswith("DRAMATIQ_SHARED_")
-    }
-    return {**env, **settings}
 
 
 def run_job(

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import io
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from examples.recipe_import.job import Progress
+from examples.recipe_import.nutrition import NutritionServer
 
-from .conftest import environment, run_job
+from ..conftest import free_port
+from .conftest import ROOT, environment, run_job
 
 
 def test_a_file_with_a_line_that_is_not_json_is_refused_whole(tmp_path: Path) -> None:
@@ -102,3 +109,121 @@ def test_progress_off_a_terminal_is_never_silent_for_long() -> None:
     assert lines[1].endswith("395 messages pending")
     assert lines[3].startswith("notes [#########.....................] 30/100")
     assert lines[4].endswith("; 2 messages still to do")
+
+
+def assert_one_line(done: subprocess.CompletedProcess[str], *parts: str) -> None:
+    """Exit status 2 and one line on stderr, holding every one of ``parts``, nothing else."""
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.startswith("recipe_import: error: ")
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.endswith("\n")
+    for part in parts:
+        assert part in done.stderr, done.stderr
+
+
+def test_redis_that_is_not_there_is_one_line_naming_it(postgres_url: str) -> None:
+    port = free_port()
+    url = f"redis://:s3cret@127.0.0.1:{port}/0"
+    done = run_job(env=environment(REDIS_URL=url, DATABASE_URL=postgres_url))
+    assert_one_line(
+        done,
+        f"REDIS_URL=redis://:***@127.0.0.1:{port}/0: Redis refused or did not answer",
+        "(ConnectionError: Error 111 connecting to",
+        "Connection refused",
+        "start it or correct REDIS_URL",
+    )
+    assert "s3cret" not in done.stderr
+
+
+@pytest.mark.parametrize("variable", ["DATABASE_URL", "DRAMATIQ_SHARED_DB_URL"])
+def test_a_database_that_does_not_exist_is_one_line_naming_it(
+    redis_client: Any, redis_url: str, missing_database_url: str, variable: str
+) -> None:
+    done = run_job(env=environment(REDIS_URL=redis_url, **{variable: missing_database_url}))
+    name = missing_database_url.rsplit("/", 1)[1]
+    assert_one_line(
+        done,
+        f"{variable}=postgresql://dramatiq_shared:***@",
+        "the database refused or did not answer (OperationalError: ",
+        f'database "{name}" does not exist',
+        f"correct {variable}",
+    )
+    assert redis_client.dbsize() == 0  # nothing was sent
+
+
+def test_a_malformed_redis_url_is_one_line_naming_it(postgres_url: str) -> None:
+    done = run_job(env=environment(REDIS_URL="notaurl", DATABASE_URL=postgres_url))
+    assert_one_line(done, "REDIS_URL must be a redis://, rediss:// or unix:// URL, got 'notaurl'")
+
+
+def test_rabbitmq_that_is_not_there_is_one_line_naming_it(tmp_path: Path) -> None:
+    port = free_port()
+    database = tmp_path / "import.db"
+    url = f"amqp://guest:s3cret@127.0.0.1:{port}/"
+    done = run_job(env=environment(RABBITMQ_URL=url, DATABASE_URL=f"sqlite:///{database}"))
+    assert_one_line(
+        done,
+        f"RABBITMQ_URL=amqp://guest:***@127.0.0.1:{port}/: RabbitMQ refused or did not answer",
+        "(ConnectionRefusedError: [Errno 111] Connection refused)",
+    )
+    assert "s3cret" not in done.stderr
+    assert not database.exists()  # nothing written, nothing sent
+
+
+def test_with_no_worker_it_says_so_and_what_to_run_and_waits_for_one(
+    redis_client: Any,
+    redis_url: str,
+    postgres_url: str,
+    nutrition: NutritionServer,
+) -> None:
+    env = environment(REDIS_URL=redis_url, DATABASE_URL=postgres_url, NUTRITION_URL=nutrition.url)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "examples.recipe_import", "--no-worker-after", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    workers = None
+    try:
+        assert job.stderr is not None
+        hints: list[tuple[float, str]] = []
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while len(hints) < 2 and time.monotonic() < deadline:
+            line = job.stderr.readline()
+            assert line, f"the job ended: {''.join(lines)}"
+            lines.append(line)
+            if line.startswith("no worker: "):
+                hints.append((time.monotonic(), line))
+        assert len(hints) == 2, "".join(lines)
+        assert hints[0][1] == (
+            "no worker: 1 message pending and no worker heartbeat in Redis for 2 s; start"
+            " workers with `dramatiq examples.recipe_import.actors -p 2` (still waiting)\n"
+        )
+        assert "for 4 s;" in hints[1][1]
+        assert hints[1][0] - hints[0][0] > 1.5  # said again while still true, not each look
+        assert lines[0].startswith("notes [..............................] 0/20")
+
+        workers = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "examples.recipe_import.actors", "-p", "1"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        out, err = job.communicate(timeout=180)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait(30)
+        if workers is not None:
+            workers.send_signal(signal.SIGTERM)
+            workers.wait(60)
+    assert job.returncode == 0, err[-3000:]
+    assert ": COMPLETED\n" in out
+    said = err.splitlines()
+    started = next(n for n, line in enumerate(said) if re.match(r"notes \[#*\.*\] [1-9]", line))
+    assert not [line for line in said[started:] if line.startswith("no worker")]
