@@ -28,6 +28,7 @@ a worker that does real work pays in full), and the commands Redis ran per messa
 
     python benchmarks/overhead.py                       # 4,000 messages, 3 rounds each
     python benchmarks/overhead.py --messages 500 --rounds 1 --variants plain,cpu
+    python benchmarks/overhead.py --max-deaths none     # B without DeathLimit's count
 
 Redis is a private ``redis-server`` it starts on a free port, so no other client's
 commands are counted; ``BENCH_REDIS_URL`` names another (flushed!). PostgreSQL is a
@@ -81,7 +82,14 @@ def cpu_seconds() -> float:
 
 
 def run_round(
-    full: bool, variant: str, messages: int, *, threads: int, redis_url: str, database: str
+    full: bool,
+    variant: str,
+    messages: int,
+    *,
+    threads: int,
+    redis_url: str,
+    database: str,
+    max_deaths: int | None,
 ) -> Round:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
@@ -94,6 +102,7 @@ def run_round(
             redis_url=redis_url,
             retry={"maxAttempts": 1 if variant == "dead" else 4, "baseDelay": 1, "maxDelay": 10},
             breakers={"bench": {"failureThreshold": 10 * messages}},
+            max_deaths=max_deaths,
         )
         options = {"breaker": "bench"}
     else:
@@ -152,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of A and of B (3)")
     parser.add_argument("--threads", type=int, default=8, help="worker threads (8)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=",".join(VARIANTS))
+    parser.add_argument(
+        "--max-deaths",
+        type=lambda text: None if text == "none" else int(text),
+        default=3,
+        help="B's max_deaths: 'none' leaves out DeathLimit's count, a command a message (3)",
+    )
     args = parser.parse_args(argv)
     # Both sides log the same way, to nowhere: the terminal is not what is measured.
     configure_logging("WARNING", sink=open(os.devnull, "w"))  # noqa: SIM115 - for the run
@@ -170,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                         threads=args.threads,
                         redis_url=redis_url,
                         database=database,
+                        max_deaths=args.max_deaths,
                     )
                     rounds[full].append(measured)
                     side = "B suite" if full else "A bare "

@@ -28,7 +28,8 @@ delivery's field in the hash ``{ns}:global:deliveries``, whose value
 message coming back without an outcome; only such a message costs more (reading its
 count, counting its lone run). Counts are cleared after the outcome in batches, one
 ``HDEL`` every ``flush_interval`` by a background thread, which also drops, every ten
-minutes, counts whose message has not started for ``ttl`` (it never came back). The
+minutes (or ``ttl``), counts whose message has not started for ``ttl`` (it never came
+back). The
 field is the message id with its ``retries`` and ``requeue_timestamp``: a retry of the
 message, which follows an outcome, is a field of its own and starts clean even before
 the clear of its predecessor lands.
@@ -59,7 +60,7 @@ __all__ = ["DeathLimit"]
 
 #: Counts cleared by one ``HDEL``.
 _CLEAR_BATCH = 500
-#: Seconds between two sweeps for counts whose message never came back.
+#: Longest time, in seconds, between two sweeps for counts whose message never came back.
 _PRUNE_EVERY = 600.0
 #: Clears kept while Redis refuses them; beyond, the oldest are left to ``ttl``.
 _PENDING_LIMIT = 100_000
@@ -77,8 +78,9 @@ class DeathLimit(Middleware):
       isolation_wait: Milliseconds a message with a death on its count waits for the
         messages running beside it to finish before it runs anyway. Default 30000.
       flush_interval: Milliseconds between two batches of cleared counts. Default 100.
-      ttl: Milliseconds a count whose message never comes back is kept. Default
-        86400000 (a day).
+      ttl: Milliseconds a count whose message does not start again is kept: longer
+        than the longest run and than a killed worker's messages take to come back.
+        Default 86400000 (a day).
       namespace: Prefix of the keys (see :mod:`dramatiq_shared.keys`). Default
         ``"dramatiq_shared"``.
 
@@ -262,7 +264,7 @@ class DeathLimit(Middleware):
     def _flush_every(self) -> None:
         while not self._stop.wait(self.flush_interval / 1000):
             self._flush()
-            if time.monotonic() - self._pruned_at >= _PRUNE_EVERY:
+            if time.monotonic() - self._pruned_at >= min(_PRUNE_EVERY, self.ttl / 1000):
                 self._pruned_at = time.monotonic()
                 self._prune()
 

@@ -217,3 +217,20 @@ def test_a_message_past_its_age_limit_is_a_final_failure_not_a_success(
     stack.broadcaster.flush()
     statuses = [e["status"] for e in stack.broadcaster.transport.read("imp-old")]
     assert statuses == ["FAILED"]
+
+
+def test_a_count_whose_message_never_comes_back_is_dropped_after_ttl(
+    stub_broker: StubBroker, redis_client: redis.Redis
+) -> None:
+    @dramatiq.actor(broker=stub_broker)
+    def gone() -> None: ...
+
+    died_running(redis_client, stub_broker, gone.message(), 1)
+    stub_broker.add_middleware(DeathLimit(redis_client, ttl=1_000))
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50)
+    worker.start()  # its flusher sweeps every ttl
+    try:
+        assert redis_client.hlen(DELIVERIES) == 1
+        assert wait_until(lambda: redis_client.hlen(DELIVERIES) == 0, time.monotonic() + 5)
+    finally:
+        worker.stop()
