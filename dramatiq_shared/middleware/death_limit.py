@@ -115,6 +115,8 @@ class DeathLimit(Middleware):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._local = threading.local()
+        self._connections: list[Any] = []  # redis-py Connections (it types them loosely)
         self._worker = f"{socket.gethostname()}:{os.getpid()}"
         self._warned_at = -60.0
 
@@ -139,6 +141,10 @@ class DeathLimit(Middleware):
         if self._flusher is not None:
             self._flusher.join(5)
         self._flush()
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.disconnect()
 
     # --- one delivery -------------------------------------------------------------------
 
@@ -219,10 +225,27 @@ class DeathLimit(Middleware):
     def _first_run(self, field: str) -> bool:
         """Count a run; False when the field was there: the message ran without an outcome."""
         try:
-            return bool(self.client.hsetnx(self._key, field, self._value(1)))
+            return bool(self._command("HSETNX", self._key, field, self._value(1)))
         except redis.RedisError as error:
             self._warn("could not count a run of {}: {}", field, error)
             return True
+
+    def _command(self, *args: Any) -> Any:
+        """Run the per-message count on this worker thread's own connection: the pool's
+        lock and health check cost a message about as much as the command itself (33 of
+        71 µs of CPU here)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = self.client.connection_pool.make_connection()
+            with self._lock:
+                self._connections.append(connection)
+        try:
+            connection.send_packed_command(connection.pack_command(*args), check_health=False)
+            return connection.read_response()
+        except (redis.ConnectionError, redis.TimeoutError):
+            connection.disconnect()  # a socket gone stale (Redis restarted): once more, anew
+            connection.send_packed_command(connection.pack_command(*args))
+            return connection.read_response()
 
     def _read(self, field: str) -> tuple[int, str, str]:
         """Runs, last worker and its start (ISO 8601) of the count of ``field``."""
@@ -308,7 +331,7 @@ class _Isolation:
     runs alone: it waits for those in flight to finish, and holds back new ones."""
 
     def __init__(self) -> None:
-        self._changed = threading.Condition()
+        self._changed = threading.Condition(threading.Lock())
         self._running = 0  # side by side
         self._alone = False
         self._waiting = 0  # to run alone
@@ -335,9 +358,11 @@ class _Isolation:
         with self._changed:
             if how == _ALONE:
                 self._alone = False
+                self._changed.notify_all()
             else:
                 self._running -= 1
-            self._changed.notify_all()
+                if self._waiting:  # nobody else waits while none waits to run alone
+                    self._changed.notify_all()
 
 
 def _check_limit(field: str, value: Any) -> int | None:
