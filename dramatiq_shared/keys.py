@@ -15,6 +15,8 @@ key: the user's part always comes last, after a fixed prefix that names its spac
 ``{ns}:global:unpersisted``                 sorted set of the tokens of status batches a
                                             history has yet to persist
 ``{ns}:global:breaker-events``              stream of breaker transitions and refusals
+``{ns}:global:dead-letters``                hash: message id -> a dead letter the database
+                                            has yet to take (JSON), until written
 ``{ns}:batch:ids:{token}``                  the ids a status batch got
 ``{ns}:batch:events:{token}``               the batch's events, until persisted
 ``{ns}:breaker:state:{name}``               hash: one breaker's state
@@ -99,6 +101,11 @@ class Keys:
     def breaker_events(self) -> str:
         """The stream of breaker transitions and refused calls."""
         return f"{self.namespace}:global:breaker-events"
+
+    @property
+    def dead_letters(self) -> str:
+        """The hash of the dead letters kept until the database takes them, by message id."""
+        return f"{self.namespace}:global:dead-letters"
 
     # --- status batches ----------------------------------------------------------------
 

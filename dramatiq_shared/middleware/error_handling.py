@@ -21,7 +21,11 @@ import and note ids) to every log record while it runs. When an attempt fails it
   failure's traceback is formatted once (a ``PermanentError``'s line becomes INFO, as
   Dramatiq logs an actor's ``throws``);
 * on a final failure writes the message, its options and its error history to the
-  dead-letters table, when it was given a database.
+  dead-letters table, when it was given a database. The table is checked once, as the
+  worker boots: created on SQLite when missing; on PostgreSQL a database without it
+  stops the boot with a :class:`ConfigError` naming ``dramatiq-shared init-db``. A
+  dead letter the database refuses (down, say) is kept, in Redis or in memory, and
+  written when it takes it (:mod:`~dramatiq_shared.middleware.spool`).
 
 On Redis it also keeps a body that cannot be decoded from taking the worker's consumer
 down with it: the body goes to the queue's dead-letter queue (as on RabbitMQ), is
@@ -42,8 +46,10 @@ from typing import Any
 
 import dramatiq
 import peewee
+import redis
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import ActorNotFound, RateLimitExceeded
 from dramatiq.middleware import Middleware
 from loguru import logger
@@ -51,11 +57,14 @@ from loguru import logger
 from .._checks import check_int
 from ..config import DatabaseConfig
 from ..errors import ConfigError, MessageTooLargeError, PermanentError
+from ..keys import DEFAULT_NAMESPACE
 from ..logging import WORKER_RECORDS, message_context
 from ..metrics import ERRORS
 from ..stores.dead_letters import DeadLetterStore
+from ..stores.tables import utcnow
 from .delivery import Delivery, delivery, is_deferral, seen
 from .messages import guard_decoding, qualified_name
+from .spool import DeadLetterEntry, DeadLetterSpool
 
 __all__ = ["ErrorHandling"]
 
@@ -70,6 +79,11 @@ class ErrorHandling(Middleware):
       database: Where dead letters are written: a database from
         :func:`~dramatiq_shared.db.init_database`, a :class:`DatabaseConfig`, or a URL.
         None (the default) keeps them only in the broker's dead-letter queue.
+      redis_client: Where dead letters the database refuses are kept until it takes
+        them, shared by every worker process. Default None: the broker's own client on
+        a RedisBroker, else this process's memory.
+      namespace: Prefix of that Redis key (see :mod:`dramatiq_shared.keys`). Default
+        ``"dramatiq_shared"``.
       max_message_size: Largest encoded message, in bytes: a larger one is refused at
         ``send()`` with a :class:`MessageTooLargeError`, and one that arrives anyway (from
         another producer) fails at once and is dead-lettered. Default None: no limit.
@@ -82,9 +96,17 @@ class ErrorHandling(Middleware):
         self,
         *,
         database: peewee.Database | DatabaseConfig | str | None = None,
+        redis_client: redis.Redis | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
         max_message_size: int | None = None,
     ) -> None:
         self.dead_letters = DeadLetterStore(database) if database is not None else None
+        #: Keeps what the database refuses (see :mod:`~dramatiq_shared.middleware.spool`).
+        self.spool = (
+            DeadLetterSpool(self.dead_letters, redis_client=redis_client, namespace=namespace)
+            if self.dead_letters is not None
+            else None
+        )
         if max_message_size is not None:
             check_int("max_message_size", max_message_size, minimum=1, error=ConfigError)
         self.max_message_size = max_message_size
@@ -103,11 +125,17 @@ class ErrorHandling(Middleware):
             )
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self.spool is not None:
+            if self.spool.client is None and isinstance(broker, RedisBroker):
+                self.spool.client = broker.client
+            self.spool.open()  # first: a missing table stops the boot
         guard_decoding(broker, self._undecodable)
         WORKER_RECORDS.install()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         WORKER_RECORDS.uninstall()
+        if self.spool is not None:
+            self.spool.close()
 
     def _undecodable(
         self, queue_name: str, message_id: str | None, body: bytes, error: BaseException
@@ -122,7 +150,7 @@ class ErrorHandling(Middleware):
             error,
         )
         ERRORS.labels("", error_type).inc()
-        if self.dead_letters is not None and message_id is not None:
+        if self.spool is not None and message_id is not None:
             raw = {
                 "queue_name": queue_name,
                 "actor_name": "",
@@ -130,9 +158,7 @@ class ErrorHandling(Middleware):
                 "options": {},
                 "body": body[:_MESSAGE_LIMIT].decode("utf-8", "replace"),
             }
-            self.dead_letters.record(
-                raw, error_type=error_type, error_message=str(error), reason=reason
-            )
+            self.spool.bury(DeadLetterEntry(raw, error_type, str(error), reason, utcnow()))
 
     def before_enqueue(
         self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int
@@ -199,11 +225,11 @@ class ErrorHandling(Middleware):
         # Failed before it ran: Dramatiq's worker refuses a message for an actor it
         # does not know, and moves it to the dead-letter queue without processing it.
         exception = getattr(message, "_exception", None)
-        if not isinstance(exception, ActorNotFound) or self.dead_letters is None:
+        if not isinstance(exception, ActorNotFound) or self.spool is None:
             return
         fields = {"error_type": qualified_name(ActorNotFound), "error_message": str(exception)}
         reason = f"no actor {message.actor_name!r} is declared in this worker"
-        _bury(self.dead_letters, message, fields, reason)
+        _bury(self.spool, message, fields, reason)
 
     def _finish(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         current = delivery(message)
@@ -251,25 +277,15 @@ class ErrorHandling(Middleware):
         else:
             record.opt(exception=exception).error("Action execution failed")
             ERRORS.labels(message.actor_name, fields["error_type"]).inc()
-        if message.failed and self.dead_letters is not None:
-            _bury(self.dead_letters, message, fields, (decision and decision.reason) or "failed")
+        if message.failed and self.spool is not None:
+            _bury(self.spool, message, fields, (decision and decision.reason) or "failed")
 
 
 def _bury(
-    store: DeadLetterStore, message: MessageProxy, fields: dict[str, Any], reason: str
+    spool: DeadLetterSpool, message: MessageProxy, fields: dict[str, Any], reason: str
 ) -> None:
-    try:
-        store.record(
-            message.asdict(),
-            error_type=fields["error_type"],
-            error_message=fields["error_message"],
-            reason=reason,
-        )
-    except Exception as error:
-        # The broker still dead-letters the message; only the table misses it.
-        logger.opt(exception=error).error(
-            "Could not record dead letter {}: {}", message.message_id, error
-        )
+    error_type, error_message = fields["error_type"], fields["error_message"]
+    spool.bury(DeadLetterEntry(message.asdict(), error_type, error_message, reason, utcnow()))
 
 
 def _await(outcome: Awaitable[Any]) -> None:
