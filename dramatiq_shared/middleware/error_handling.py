@@ -21,11 +21,9 @@ import and note ids) to every log record while it runs. When an attempt fails it
   failure's traceback is formatted once (a ``PermanentError``'s line becomes INFO, as
   Dramatiq logs an actor's ``throws``);
 * on a final failure writes the message, its options and its error history to the
-  dead-letters table, when it was given a database. The table is checked once, as the
-  worker boots: created on SQLite when missing; on PostgreSQL a database without it
-  stops the boot with a :class:`ConfigError` naming ``dramatiq-shared init-db``. A
-  dead letter the database refuses (down, say) is kept, in Redis or in memory, and
-  written when it takes it (:mod:`~dramatiq_shared.middleware.spool`).
+  dead-letters table, when it was given a database: made on SQLite at worker boot, its
+  absence on PostgreSQL stops the boot; what the database refuses is kept until it
+  takes it (:mod:`~dramatiq_shared.middleware.spool`).
 
 On Redis it also keeps a body that cannot be decoded from taking the worker's consumer
 down with it: the body goes to the queue's dead-letter queue (as on RabbitMQ), is
@@ -49,7 +47,6 @@ import peewee
 import redis
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import MessageProxy
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import ActorNotFound, RateLimitExceeded
 from dramatiq.middleware import Middleware
 from loguru import logger
@@ -61,10 +58,9 @@ from ..keys import DEFAULT_NAMESPACE
 from ..logging import WORKER_RECORDS, message_context
 from ..metrics import ERRORS
 from ..stores.dead_letters import DeadLetterStore
-from ..stores.tables import utcnow
 from .delivery import Delivery, delivery, is_deferral, seen
 from .messages import guard_decoding, qualified_name
-from .spool import DeadLetterEntry, DeadLetterSpool
+from .spool import DeadLetterSpool
 
 __all__ = ["ErrorHandling"]
 
@@ -101,7 +97,7 @@ class ErrorHandling(Middleware):
         max_message_size: int | None = None,
     ) -> None:
         self.dead_letters = DeadLetterStore(database) if database is not None else None
-        #: Keeps what the database refuses (see :mod:`~dramatiq_shared.middleware.spool`).
+        #: Keeps what the database refuses.
         self.spool = (
             DeadLetterSpool(self.dead_letters, redis_client=redis_client, namespace=namespace)
             if self.dead_letters is not None
@@ -126,9 +122,7 @@ class ErrorHandling(Middleware):
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self.spool is not None:
-            if self.spool.client is None and isinstance(broker, RedisBroker):
-                self.spool.client = broker.client
-            self.spool.open()  # first: a missing table stops the boot
+            self.spool.open(broker)  # first: a missing table stops the boot
         guard_decoding(broker, self._undecodable)
         WORKER_RECORDS.install()
 
@@ -158,7 +152,7 @@ class ErrorHandling(Middleware):
                 "options": {},
                 "body": body[:_MESSAGE_LIMIT].decode("utf-8", "replace"),
             }
-            self.spool.bury(DeadLetterEntry(raw, error_type, str(error), reason, utcnow()))
+            self.spool.bury(raw, error_type=error_type, error_message=str(error), reason=reason)
 
     def before_enqueue(
         self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int
@@ -229,7 +223,7 @@ class ErrorHandling(Middleware):
             return
         fields = {"error_type": qualified_name(ActorNotFound), "error_message": str(exception)}
         reason = f"no actor {message.actor_name!r} is declared in this worker"
-        _bury(self.spool, message, fields, reason)
+        self.spool.bury(message.asdict(), reason=reason, **fields)
 
     def _finish(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         current = delivery(message)
@@ -254,7 +248,7 @@ class ErrorHandling(Middleware):
     ) -> None:
         decision = current.decision  # None without Retry: judge by what the broker is told
         will_retry = decision.action.runs_again if decision else not message.failed
-        fields = {
+        fields: dict[str, Any] = {
             "attempt": current.attempt,
             "max_attempts": decision.max_attempts if decision else _max_attempts(broker, message),
             "will_retry": will_retry,
@@ -278,14 +272,12 @@ class ErrorHandling(Middleware):
             record.opt(exception=exception).error("Action execution failed")
             ERRORS.labels(message.actor_name, fields["error_type"]).inc()
         if message.failed and self.spool is not None:
-            _bury(self.spool, message, fields, (decision and decision.reason) or "failed")
-
-
-def _bury(
-    spool: DeadLetterSpool, message: MessageProxy, fields: dict[str, Any], reason: str
-) -> None:
-    error_type, error_message = fields["error_type"], fields["error_message"]
-    spool.bury(DeadLetterEntry(message.asdict(), error_type, error_message, reason, utcnow()))
+            self.spool.bury(
+                message.asdict(),
+                error_type=fields["error_type"],
+                error_message=fields["error_message"],
+                reason=(decision and decision.reason) or "failed",
+            )
 
 
 def _await(outcome: Awaitable[Any]) -> None:

@@ -34,18 +34,21 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, cast
 
+import dramatiq
 import peewee
 import redis
+from dramatiq.brokers.redis import RedisBroker
 from loguru import logger
 
 from ..errors import ConfigError, DramatiqSharedError
 from ..keys import DEFAULT_NAMESPACE, Keys
 from ..stores.dead_letters import DeadLetterStore
+from ..stores.tables import utcnow
 
 __all__ = ["DeadLetterEntry", "DeadLetterSpool"]
 
@@ -137,13 +140,20 @@ class DeadLetterSpool:
         self._backoff = 0.0
         self._logged_at = -math.inf  # the outage's last log record; -inf: none logged
         self._delete: Any = None  # the compare-and-delete script, registered on first use
+        self._redis_retry_at = 0.0  # monotonic: no Redis from a worker thread before then
 
-    def open(self) -> None:
+    def open(self, broker: dramatiq.Broker | None = None) -> None:
         """Check the table once (created on SQLite) and start the background thread.
+
+        Parameters:
+          broker: The worker's broker: a RedisBroker's client keeps the records when
+            the spool was given none.
 
         Raises:
           ConfigError: On PostgreSQL, when the table does not exist.
         """
+        if self.client is None and isinstance(broker, RedisBroker):
+            self.client = broker.client
         try:
             self.store.ensure_table()
             self._table_ready = True
@@ -160,14 +170,22 @@ class DeadLetterSpool:
             return len(self._memory)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the thread, try what is kept once more, and log what is left and where."""
+        """Stop the thread, try what is kept once more, and log what is left and where.
+
+        Parameters:
+          timeout: Seconds to wait for the thread; one still waiting for the database
+            after that is left to it (a daemon), and no last try is made.
+        """
         self._stop.set()
         self._wake.set()
+        busy = False
         if self._thread is not None:
             self._thread.join(timeout)
+            busy = self._thread.is_alive()
         if not self._kept:
             return
-        self.drain()
+        if not busy:
+            self.drain()
         self._move_to_redis()
         with self._lock:
             left = list(self._memory)
@@ -186,8 +204,18 @@ class DeadLetterSpool:
                 self.key,
             )
 
-    def bury(self, entry: DeadLetterEntry) -> None:
-        """Write ``entry`` now, or keep it for the background thread. Never raises."""
+    def bury(
+        self, message: Mapping[str, Any], *, error_type: str, error_message: str, reason: str
+    ) -> None:
+        """Write a dead letter now, or keep it for the background thread. Never raises.
+
+        Parameters:
+          message: The message as ``Message.asdict()`` gives it, options included.
+          error_type: The qualified name of the last error.
+          error_message: Its message.
+          reason: Why it will not be retried.
+        """
+        entry = DeadLetterEntry(dict(message), error_type, error_message, reason, utcnow())
         refusal = None
         if not self._kept:
             try:
@@ -256,12 +284,16 @@ class DeadLetterSpool:
 
     def _keep(self, entries: list[DeadLetterEntry]) -> None:
         self._kept = True
-        if self.client is not None:
+        refusal = None
+        # After a refusal the worker threads leave Redis to the background thread for a
+        # while: a client's retries on a dead server cost seconds a call.
+        if self.client is not None and time.monotonic() >= self._redis_retry_at:
             try:
                 self.client.hset(self.key, mapping={e.message_id: e.encode() for e in entries})
                 return
             except (redis.RedisError, TypeError, ValueError) as error:
-                self._log_outage(error, where="memory: Redis refused them too")
+                self._redis_retry_at = time.monotonic() + POLL_INTERVAL
+                refusal = error
         with self._lock:
             for entry in entries:
                 self._memory[entry.message_id] = entry
@@ -269,6 +301,8 @@ class DeadLetterSpool:
             dropped = []
             while len(self._memory) > MEMORY_LIMIT:
                 dropped.append(self._memory.popitem(last=False)[0])
+        if refusal is not None:
+            self._log_outage(refusal, where="memory (Redis refused them too)")
         if dropped:
             logger.error(
                 "Dropped the {} oldest kept dead letters (more than {:,} wait); the broker's"

@@ -11,6 +11,8 @@ import peewee
 import pytest
 import redis
 from dramatiq.brokers.stub import StubBroker
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from dramatiq_shared import DatabaseConfig
 from dramatiq_shared.db import create_tables, init_database
@@ -20,7 +22,7 @@ from dramatiq_shared.middleware.spool import DeadLetterEntry, DeadLetterSpool
 from dramatiq_shared.stores import DeadLetterStore
 from dramatiq_shared.stores.tables import utcnow
 
-from ..conftest import wait_until
+from ..conftest import free_port, wait_until
 from ..faults.proxy import Proxy
 from .conftest import install
 
@@ -30,16 +32,19 @@ def quick(url: str) -> DatabaseConfig:
     return DatabaseConfig(url=url, timeout=1_000, retry_attempts=1)
 
 
-def entry(number: int, *, message_id: str | None = None) -> DeadLetterEntry:
+def bury(spool: DeadLetterSpool, number: int, **options: Any) -> None:
+    """Hand the spool the dead letter of message ``m-{number}``, as ErrorHandling does."""
     message = dramatiq.Message(
         queue_name="default",
         actor_name="parse_note",
         args=(number,),
         kwargs={},
-        options={"error_history": [{"attempt": 1}]},
-        message_id=message_id or f"m-{number}",
-    ).asdict()
-    return DeadLetterEntry(message, "RuntimeError", f"broken {number}", "exhausted", utcnow())
+        options={"error_history": [{"attempt": 1}], **options},
+        message_id=f"m-{number}",
+    )
+    spool.bury(
+        message.asdict(), error_type="RuntimeError", error_message=f"broken {number}", reason="x"
+    )
 
 
 def rows(url: str) -> dict[str, Any]:
@@ -134,13 +139,12 @@ def test_dead_letters_kept_in_redis_outlive_the_process_and_any_worker_writes_th
     first = DeadLetterSpool(DeadLetterStore(quick(through_proxy)), redis_client=redis_client)
     first.open()
     proxy.cut()
-    buried = {number: entry(number) for number in range(5)}
-    for kept in buried.values():
-        first.bury(kept)
-    first.bury(buried[0])  # the same record again: still one
+    for number in [*range(5), 0]:  # the same message twice: still one record
+        bury(first, number)
     first.close(timeout=1)  # the process ends; nothing is in its memory
     assert len(first) == 0
-    assert redis_client.hlen(Keys().dead_letters) == 5
+    kept_raw = redis_client.hgetall(Keys().dead_letters)
+    assert len(kept_raw) == 5
     assert rows(tables) == {}
 
     proxy.restore()
@@ -152,9 +156,10 @@ def test_dead_letters_kept_in_redis_outlive_the_process_and_any_worker_writes_th
         second.close()
     written = rows(tables)
     assert sorted(written) == [f"m-{n}" for n in range(5)]
-    for number, kept in buried.items():  # each as it was kept, its failure time included
-        row = written[kept.message_id]
-        assert (row.failed_at, row.error_message) == (kept.failed_at, f"broken {number}")
+    kept = {DeadLetterEntry.decode(raw).message_id: raw for raw in kept_raw.values()}
+    for number in range(5):  # each as it was kept, its failure time included
+        row, record = written[f"m-{number}"], DeadLetterEntry.decode(kept[f"m-{number}"])
+        assert (row.failed_at, row.error_message) == (record.failed_at, f"broken {number}")
         assert row.message["args"] == [number]
 
 
@@ -164,13 +169,32 @@ def test_bad_data_is_refused_for_good_and_does_not_hold_the_rest(
     spool = DeadLetterSpool(DeadLetterStore(database))
     spool.open()
     try:
-        unwritable = entry(1)
-        unwritable.message["options"]["callback"] = object()  # not JSON
-        spool.bury(unwritable)
-        spool.bury(entry(2))
+        bury(spool, 1, callback=object())  # not JSON
+        bury(spool, 2)
     finally:
         spool.close()
     assert len(spool) == 0  # nothing kept: no later try could write it
     assert [row.message_id for row in DeadLetterStore(database).list()] == ["m-2"]
     (refused,) = [r for r in records if r["message"].startswith("The dead-letters table refused")]
     assert "m-1" in refused["message"]
+
+
+def test_while_redis_refuses_too_they_are_kept_in_memory(
+    tables: str, proxied_postgres: tuple[str, Proxy], records: list[dict[str, Any]]
+) -> None:
+    through_proxy, proxy = proxied_postgres
+    # Nothing listens there; without the client's retries each refusal takes no time.
+    nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    spool = DeadLetterSpool(DeadLetterStore(quick(through_proxy)), redis_client=nowhere)
+    proxy.cut()
+    bury(spool, 1)
+    bury(spool, 2)  # one log record for the outage, not one a dead letter
+    assert len(spool) == 2
+    (kept,) = [r for r in records if r["message"].startswith("Dead letters are kept in memory")]
+    assert "(Redis refused them too)" in kept["message"]
+    assert "(1 in memory" in kept["message"]
+    proxy.restore()
+    spool.drain()  # the memory is written before Redis is looked at
+    spool.close(timeout=1)
+    assert len(spool) == 0
+    assert sorted(rows(tables)) == ["m-1", "m-2"]
