@@ -17,6 +17,8 @@ key: the user's part always comes last, after a fixed prefix that names its spac
 ``{ns}:global:breaker-events``              stream of breaker transitions and refusals
 ``{ns}:global:deliveries``                  hash: the runs without an outcome of each
                                             running message (see ``DeathLimit``)
+``{ns}:global:dead-letters``                hash: message id -> a dead letter the database
+                                            has yet to take (JSON), until written
 ``{ns}:batch:ids:{token}``                  the ids a status batch got
 ``{ns}:batch:events:{token}``               the batch's events, until persisted
 ``{ns}:breaker:state:{name}``               hash: one breaker's state
@@ -106,6 +108,11 @@ class Keys:
     def deliveries(self) -> str:
         """The hash of the runs without an outcome of each running message."""
         return f"{self.namespace}:global:deliveries"
+
+    @property
+    def dead_letters(self) -> str:
+        """The hash of the dead letters kept until the database takes them, by message id."""
+        return f"{self.namespace}:global:dead-letters"
 
     # --- status batches ----------------------------------------------------------------
 

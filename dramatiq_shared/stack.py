@@ -175,7 +175,7 @@ def setup_broker(
         circuit_breaker,
         StatusBroadcast(broadcaster=broadcaster),
         retry_middleware,
-        ErrorHandling(database=db, max_message_size=max_message_size),
+        ErrorHandling(database=db, redis_client=client, max_message_size=max_message_size),
     )
     if client is not None:
         stack += (DeathLimit(client, max_deaths=max_deaths), Heartbeat(client))

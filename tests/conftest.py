@@ -31,6 +31,8 @@ from playhouse.pool import PooledDatabase
 from dramatiq_shared import DatabaseConfig
 from dramatiq_shared.db import create_tables, init_database
 
+from .faults.proxy import Proxy
+
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://dramatiq_shared:dramatiq_shared@127.0.0.1:5432/postgres"
@@ -275,6 +277,16 @@ def postgres_url(_postgres_server: str) -> Iterator[str]:
 def missing_database_url(_postgres_server: str) -> str:
     """The URL of a database the running PostgreSQL server does not have."""
     return _with_database(_postgres_server, f"dramatiq_shared_missing_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def proxied_postgres(postgres_url: str) -> Iterator[tuple[str, Proxy]]:
+    """The URL of the test's PostgreSQL through a proxy the test can cut, and the proxy."""
+    parts = urlsplit(postgres_url)
+    proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
+    yield urlunsplit(parts._replace(netloc=netloc)), proxy
+    proxy.close()
 
 
 @pytest.fixture

@@ -87,6 +87,7 @@ def _globals(keys: Keys) -> dict[str, str]:
         "imports": keys.imports,
         "unpersisted": keys.unpersisted,
         "breaker events": keys.breaker_events,
+        "dead letters": keys.dead_letters,
         "breaker changes": keys.breaker_changes,
         "workers": keys.worker_pattern()[: -len("*")],
     }

@@ -38,6 +38,7 @@ from loguru import logger
 from dramatiq_shared import get_stack, set_broadcaster
 from dramatiq_shared.db import create_tables, init_database
 from dramatiq_shared.keys import Keys
+from dramatiq_shared.stores import DeadLetterStore
 
 from .conftest import REDIS_URL
 
@@ -215,6 +216,38 @@ def test_the_parts_run_one_by_one_as_written(
     assert parsing[0]["record"]["extra"]["import_id"] == "imp-1"
     events = redis_client.xrange(Keys().status("imp-1"))
     assert [json.loads(fields[b"event"])["status"] for _, fields in events] == ["PROCESSING"]
+
+
+def test_the_hand_built_error_handling_keeps_dead_letters_in_a_fresh_sqlite_database(
+    newcomer: Path,
+) -> None:
+    (block,) = [b for b in readme_blocks() if "ErrorHandling(database=" in b.text]
+    url = f"sqlite:///{newcomer / 'fresh.db'}"  # a new database: no tables yet
+    broker = StubBroker()
+    dramatiq.set_broker(broker)
+    namespace: dict[str, Any] = {"__name__": "readme", "broker": broker}
+    run_python(
+        Block(block.kind, block.line, block.text.replace("postgresql://app@db/app", url)), namespace
+    )
+
+    @dramatiq.actor(broker=broker, max_attempts=1)
+    def breaks() -> None:
+        raise RuntimeError("for good")
+
+    message = breaks.send()
+    worker = dramatiq.Worker(broker, worker_timeout=20)
+    worker.start()
+    try:
+        broker.join(breaks.queue_name, fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()
+    (row,) = DeadLetterStore(url).list()
+    assert (row.message_id, row.error_type, row.error_message) == (
+        message.message_id,
+        "RuntimeError",
+        "for good",
+    )
 
 
 # --- shell blocks --------------------------------------------------------------------

@@ -21,7 +21,9 @@ import and note ids) to every log record while it runs. When an attempt fails it
   failure's traceback is formatted once (a ``PermanentError``'s line becomes INFO, as
   Dramatiq logs an actor's ``throws``);
 * on a final failure writes the message, its options and its error history to the
-  dead-letters table, when it was given a database. A message a middleware failed
+  dead-letters table, when it was given a database: made on SQLite at worker boot, its
+  absence on PostgreSQL stops the boot; what the database refuses is kept until it
+  takes it (:mod:`~dramatiq_shared.middleware.spool`). A message a middleware failed
   before its actor ran (``DeathLimit``, Dramatiq's ``AgeLimit``, a deferral that could
   not be enqueued) is a final failure too: one WARNING line, ``"Message … failed
   before it ran: <reason>"``, and a dead letter with the reason; its ``on_error`` hook
@@ -46,6 +48,7 @@ from typing import Any
 
 import dramatiq
 import peewee
+import redis
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import MessageProxy
 from dramatiq.errors import ActorNotFound, RateLimitExceeded
@@ -55,11 +58,13 @@ from loguru import logger
 from .._checks import check_int
 from ..config import DatabaseConfig
 from ..errors import ConfigError, MessageTooLargeError, PermanentError
+from ..keys import DEFAULT_NAMESPACE
 from ..logging import WORKER_RECORDS, message_context
 from ..metrics import ERRORS
 from ..stores.dead_letters import DeadLetterStore
 from .delivery import Delivery, delivery, is_deferral, refusal, seen
 from .messages import guard_decoding, qualified_name
+from .spool import DeadLetterSpool
 
 __all__ = ["ErrorHandling"]
 
@@ -74,6 +79,11 @@ class ErrorHandling(Middleware):
       database: Where dead letters are written: a database from
         :func:`~dramatiq_shared.db.init_database`, a :class:`DatabaseConfig`, or a URL.
         None (the default) keeps them only in the broker's dead-letter queue.
+      redis_client: Where dead letters the database refuses are kept until it takes
+        them, shared by every worker process. Default None: the broker's own client on
+        a RedisBroker, else this process's memory.
+      namespace: Prefix of that Redis key (see :mod:`dramatiq_shared.keys`). Default
+        ``"dramatiq_shared"``.
       max_message_size: Largest encoded message, in bytes: a larger one is refused at
         ``send()`` with a :class:`MessageTooLargeError`, and one that arrives anyway (from
         another producer) fails at once and is dead-lettered. Default None: no limit.
@@ -86,9 +96,17 @@ class ErrorHandling(Middleware):
         self,
         *,
         database: peewee.Database | DatabaseConfig | str | None = None,
+        redis_client: redis.Redis | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
         max_message_size: int | None = None,
     ) -> None:
         self.dead_letters = DeadLetterStore(database) if database is not None else None
+        #: Keeps what the database refuses.
+        self.spool = (
+            DeadLetterSpool(self.dead_letters, redis_client=redis_client, namespace=namespace)
+            if self.dead_letters is not None
+            else None
+        )
         if max_message_size is not None:
             check_int("max_message_size", max_message_size, minimum=1, error=ConfigError)
         self.max_message_size = max_message_size
@@ -107,11 +125,15 @@ class ErrorHandling(Middleware):
             )
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self.spool is not None:
+            self.spool.open(broker)  # first: a missing table stops the boot
         guard_decoding(broker, self._undecodable)
         WORKER_RECORDS.install()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         WORKER_RECORDS.uninstall()
+        if self.spool is not None:
+            self.spool.close()
 
     def _undecodable(
         self, queue_name: str, message_id: str | None, body: bytes, error: BaseException
@@ -126,7 +148,7 @@ class ErrorHandling(Middleware):
             error,
         )
         ERRORS.labels("", error_type).inc()
-        if self.dead_letters is not None and message_id is not None:
+        if self.spool is not None and message_id is not None:
             raw = {
                 "queue_name": queue_name,
                 "actor_name": "",
@@ -134,9 +156,7 @@ class ErrorHandling(Middleware):
                 "options": {},
                 "body": body[:_MESSAGE_LIMIT].decode("utf-8", "replace"),
             }
-            self.dead_letters.record(
-                raw, error_type=error_type, error_message=str(error), reason=reason
-            )
+            self.spool.bury(raw, error_type=error_type, error_message=str(error), reason=reason)
 
     def before_enqueue(
         self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int
@@ -210,11 +230,11 @@ class ErrorHandling(Middleware):
         # Failed before it ran: Dramatiq's worker refuses a message for an actor it
         # does not know, and moves it to the dead-letter queue without processing it.
         exception = getattr(message, "_exception", None)
-        if not isinstance(exception, ActorNotFound) or self.dead_letters is None:
+        if not isinstance(exception, ActorNotFound) or self.spool is None:
             return
         fields = {"error_type": qualified_name(ActorNotFound), "error_message": str(exception)}
         reason = f"no actor {message.actor_name!r} is declared in this worker"
-        _bury(self.dead_letters, message, fields, reason)
+        self.spool.bury(message.asdict(), reason=reason, **fields)
 
     def _finish(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         current = delivery(message)
@@ -244,7 +264,7 @@ class ErrorHandling(Middleware):
     ) -> None:
         decision = current.decision  # None without Retry: judge by what the broker is told
         will_retry = decision.action.runs_again if decision else not message.failed
-        fields = {
+        fields: dict[str, Any] = {
             "attempt": current.attempt,
             "max_attempts": decision.max_attempts if decision else _max_attempts(broker, message),
             "will_retry": will_retry,
@@ -270,25 +290,13 @@ class ErrorHandling(Middleware):
         else:
             record.opt(exception=exception).error("Action execution failed")
             ERRORS.labels(message.actor_name, fields["error_type"]).inc()
-        if message.failed and self.dead_letters is not None:
-            _bury(self.dead_letters, message, fields, (decision and decision.reason) or "failed")
-
-
-def _bury(
-    store: DeadLetterStore, message: MessageProxy, fields: dict[str, Any], reason: str
-) -> None:
-    try:
-        store.record(
-            message.asdict(),
-            error_type=fields["error_type"],
-            error_message=fields["error_message"],
-            reason=reason,
-        )
-    except Exception as error:
-        # The broker still dead-letters the message; only the table misses it.
-        logger.opt(exception=error).error(
-            "Could not record dead letter {}: {}", message.message_id, error
-        )
+        if message.failed and self.spool is not None:
+            self.spool.bury(
+                message.asdict(),
+                error_type=fields["error_type"],
+                error_message=fields["error_message"],
+                reason=(decision and decision.reason) or "failed",
+            )
 
 
 def _await(outcome: Awaitable[Any]) -> None:

@@ -68,6 +68,7 @@ def upsert_clause(
     stamp: str,
     *,
     only_changed: bool = True,
+    keep_later: bool = False,
 ) -> str:
     """An ``ON CONFLICT (key)`` clause that updates a row only when it changed.
 
@@ -75,7 +76,9 @@ def upsert_clause(
     new row's values when one of ``compared`` differs, so a redelivered identical row
     is left as it was, ``stamp`` (an ``updated_at``) included. IS DISTINCT FROM, not
     ``!=``, so that a NULL turning into a value counts as a change. With
-    ``only_changed=False`` the row takes the new values whatever they are.
+    ``only_changed=False`` the row takes the new values whatever they are. With
+    ``keep_later=True`` a row whose ``stamp`` is later than the new row's is left as
+    it is (a late write of an older version).
     """
     table = _quote(model._meta.database, model._meta.table_name)
     columns = _columns(model, compared)
@@ -86,8 +89,12 @@ def upsert_clause(
         f"{table}.{column} IS DISTINCT FROM EXCLUDED.{column}" for column in columns
     )
     (target,) = _columns(model, [key])
+    (stamped,) = _columns(model, [stamp])
+    conditions = [f"({changed})"] if only_changed else []
+    if keep_later:
+        conditions.append(f"{table}.{stamped} <= EXCLUDED.{stamped}")
     clause = f" ON CONFLICT ({target}) DO UPDATE SET {assignments}"
-    return f"{clause} WHERE {changed}" if only_changed else clause
+    return f"{clause} WHERE {' AND '.join(conditions)}" if conditions else clause
 
 
 def existing(

@@ -1,7 +1,8 @@
 """Dead letters: messages that failed for good, kept with their whole error history.
 
 The :class:`~dramatiq_shared.middleware.ErrorHandling` middleware records one row per
-message id (a message dead-lettered again after a retry updates its row), and the
+message id (a message dead-lettered again after a retry updates its row; a record
+written again, or late, changes nothing a newer failure wrote), and the
 ``dramatiq-shared dead-letters`` command lists, shows, retries and purges them.
 """
 
@@ -18,7 +19,7 @@ import peewee
 from dramatiq.common import q_name
 
 from .._checks import check_int
-from ..errors import ValidationError
+from ..errors import ConfigError, ValidationError
 from .bulk import insert_rows, upsert_clause
 from .runner import RunsOperations
 from .tables import JSONField, Table, bound_model, utcnow
@@ -116,16 +117,45 @@ class DeadLetterStore(RunsOperations):
     def _table(self) -> type[DeadLetter]:
         return bound_model(DeadLetter, self.database)
 
+    def ensure_table(self) -> None:
+        """Make sure the table exists: created on SQLite when missing; on PostgreSQL, whose
+        tables ``dramatiq-shared init-db`` makes, a database without it is refused.
+
+        Raises:
+          ConfigError: On PostgreSQL, when the table does not exist.
+        """
+        table = self._table
+        if self._runner.is_sqlite:
+            self._runner.run(lambda: table.create_table(safe=True))
+        elif not self._runner.run(table.table_exists):
+            name = getattr(self.database, "database", "")
+            raise ConfigError(
+                f"the dead-letters table {table._meta.table_name} does not exist in the"
+                f" PostgreSQL database {name!r}: create it with"
+                " `dramatiq-shared init-db --database URL` before starting a worker"
+            )
+
     def record(
-        self, message: Mapping[str, Any], *, error_type: str, error_message: str, reason: str
+        self,
+        message: Mapping[str, Any],
+        *,
+        error_type: str,
+        error_message: str,
+        reason: str,
+        failed_at: datetime | None = None,
     ) -> None:
         """Record a message that failed for good; a message id seen before is updated.
+
+        Writing the same record again leaves its one row as it was, and a record older
+        than the row (``failed_at``) changes nothing, so a record kept through an outage
+        and written late cannot undo a newer failure of the same message.
 
         Parameters:
           message: The message as ``Message.asdict()`` gives it, options included.
           error_type: The qualified name of the last error.
           error_message: Its message.
           reason: Why it will not be retried.
+          failed_at: When it failed (naive UTC); default now.
         """
         table = self._table
         options = message.get("options", {})
@@ -138,7 +168,7 @@ class DeadLetterStore(RunsOperations):
             error_type[:255],
             error_message[:10_000],
             reason[:1_000],
-            utcnow(),
+            failed_at or utcnow(),
             None,
         )
         # One prepared statement rather than a peewee query built per dead letter: on a
@@ -149,8 +179,11 @@ class DeadLetterStore(RunsOperations):
 
     @functools.cached_property
     def _upsert(self) -> str:
-        # A message dead-lettered again (after a retry) takes the new row whole.
-        return upsert_clause(self._table, "message_id", _UPDATED, "failed_at", only_changed=False)
+        # A message dead-lettered again (after a retry) takes the new row whole, unless
+        # the row already holds a later failure.
+        return upsert_clause(
+            self._table, "message_id", _UPDATED, "failed_at", only_changed=False, keep_later=True
+        )
 
     def list(self, *, limit: int = 100, include_retried: bool = False) -> list[DeadLetterRecord]:
         """The newest dead letters first, at most ``limit``; retried ones only when asked."""

@@ -5,8 +5,6 @@ the work, and all of it completes after recovery."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -24,15 +22,6 @@ pytestmark = pytest.mark.faults
 MESSAGES = 10_000
 IMPORT = "imp-db-outage"
 OUTAGE = 10.0
-
-
-@pytest.fixture
-def proxied_postgres(postgres_url: str) -> Iterator[tuple[str, Proxy]]:
-    parts = urlsplit(postgres_url)
-    proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-    netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
-    yield urlunsplit(parts._replace(netloc=netloc)), proxy
-    proxy.close()
 
 
 def test_postgres_unreachable_for_10_s_defers_work_and_loses_none(

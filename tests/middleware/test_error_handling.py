@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -194,21 +195,62 @@ def test_alone_it_keeps_the_history_and_judges_by_the_broker(
     assert [h["error_type"] for h in row.error_history] == ["ValueError"]
 
 
-def test_a_dead_letter_that_cannot_be_written_is_logged_and_the_broker_keeps_it(
-    stub_broker: StubBroker, json_lines: io.StringIO, tmp_path: Any
+def test_a_fresh_sqlite_database_gets_its_dead_letters_table_once(
+    stub_broker: StubBroker, tmp_path: Path
 ) -> None:
-    # A database with no tables: every write fails.
-    install(stub_broker, database=f"sqlite:///{tmp_path / 'empty.db'}")
+    # No tables, as a hand-built ErrorHandling meets a new database.
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    install(stub_broker, database=url)
+    statements: list[str] = []
+    handler = _Collect(statements)
+    logging.getLogger("peewee").addHandler(handler)
+    logging.getLogger("peewee").setLevel(logging.DEBUG)
 
     @dramatiq.actor(broker=stub_broker, max_attempts=1)
-    def fails() -> None:
-        raise RuntimeError("x")
+    def fails(number: int) -> None:
+        raise RuntimeError(f"broken {number}")
 
-    fails.send()
-    drain(stub_broker)
-    records = [json.loads(line)["record"] for line in json_lines.getvalue().splitlines()]
-    assert any(r["message"].startswith("Could not record dead letter") for r in records)
-    assert len(stub_broker.dead_letters) == 1
+    try:
+        sent = {fails.send(n).message_id for n in range(3)}
+        drain(stub_broker)
+    finally:
+        logging.getLogger("peewee").removeHandler(handler)
+        logging.getLogger("peewee").setLevel(logging.NOTSET)
+    rows = DeadLetterStore(url).list()
+    assert {row.message_id for row in rows} == sent
+    assert sorted(row.error_message for row in rows) == [f"broken {n}" for n in range(3)]
+    assert len(stub_broker.dead_letters) == 3  # the broker's dead-letter queue has them too
+    # Checked (and made) once, as the worker booted, not once a message.
+    made = [s for s in statements if s.startswith('CREATE TABLE IF NOT EXISTS "ds_dead_letters"')]
+    assert len(made) == 1
+    assert len([s for s in statements if s.startswith('INSERT INTO "ds_dead_letters"')]) == 3
+
+
+class _Collect(logging.Handler):
+    """Keeps the SQL peewee logs (at DEBUG, as the statement and its parameters)."""
+
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sql = record.msg[0] if isinstance(record.msg, tuple) else str(record.msg)
+        self.into.append(str(sql))
+
+
+def test_postgres_without_the_table_refuses_the_worker_boot_in_one_line(
+    stub_broker: StubBroker, postgres_url: str
+) -> None:
+    install(stub_broker, database=postgres_url)  # no dramatiq-shared init-db run
+    worker = dramatiq.Worker(stub_broker, worker_timeout=20)
+    with pytest.raises(ConfigError) as refused:
+        worker.start()
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "ds_dead_letters does not exist" in message
+    assert "`dramatiq-shared init-db --database URL`" in message
+    assert worker.workers == []  # no thread took a message
+    assert ":dramatiq_shared@" not in message  # the URL's password is not shown
 
 
 def test_a_message_over_max_message_size_is_refused_at_send(stub_broker: StubBroker) -> None:

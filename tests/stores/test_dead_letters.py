@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
@@ -13,7 +14,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
-from dramatiq_shared import RetryConfig, ValidationError, close_workers, create_worker
+from dramatiq_shared import ConfigError, RetryConfig, ValidationError, close_workers, create_worker
 from dramatiq_shared.cli import main
 from dramatiq_shared.middleware import ErrorHandling
 from dramatiq_shared.stores import DeadLetterStore, bound_model
@@ -41,6 +42,39 @@ def test_a_message_dead_lettered_twice_has_one_row(database: peewee.Database) ->
     assert (row.message_id, row.error_type, row.error_message) == ("m-1", "ValueError", "b")
     assert row.error_history == [{"attempt": 3}]
     assert store.get(row.id) == row
+
+
+def test_a_record_written_again_or_late_leaves_one_row_and_the_newest_failure(
+    database: peewee.Database,
+) -> None:
+    store = DeadLetterStore(database)
+    failed_at = datetime(2024, 5, 1, 12, 0, 0, 250_000)
+    later = failed_at + timedelta(seconds=30)
+
+    def record(error_message: str, at: datetime) -> None:
+        store.record(
+            message(), error_type="KeyError", error_message=error_message, reason="x", failed_at=at
+        )
+
+    record("first", failed_at)
+    record("first", failed_at)  # a kept record written twice
+    (row,) = store.list()
+    assert (row.error_message, row.failed_at) == ("first", failed_at)
+    record("second", later)  # failed again after a retry
+    record("first", failed_at)  # the first failure, kept through an outage, written late
+    (row,) = store.list()
+    assert (row.error_message, row.failed_at) == ("second", later)
+
+
+def test_ensure_table_makes_sqlites_and_refuses_a_postgres_without_it(
+    sqlite_url: str, postgres_url: str
+) -> None:
+    store = DeadLetterStore(sqlite_url)
+    store.ensure_table()
+    store.ensure_table()  # safe again
+    assert store.list() == []
+    with pytest.raises(ConfigError, match=r"^the dead-letters table ds_dead_letters does not"):
+        DeadLetterStore(postgres_url).ensure_table()
 
 
 def test_retry_enqueues_once_with_a_fresh_attempt_count(
