@@ -114,6 +114,8 @@ class Suite:
     ``max_deaths``), then ``options``; status events are all kept
     (``broadcast_interval=0``) unless ``options`` gives ``status``. Other middleware of
     that broker (``AsyncIO``, ``Results``, ``CurrentMessage``...) are added as they are.
+    ErrorHandling's records are taken by a loguru handler of the suite's own, which a
+    ``configure_logging()`` call during the test removes, as it removes every handler.
 
     Parameters:
       database: The database URL, such as ``sqlite:///<tmp_path>/suite.db``.
@@ -178,7 +180,7 @@ class Suite:
         broker.add_middleware(self._outcomes)
         self.stack.breakers.breakers.add_listener(self._transitions)
         sink = logger.add(self._errors, level=0, filter=ErrorRecords.wanted, format="{message}")
-        self._cleanup.callback(logger.remove, sink)
+        self._cleanup.callback(_remove_sink, sink)
         self._shorten_delays(broker)
         if previous is not None:
             self._adopt(previous, broker)
@@ -421,6 +423,13 @@ def _resolve(target: str) -> tuple[Any, str]:
             return owner, name
         break
     raise ConfigError.invalid("target", target, "the dotted path of a module's attribute")
+
+
+def _remove_sink(sink: int) -> None:
+    # Gone already when the code under test called configure_logging(), which removes
+    # every loguru handler.
+    with contextlib.suppress(ValueError):
+        logger.remove(sink)
 
 
 def _current_broadcaster() -> Any:
