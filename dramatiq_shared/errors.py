@@ -14,6 +14,7 @@ import dramatiq
 from dramatiq.middleware import MiddlewareError, SkipMessage
 
 __all__ = [
+    "ActorFailedError",
     "AuthError",
     "CircuitOpenError",
     "ConfigError",
@@ -180,6 +181,29 @@ class WorkerDiedError(PermanentError, SkipMessage):
         self.deliveries = deliveries
         self.worker = worker
         self.started_at = started_at
+
+
+class ActorFailedError(DramatiqSharedError, AssertionError):
+    """A message failed for good while a test ran the suite
+    (:meth:`dramatiq_shared.testing.Suite.run`).
+
+    An ``AssertionError`` too, so pytest reports the test as failed, not as broken. The
+    actor's own exception is its ``__cause__``, and its traceback is shown below it.
+
+    Parameters:
+      actor: The name of the actor whose message failed.
+      error: What it raised (or what failed it before it ran).
+      detail: The message id, the attempt and the decision, in words.
+      others: How many more messages failed for good in the same run.
+    """
+
+    def __init__(self, actor: str, error: BaseException, detail: str, others: int = 0) -> None:
+        more = f"; {others} more message(s) failed too, see suite.failures" if others else ""
+        super().__init__(
+            f"actor {actor!r} failed: {type(error).__name__}: {error} ({detail}){more}"
+        )
+        self.actor = actor
+        self.error = error
 
 
 def _shorten(value: Any, limit: int = 80) -> str:

@@ -56,6 +56,7 @@ from .config import (
 )
 from .db.models import create_tables
 from .errors import ConfigError
+from .keys import DEFAULT_NAMESPACE
 from .middleware import (
     CircuitBreaker,
     DeathLimit,
@@ -100,6 +101,7 @@ def setup_broker(
     redis_url: str | None = None,
     max_message_size: int | None = None,
     max_deaths: int | None = 3,
+    namespace: str = DEFAULT_NAMESPACE,
 ) -> dramatiq.Broker:
     """Install the suite on ``broker`` (built from the environment when None) and make it
     Dramatiq's global broker.
@@ -121,6 +123,9 @@ def setup_broker(
         default None, no limit.
       max_deaths: Runs that killed their worker process after which a message is
         failed (see :class:`DeathLimit`; needs Redis); default 3, None counts nothing.
+      namespace: Prefix of the suite's Redis keys (see :mod:`dramatiq_shared.keys`), for
+        applications, or tests, sharing one Redis database; default
+        ``"dramatiq_shared"``. The broker's own keys are under the broker's namespace.
 
     Returns:
       The broker.
@@ -155,12 +160,14 @@ def setup_broker(
         create_tables(db)
     history = StatusHistory(db)
     transport = (
-        RedisTransport(client) if client is not None else MemoryTransport(last_id=history.last_id)
+        RedisTransport(client, namespace=namespace)
+        if client is not None
+        else MemoryTransport(last_id=history.last_id)
     )
     broadcaster = Broadcaster(transport, history, status_config)
     set_broadcaster(broadcaster)
     completion = (
-        CompletionTracker(broadcaster, redis_client=client)
+        CompletionTracker(broadcaster, redis_client=client, namespace=namespace)
         if client is not None
         else CompletionTracker(broadcaster, database=db)
     )
@@ -169,16 +176,22 @@ def setup_broker(
         local=client is None,
         breakers=breakers,
         default=retry_config.circuit_breaker,
+        namespace=namespace,
     )
     retry_middleware = Retry(config=retry_config)
     stack: tuple[Middleware, ...] = (
         circuit_breaker,
         StatusBroadcast(broadcaster=broadcaster),
         retry_middleware,
-        ErrorHandling(database=db, redis_client=client, max_message_size=max_message_size),
+        ErrorHandling(
+            database=db, redis_client=client, namespace=namespace, max_message_size=max_message_size
+        ),
     )
     if client is not None:
-        stack += (DeathLimit(client, max_deaths=max_deaths), Heartbeat(client))
+        stack += (
+            DeathLimit(client, max_deaths=max_deaths, namespace=namespace),
+            Heartbeat(client, namespace=namespace),
+        )
     _install(broker, stack)
     setattr(
         broker,

@@ -33,6 +33,9 @@ from dramatiq_shared.db import create_tables, init_database
 
 from .faults.proxy import Proxy
 
+# The kit this library gives its users (opt-in, as theirs), and pytester to run it as they do.
+pytest_plugins = ["dramatiq_shared.testing", "pytester"]
+
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://dramatiq_shared:dramatiq_shared@127.0.0.1:5432/postgres"

@@ -6,7 +6,6 @@ import logging
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -18,10 +17,9 @@ from dramatiq_shared import (
     ConfigError,
     ValidationError,
     configure_logging,
-    get_stack,
     message_context,
-    setup_broker,
 )
+from dramatiq_shared.testing import Suite
 
 
 @pytest.fixture(autouse=True)
@@ -198,34 +196,30 @@ def test_ids_passed_by_position_are_found_through_the_actor(stub_broker: Any) ->
 
 
 def test_a_handled_failure_is_one_warning_line_and_an_unexpected_one_keeps_its_traceback(
-    stub_broker: Any, tmp_path: Path
+    dramatiq_suite: Suite,
 ) -> None:
-    # The suite as a worker runs it: Retry and ErrorHandling in place of Retries.
-    setup_broker(stub_broker, database=f"sqlite:///{tmp_path / 'suite.db'}")
+    # The suite as a worker runs it (the testing kit's): Retry and ErrorHandling in place
+    # of Retries.
     stream = io.StringIO()
     configure_logging("WARNING", sink=stream)  # the main job's default level
 
-    @dramatiq.actor(broker=stub_broker, max_attempts=1)
+    @dramatiq.actor(max_attempts=1)
     def handled(import_id: str) -> None:
         raise ValidationError.invalid("ingredients", 42, "a list of strings")
 
-    @dramatiq.actor(broker=stub_broker, max_attempts=1)
+    @dramatiq.actor(max_attempts=1)
     def unexpected(import_id: str) -> None:
         raise LookupError("no such row")
 
-    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=1)
-    worker.start()
-    try:
-        handled.send("imp-1")
-        stub_broker.join(handled.queue_name, fail_fast=False)
-        worker.join()
-        quiet = stream.getvalue()
-        unexpected.send("imp-1")
-        stub_broker.join(unexpected.queue_name, fail_fast=False)
-        worker.join()
-    finally:
-        worker.stop()
-        get_stack(stub_broker).broadcaster.close()
+    handled.send("imp-1")
+    dramatiq_suite.run(fail_fast=False)
+    quiet = stream.getvalue()
+    unexpected.send("imp-1")
+    dramatiq_suite.run(fail_fast=False)
+    assert [(f.actor, type(f.error)) for f in dramatiq_suite.failures] == [
+        ("handled", ValidationError),
+        ("unexpected", LookupError),
+    ]
     (line,) = quiet.splitlines()  # one line, nothing from Dramatiq or Retry beside it
     assert "WARNING" in line
     assert "error_message=ingredients must be a list of strings, got 42" in line

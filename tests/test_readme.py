@@ -6,7 +6,9 @@ snippet, with the set-up their own text names: a ``broker`` ("on any broker"), t
 placeholder services they name (``postgresql://app@db/app``,
 ``redis://localhost:6379/0``) are the test's real PostgreSQL and Redis. A block that
 is a module (its first line ``# app.py -- run with: ...``) is written to a file,
-imported, and its actors run by a worker. Shell blocks are followed in a shell with a
+imported, and its actors run by a worker. A block that is a test module (its first line
+``# test_x.py -- run with: pytest ...``) is run by that pytest command, in a process of
+its own, and must pass. Shell blocks are followed in a shell with a
 new user's ``PATH``: each command they run must be found there, after the quick
 start's own steps.
 """
@@ -192,7 +194,11 @@ def test_the_parts_run_one_by_one_as_written(
         "session": types.SimpleNamespace(get=lambda url: served.append(url) or "200 OK"),
         "url": "https://api.example.org/foods?query=flour",
     }
-    parts = [b for b in readme_blocks() if b.kind == "python" and not b.text.startswith("# app")]
+    parts = [
+        b
+        for b in readme_blocks()
+        if b.kind == "python" and not b.text.startswith(("# app", "# test_"))
+    ]
     try:
         for block in parts:
             run_python(
@@ -248,6 +254,22 @@ def test_the_hand_built_error_handling_keeps_dead_letters_in_a_fresh_sqlite_data
         "RuntimeError",
         "for good",
     )
+
+
+def test_the_testing_example_passes_under_the_kit(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    (module,) = [b for b in readme_blocks() if b.text.startswith("# test_")]
+    header = re.fullmatch(r"# (test_\w+\.py) -- run with: (.+)", module.text.splitlines()[0])
+    assert header is not None
+    name, command = header.groups()
+    (pytester.path / name).write_text(module.text + "\n")
+    program, *options = shlex.split(command)
+    assert program == "pytest"
+    result = pytester.runpytest_subprocess(*options, "-p", "no:cacheprovider", name)
+    result.assert_outcomes(passed=module.text.count("\ndef test_"))
+    assert module.text.count("\ndef test_") == 2  # the two examples of the seed's docs
 
 
 # --- shell blocks --------------------------------------------------------------------

@@ -131,6 +131,24 @@ def test_redis_url_builds_a_redis_broker_with_shared_state(
     broker.close()
 
 
+def test_a_namespace_keeps_the_suites_keys_apart(
+    environment: Any, redis_client: redis.Redis, redis_url: str
+) -> None:
+    broker = setup_broker(
+        RedisBroker(url=redis_url, namespace="app-b"),
+        redis_url=redis_url,
+        namespace="app_b",
+        breakers={"usda-api": {"failureThreshold": 1}},
+    )
+    stack = get_stack(broker)
+    stack.breakers.breakers["usda-api"].open()
+    stack.completion.expect("imp-1", 1)
+    suite_keys = {k.decode() for k in redis_client.keys("*") if not k.startswith(b"app-b:")}
+    assert suite_keys
+    assert all(k.startswith("app_b:") for k in suite_keys), suite_keys
+    broker.close()
+
+
 def test_actors_declared_before_setup_are_checked_too(environment: Any) -> None:
     broker = StubBroker()
 

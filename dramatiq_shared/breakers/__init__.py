@@ -126,6 +126,7 @@ class Breakers(Mapping[str, SharedCircuitBreaker]):
             for name, config in (configs or {}).items()
         }
         self.transitions = _Transitions()
+        self._listeners: list[pybreaker.CircuitBreakerListener] = [self.transitions]
         self._keys = Keys(namespace)
         self._view = View(client, self._keys) if client is not None else None
         self._breakers: dict[str, SharedCircuitBreaker] = {}
@@ -150,10 +151,18 @@ class Breakers(Mapping[str, SharedCircuitBreaker]):
             config,
             self.client,
             namespace=self.namespace,
-            listeners=[self.transitions],
+            listeners=self._listeners,
             fallback=self.fallback,
             state=state,
         )
+
+    def add_listener(self, listener: pybreaker.CircuitBreakerListener) -> None:
+        """Tell ``listener`` of the calls and transitions of every breaker, those made
+        already and those made later."""
+        with self._lock:
+            self._listeners.append(listener)
+            for breaker in self._breakers.values():
+                breaker.add_listener(listener)
 
     def close(self) -> None:
         """Stop the view's subscriber; the breakers then ask Redis at every call."""

@@ -445,3 +445,19 @@ def test_32_threads_share_a_local_breakers_single_trial() -> None:
     trials.sort()
     assert len(trials) == 5
     assert all(end <= start for (_, end), (start, _) in itertools.pairwise(trials))
+
+
+def test_a_listener_of_the_breakers_hears_every_breaker_made_before_and_after() -> None:
+    breakers = Breakers(None, configs={"a": {"failureThreshold": 1}, "b": {"failureThreshold": 1}})
+    before = breakers["a"]
+    heard: list[tuple[str, str]] = []
+
+    class Listener(pybreaker.CircuitBreakerListener):
+        def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+            heard.append((cb.name, new_state.name))
+
+    breakers.add_listener(Listener())
+    before.open()
+    breakers["b"].open()
+    breakers["b"].close()
+    assert heard == [("a", "open"), ("b", "open"), ("b", "closed")]
