@@ -54,6 +54,7 @@ from .._checks import check_int
 from ..errors import ConfigError, WorkerDiedError
 from ..keys import DEFAULT_NAMESPACE, Keys
 from .delivery import Action, delivery, seen
+from .isolation import ALONE, SHARED, Isolation
 from .messages import qualified_name
 
 __all__ = ["DeathLimit"]
@@ -64,7 +65,6 @@ _CLEAR_BATCH = 500
 _PRUNE_EVERY = 600.0
 #: Clears kept while Redis refuses them; beyond, the oldest are left to ``ttl``.
 _PENDING_LIMIT = 100_000
-_SHARED, _ALONE = "shared", "alone"
 
 
 class DeathLimit(Middleware):
@@ -108,7 +108,7 @@ class DeathLimit(Middleware):
         self.ttl = check_int("ttl", ttl, minimum=1_000, error=ConfigError)
         self.client = client
         self._key = Keys(namespace).deliveries
-        self._isolation = _Isolation()
+        self._isolation = Isolation()
         self._limits: dict[str, int | None] = {}
         self._pending: list[str] = []
         self._pruned_at = time.monotonic()
@@ -164,9 +164,9 @@ class DeathLimit(Middleware):
         # Joined before the count: a message waiting for one running alone has not run.
         self._isolation.enter()
         if self._first_run(field):
-            current.death_watch = (field, _SHARED)
+            current.death_watch = (field, SHARED)
             return
-        self._isolation.leave(_SHARED)
+        self._isolation.leave(SHARED)
         runs, worker, started = self._read(field)
         if runs >= limit:
             current.death_watch = (field, "")
@@ -184,7 +184,7 @@ class DeathLimit(Middleware):
         )
         self._isolation.enter_alone(self.isolation_wait / 1000)
         self._write(field, runs + 1)
-        current.death_watch = (field, _ALONE)
+        current.death_watch = (field, ALONE)
 
     def after_process_message(
         self,
@@ -324,45 +324,6 @@ class DeathLimit(Middleware):
         if time.monotonic() - self._warned_at >= 60:
             self._warned_at = time.monotonic()
             logger.warning("DeathLimit " + text, *args)
-
-
-class _Isolation:
-    """Messages of a process run side by side, but one that may have killed a worker
-    runs alone: it waits for those in flight to finish, and holds back new ones."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition(threading.Lock())
-        self._running = 0  # side by side
-        self._alone = False
-        self._waiting = 0  # to run alone
-
-    def enter(self) -> None:
-        with self._changed:
-            while self._alone or self._waiting:
-                self._changed.wait()
-            self._running += 1
-
-    def enter_alone(self, wait: float) -> None:
-        with self._changed:
-            self._waiting += 1
-            try:
-                if not self._changed.wait_for(lambda: not self._running and not self._alone, wait):
-                    # Those in flight outlast the wait: run beside them, but never beside
-                    # another message running alone.
-                    self._changed.wait_for(lambda: not self._alone)
-                self._alone = True
-            finally:
-                self._waiting -= 1
-
-    def leave(self, how: str) -> None:
-        with self._changed:
-            if how == _ALONE:
-                self._alone = False
-                self._changed.notify_all()
-            else:
-                self._running -= 1
-                if self._waiting:  # nobody else waits while none waits to run alone
-                    self._changed.notify_all()
 
 
 def _check_limit(field: str, value: Any) -> int | None:
