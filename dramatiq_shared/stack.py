@@ -65,6 +65,7 @@ from .middleware import (
     Retry,
     StatusBroadcast,
 )
+from .servers import redis_client
 from .status.broadcaster import Broadcaster, set_broadcaster
 from .status.completion import CompletionTracker
 from .status.transport import MemoryTransport, RedisTransport
@@ -146,15 +147,15 @@ def setup_broker(
     database_config = (
         DatabaseConfig(url=database) if isinstance(database, str) else database
     ) or DatabaseConfig.from_env()
+    setting = "redis_url" if redis_url else "REDIS_URL"
     redis_url = redis_url or os.environ.get("REDIS_URL")
-    if broker is None:
-        broker = _broker_from_env(redis_url)
-
-    client = (
-        redis.Redis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=5.0)
+    client = (  # first: a malformed URL is refused before any part is built
+        redis_client(redis_url, setting=setting, socket_connect_timeout=0.5, socket_timeout=5.0)
         if redis_url
         else None
     )
+    if broker is None:
+        broker = _broker_from_env(redis_url)
     db = open_database(database_config)
     if database_config.url.startswith("sqlite"):
         create_tables(db)

@@ -24,7 +24,14 @@ from dramatiq_shared import (
     setup_broker,
 )
 from dramatiq_shared.config import DRAMATIQ_DEFAULTS
-from dramatiq_shared.middleware import CircuitBreaker, ErrorHandling, Retry, StatusBroadcast
+from dramatiq_shared.middleware import (
+    CircuitBreaker,
+    DeathLimit,
+    ErrorHandling,
+    Heartbeat,
+    Retry,
+    StatusBroadcast,
+)
 from dramatiq_shared.workers import MessageCounts
 
 ORDER = [CircuitBreaker, StatusBroadcast, Retry, ErrorHandling]
@@ -186,3 +193,26 @@ def test_a_bad_breaker_setting_names_the_breaker(
     unknown = "breakers['nutrition']: CircuitBreakerConfig has no setting 'resetTimout'"
     with pytest.raises(ConfigError, match=re.escape(unknown)):
         setup_broker(StubBroker(), breakers={"nutrition": {"resetTimout": 30_000}})
+
+
+@pytest.mark.parametrize("given", ["argument", "environment"])
+def test_a_malformed_redis_url_is_refused_naming_where_it_came_from(
+    given: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("RABBITMQ_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'never.db'}")
+    if given == "environment":
+        monkeypatch.setenv("REDIS_URL", "notaurl")
+    arguments = {"redis_url": "notaurl"} if given == "argument" else {}
+    setting = "redis_url" if given == "argument" else "REDIS_URL"
+    with pytest.raises(ConfigError, match=f"^{setting} must be a redis://.*got 'notaurl'$"):
+        setup_broker(**arguments)
+    assert not (tmp_path / "never.db").exists()  # refused before anything was built
+
+
+def test_with_redis_the_death_limit_and_heartbeat_follow_the_four(
+    environment: Any, redis_url: str
+) -> None:
+    broker = setup_broker(RedisBroker(url=redis_url), redis_url=redis_url)
+    kinds = [type(m) for m in broker.middleware if type(m) in (*ORDER, DeathLimit, Heartbeat)]
+    assert kinds == [*ORDER, DeathLimit, Heartbeat]
