@@ -168,15 +168,15 @@ class WorkerDiedError(PermanentError, SkipMessage):
     middleware is installed, as it does for a message past ``AgeLimit``.
 
     Parameters:
-      deliveries: Runs of the message that never reached an outcome.
-      worker: The last worker process that ran it, ``host:pid``.
-      started_at: When that run began (ISO 8601, UTC).
+      deliveries: Deliveries of the message whose worker died before an outcome.
+      worker: The last worker process that had it, ``host:pid`` ("" when unknown).
+      started_at: When that worker took it (ISO 8601, UTC; "" when unknown).
     """
 
     def __init__(self, deliveries: int, worker: str, started_at: str) -> None:
+        last = f", the last on {worker} at {started_at}" if worker else ""
         super().__init__(
-            f"worker died while processing it: {deliveries} deliveries without an outcome,"
-            f" the last on {worker} at {started_at}"
+            f"worker died while processing it: {deliveries} deliveries without an outcome{last}"
         )
         self.deliveries = deliveries
         self.worker = worker

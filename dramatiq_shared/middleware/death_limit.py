@@ -3,36 +3,37 @@
 Dramatiq counts a message's attempts in the message, so a run that kills its process
 (an OOM kill, a segfault in a C extension, SIGKILL) is never counted: the broker hands
 the message to the next worker, which it kills too, and so on (Dramatiq's issue
-#213). This middleware counts every run where the count survives the process, in
-Redis, before the actor starts, and clears it once the delivery has an outcome (the
-broker acked or nacked it). A message that ran ``max_deaths`` times without an outcome
-does not run again: it is failed with a :class:`~dramatiq_shared.errors.WorkerDiedError`
-(how many runs, the last worker, when it started), and the rest of the suite treats it
-as any final failure: a dead letter with that reason, FAILED for its import, Dramatiq's
-``on_retry_exhausted`` sent.
+#213). This middleware tells a message that comes back from a worker that never
+finished it, and counts its deaths in Redis, where the count survives the process. A
+message whose worker died ``max_deaths`` times with it does not run again: it is
+failed with a :class:`~dramatiq_shared.errors.WorkerDiedError` (how many deliveries,
+the last worker, when), and the rest of the suite treats it as any final failure: a
+dead letter with that reason, FAILED for its import, Dramatiq's ``on_retry_exhausted``
+sent.
 
-A process that dies takes every message it runs with it, and the broker hands them
+A process that dies takes every message it holds with it, and the broker hands them
 back together: counting the death against each would dead-letter messages whose only
-fault was to run beside the killer. So a message that comes back with a death on its
-count runs alone in its process: it waits for the messages in flight there to finish
-(at most ``isolation_wait``), and none starts beside it. A death then is its own. A
-bystander carries at most the one death it shared, and its lone run reaches an outcome
-that clears it; the killer dies alone until it reaches ``max_deaths``. A process that
-is killed from outside while a message runs alone (a deploy's SIGKILL, say) counts
-against that message, which is why ``max_deaths`` is more than one.
+fault was to be beside the killer. So a message that comes back runs alone in its
+process: it waits for the messages in flight there to finish (at most
+``isolation_wait``), and none starts beside it. A death then is its own, and only a
+lone run counts one more. A bystander carries the one death it shared, and its lone
+run reaches an outcome that clears it; the killer dies alone until it reaches
+``max_deaths``. A process killed from outside while a message runs alone (a deploy's
+SIGKILL, say) counts against that message, which is why ``max_deaths`` is more than one.
 
-Cost: one Redis command a message, on the worker thread before the actor, because a
-count that is not in Redis when the process dies counts nothing: ``HSETNX`` of the
-delivery's field in the hash ``{ns}:global:deliveries``, whose value
-``runs|worker|started`` says who ran it last. A field that is already there is a
-message coming back without an outcome; only such a message costs more (reading its
-count, counting its lone run). Counts are cleared after the outcome in batches, one
-``HDEL`` every ``flush_interval`` by a background thread, which also drops, every ten
-minutes (or ``ttl``), counts whose message has not started for ``ttl`` (it never came
-back). The
-field is the message id with its ``retries`` and ``requeue_timestamp``: a retry of the
-message, which follows an outcome, is a field of its own and starts clean even before
-the clear of its predecessor lands.
+How a message is known to come back, where Dramatiq already talks to the broker:
+
+* RedisBroker: the consumer's fetch is followed by one pipelined ``HSETNX`` a fetched
+  message into the hash ``{ns}:global:deliveries``, its field the message's
+  ``redis_message_id`` (new at every enqueue, so a retry is a new field), its value
+  ``lone runs|worker|time``. A field already there is a message fetched before without
+  an outcome. One round trip a fetched batch, on the consumer thread; none on a worker
+  thread. The fields are cleared after the outcome (acked, nacked, or requeued unrun by
+  a consumer that closes), in batches, by a background thread every
+  ``flush_interval``, which also drops, every ten minutes (or ``ttl``), fields not
+  touched for ``ttl`` (their message never came back).
+* RabbitMQ: the delivery's ``redelivered`` flag; Redis holds only the lone runs.
+* Any other broker (the StubBroker) loses its messages with its process: nothing counts.
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
 import dramatiq
 import redis
 from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 from loguru import logger
 
@@ -59,28 +62,28 @@ from .messages import qualified_name
 
 __all__ = ["DeathLimit"]
 
-#: Counts cleared by one ``HDEL``.
+#: Fields cleared by one ``HDEL``.
 _CLEAR_BATCH = 500
-#: Longest time, in seconds, between two sweeps for counts whose message never came back.
-_PRUNE_EVERY = 600.0
 #: Clears kept while Redis refuses them; beyond, the oldest are left to ``ttl``.
 _PENDING_LIMIT = 100_000
+#: Longest time, in seconds, between two sweeps for counts whose message never came back.
+_PRUNE_EVERY = 600.0
 
 
 class DeathLimit(Middleware):
-    """Fails a message whose runs killed their worker process ``max_deaths`` times.
+    """Fails a message whose worker process died with it ``max_deaths`` times.
 
     Parameters:
       client: The Redis client the counts live in (any Redis every worker reaches).
-      max_deaths: Runs without an outcome after which a message is failed; the
-        ``max_deaths`` option of an actor or a message overrides it, None there or
-        here counts nothing (and costs nothing). Default 3.
-      isolation_wait: Milliseconds a message with a death on its count waits for the
-        messages running beside it to finish before it runs anyway. Default 30000.
+      max_deaths: Deaths after which a message is failed; the ``max_deaths`` option of
+        an actor or a message overrides it, None there or here lets the message come
+        back for ever. None here and on every actor counts nothing, and costs nothing
+        (a message's own option is then ignored). Default 3.
+      isolation_wait: Milliseconds a message that came back waits for the messages
+        running beside it to finish before it runs anyway. Default 30000.
       flush_interval: Milliseconds between two batches of cleared counts. Default 100.
-      ttl: Milliseconds a count whose message does not start again is kept: longer
-        than the longest run and than a killed worker's messages take to come back.
-        Default 86400000 (a day).
+      ttl: Milliseconds a count untouched is kept: longer than the longest run and
+        than a killed worker's messages take to come back. Default 86400000 (a day).
       namespace: Prefix of the keys (see :mod:`dramatiq_shared.keys`). Default
         ``"dramatiq_shared"``.
 
@@ -110,13 +113,15 @@ class DeathLimit(Middleware):
         self._key = Keys(namespace).deliveries
         self._isolation = Isolation()
         self._limits: dict[str, int | None] = {}
+        #: Whether any message can have a limit: else nothing is fetched with a note.
+        self._counting = self.max_deaths is not None
+        self._lock = threading.Lock()
+        self._marked: set[str] = set()  # fetched here, to clear at their outcome
+        self._back: set[str] = set()  # of those, the ones fetched before without one
         self._pending: list[str] = []
         self._pruned_at = time.monotonic()
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
-        self._local = threading.local()
-        self._connections: list[Any] = []  # redis-py Connections (it types them loosely)
         self._worker = f"{socket.gethostname()}:{os.getpid()}"
         self._warned_at = -60.0
 
@@ -128,10 +133,19 @@ class DeathLimit(Middleware):
         self, broker: dramatiq.Broker, actor: dramatiq.Actor[..., Any]
     ) -> None:
         if "max_deaths" in actor.options:
-            _check_limit(f"actor {actor.actor_name!r}: max_deaths", actor.options["max_deaths"])
+            limit = _check_limit(
+                f"actor {actor.actor_name!r}: max_deaths", actor.options["max_deaths"]
+            )
+            self._counting = self._counting or limit is not None
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._worker = f"{socket.gethostname()}:{os.getpid()}"  # this process's, after a fork
+        if isinstance(broker, RedisBroker) and not getattr(broker, "_deaths_watched", False):
+            broker.do_fetch = self._fetching(broker.do_fetch)  # type: ignore[attr-defined]
+            broker.do_requeue = self._requeueing(broker.do_requeue)  # type: ignore[attr-defined]
+            broker._deaths_watched = True  # type: ignore[attr-defined]
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        self._worker = f"{socket.gethostname()}:{os.getpid()}"  # this process's, after a fork
         self._stop.clear()
         self._flusher = threading.Thread(target=self._flush_every, name="death-limit", daemon=True)
         self._flusher.start()
@@ -141,10 +155,56 @@ class DeathLimit(Middleware):
         if self._flusher is not None:
             self._flusher.join(5)
         self._flush()
+
+    # --- what the Redis consumer fetches ------------------------------------------------
+
+    def _fetching(self, fetch: Callable[..., list[bytes]]) -> Callable[..., list[bytes]]:
+        def fetched(queue_name: str, *args: Any) -> list[bytes]:
+            bodies = fetch(queue_name, *args)
+            if bodies and self._counting:
+                self._mark(bodies)
+            return bodies
+
+        return fetched
+
+    def _mark(self, bodies: Iterable[bytes]) -> None:
+        """Note each fetched message in Redis; those noted before came back."""
+        ids = []
+        for body in bodies:
+            try:
+                ids.append(str(dramatiq.Message.decode(body).options["redis_message_id"]))
+            except Exception:  # the guarded consumer sets an undecodable body aside
+                continue
+        value = self._value(0)
+        try:
+            pipeline = self.client.pipeline(transaction=False)
+            for message_id in ids:
+                pipeline.hsetnx(self._key, message_id, value)
+            fresh = pipeline.execute()
+        except redis.RedisError as error:  # uncounted rather than not run at all
+            self._warn("could not note {} fetched messages: {}", len(ids), error)
+            return
         with self._lock:
-            connections, self._connections = self._connections, []
-        for connection in connections:
-            connection.disconnect()
+            self._marked.update(ids)
+            self._back.update(m for m, new in zip(ids, fresh, strict=True) if not new)
+
+    def _requeueing(self, requeue: Callable[..., Any]) -> Callable[..., Any]:
+        def requeued(queue_name: str, *message_ids: str) -> Any:
+            done = requeue(queue_name, *message_ids)
+            # Handed back unrun (a consumer closing): not a death. Cleared now, before
+            # another worker fetches them.
+            ids = [str(m) for m in message_ids]
+            with self._lock:
+                self._marked.difference_update(ids)
+                self._back.difference_update(ids)
+            if ids:
+                try:
+                    self.client.hdel(self._key, *ids)
+                except redis.RedisError as error:
+                    self._warn("could not clear {} requeued messages: {}", len(ids), error)
+            return done
+
+        return requeued
 
     # --- one delivery -------------------------------------------------------------------
 
@@ -153,33 +213,28 @@ class DeathLimit(Middleware):
         limit = self._limit(broker, current.message)
         if limit is None:
             return
-        options = current.message.options
-        field = "|".join(
-            (
-                current.message.message_id,
-                str(options.get("retries", 0)),
-                str(options.get("requeue_timestamp", 0)),
-            )
-        )
-        # Joined before the count: a message waiting for one running alone has not run.
+        field = self._came_back(message, current.message)
+        # Joined before anything is counted: a message waiting for one running alone has
+        # not run, so a death meanwhile is not its own.
         self._isolation.enter()
-        if self._first_run(field):
-            current.death_watch = (field, SHARED)
+        if field is None:
+            current.death_watch = ("", SHARED)
             return
         self._isolation.leave(SHARED)
         runs, worker, started = self._read(field)
-        if runs >= limit:
-            current.death_watch = (field, "")
-            error = WorkerDiedError(runs, worker, started)
+        deaths = runs + 1  # the delivery before it came back, then each lone run
+        current.death_watch = (field, "")  # cleared at the outcome
+        if deaths >= limit:
+            error = WorkerDiedError(deaths, worker, started)
             current.decide(
                 Action.NOT_RETRYABLE, reason=str(error), error_type=qualified_name(WorkerDiedError)
             )
             message.fail()
             raise error
         logger.info(
-            "Message {} was running when its worker died ({} of {} such runs): it runs alone",
+            "Message {} came back from a worker that died ({} of {} deaths): it runs alone",
             message.message_id,
-            runs,
+            deaths,
             limit,
         )
         self._isolation.enter_alone(self.isolation_wait / 1000)
@@ -219,53 +274,38 @@ class DeathLimit(Middleware):
             limit = self._limits[message.actor_name] = options.get("max_deaths", self.max_deaths)
             return limit
 
-    # A count Redis refuses is logged, and the message runs uncounted rather than not at
-    # all; its clear at the outcome is harmless, as it clears only its own field.
-
-    def _first_run(self, field: str) -> bool:
-        """Count a run; False when the field was there: the message ran without an outcome."""
-        try:
-            return bool(self._command("HSETNX", self._key, field, self._value(1)))
-        except redis.RedisError as error:
-            self._warn("could not count a run of {}: {}", field, error)
-            return True
-
-    def _command(self, *args: Any) -> Any:
-        """Run the per-message count on this worker thread's own connection: the pool's
-        lock and health check cost a message about as much as the command itself (33 of
-        71 µs of CPU here)."""
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = self._local.connection = self.client.connection_pool.make_connection()
+    def _came_back(self, message: MessageProxy, fields: dramatiq.Message[Any]) -> str | None:
+        """The field of the message's count when it came back from a worker that never
+        finished it, else None."""
+        options = fields.options
+        redis_id = options.get("redis_message_id")
+        if redis_id is not None:
             with self._lock:
-                self._connections.append(connection)
-        try:
-            connection.send_packed_command(connection.pack_command(*args), check_health=False)
-            return connection.read_response()
-        except (redis.ConnectionError, redis.TimeoutError):
-            connection.disconnect()  # a socket gone stale (Redis restarted): once more, anew
-            connection.send_packed_command(connection.pack_command(*args))
-            return connection.read_response()
+                return str(redis_id) if str(redis_id) in self._back else None
+        if getattr(message, "redelivered", False):  # RabbitMQ's flag
+            stamp = (options.get("retries", 0), options.get("requeue_timestamp", 0))
+            return f"{fields.message_id}|{stamp[0]}|{stamp[1]}"
+        return None
 
     def _read(self, field: str) -> tuple[int, str, str]:
-        """Runs, last worker and its start (ISO 8601) of the count of ``field``."""
+        """Lone runs, the last worker and when (ISO 8601) of the count of ``field``."""
         try:
             value = self.client.hget(self._key, field)
         except redis.RedisError as error:
             self._warn("could not read the count of {}: {}", field, error)
             value = None
-        if value is None:  # cleared since, or unreadable: a first run
+        if value is None:  # none yet (RabbitMQ's first return), or unreadable
             return 0, "", ""
         runs, rest = _text(value).split("|", 1)
-        worker, started = rest.rsplit("|", 1)
-        when = datetime.fromtimestamp(int(started) / 1000, timezone.utc)
+        worker, stamp = rest.rsplit("|", 1)
+        when = datetime.fromtimestamp(int(stamp) / 1000, timezone.utc)
         return int(runs), worker, when.isoformat(timespec="milliseconds")
 
     def _write(self, field: str, runs: int) -> None:
         try:
             self.client.hset(self._key, field, self._value(runs))
         except redis.RedisError as error:
-            self._warn("could not count a run of {}: {}", field, error)
+            self._warn("could not count a lone run of {}: {}", field, error)
 
     def _value(self, runs: int) -> str:
         return f"{runs}|{self._worker}|{int(time.time() * 1000)}"
@@ -277,9 +317,14 @@ class DeathLimit(Middleware):
             current.death_watch = (current.death_watch[0], "")
 
     def _outcome(self, message: MessageProxy) -> None:
+        redis_id = message.options.get("redis_message_id")
         watch = delivery(message).death_watch if seen(message) else None
-        if watch is not None:
-            with self._lock:
+        with self._lock:
+            if redis_id is not None and str(redis_id) in self._marked:
+                self._marked.discard(str(redis_id))
+                self._back.discard(str(redis_id))
+                self._pending.append(str(redis_id))
+            elif watch is not None and watch[0]:
                 self._pending.append(watch[0])
 
     # --- clearing, off the worker threads -----------------------------------------------
@@ -305,8 +350,8 @@ class DeathLimit(Middleware):
                 return
 
     def _prune(self) -> None:
-        """Drop the counts of messages that have not started for ``ttl``: they never came
-        back (deleted, or their process died after the outcome, before its clear)."""
+        """Drop the counts untouched for ``ttl``: their message never came back (deleted,
+        or its process died after the outcome, before the clear)."""
         oldest = int(time.time() * 1000) - self.ttl
         try:
             stale = [

@@ -1,11 +1,12 @@
-"""DeathLimit: runs that killed their worker are counted, a message at max_deaths is
-failed before it runs, and a message back from a death runs alone in its process.
+"""DeathLimit: a message that comes back from a worker that died is known, runs alone,
+and at max_deaths is failed before it runs.
 
 A worker process that dies leaves exactly what a ``DeathLimit`` of its own leaves when
-its ``before_process_message`` ran and nothing after it: a count in Redis. The tests
-make such deaths with a ``DeathLimit`` standing for each dead process (its isolation
-dies with it); the multi-process tests with real SIGKILLs are in
-tests/faults/test_crash_loop.py.
+its consumer fetched the message (and, for a message that came back, its
+``before_process_message`` ran) and nothing after: the count in Redis, and the message
+back in the queue. The tests make such deaths with a ``DeathLimit`` standing for each
+dead process (its isolation dies with it); the multi-process tests with real SIGKILLs,
+on Redis and on RabbitMQ, are in tests/faults/test_crash_loop.py.
 """
 
 from __future__ import annotations
@@ -22,13 +23,23 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
-from dramatiq_shared import ConfigError, DeathLimit, WorkerDiedError, get_stack, setup_broker
+from dramatiq_shared import ConfigError, DeathLimit, get_stack, setup_broker
 from dramatiq_shared.keys import Keys
 from dramatiq_shared.stores import DeadLetterStore
 
 from ..conftest import wait_until
 
 DELIVERIES = Keys().deliveries
+
+
+def died_with(broker: dramatiq.Broker, client: redis.Redis, queued: Any, deaths: int) -> None:
+    """``deaths`` worker processes took ``queued`` (the message as the broker enqueued
+    it) and died before its outcome: the first fetched it, each later one ran it alone."""
+    for n in range(deaths):
+        dead = DeathLimit(client, max_deaths=None if n == 0 else deaths + 1)
+        dead._mark([queued.encode()])  # its consumer fetched it
+        if n:
+            dead.before_process_message(broker, MessageProxy(queued))  # alone, then died
 
 
 @pytest.fixture
@@ -46,15 +57,6 @@ def run_worker(suite: RedisBroker) -> Iterator[Callable[..., None]]:
     yield run
     for worker in workers:
         worker.stop()
-
-
-def died_running(client: redis.Redis, broker: dramatiq.Broker, message: Any, times: int) -> None:
-    """``times`` worker processes started ``message`` and died before its outcome."""
-    for _ in range(times):
-        try:
-            DeathLimit(client).before_process_message(broker, MessageProxy(message))
-        except WorkerDiedError:
-            raise AssertionError("refused before the deaths were all counted") from None
 
 
 def test_a_message_at_max_deaths_is_failed_before_it_runs_and_reported_as_any_final_failure(
@@ -76,10 +78,9 @@ def test_a_message_at_max_deaths_is_failed_before_it_runs_and_reported_as_any_fi
 
     stack = get_stack(suite)
     stack.completion.expect("imp-died", 1)
-    poison = fragile.message(1, "imp-died")
-    died_running(redis_client, suite, poison, 3)
+    poison = suite.enqueue(fragile.message(1, "imp-died"))
+    died_with(suite, redis_client, poison, 3)
     assert redis_client.hlen(DELIVERIES) == 1
-    suite.enqueue(poison)
     run_worker()
     wait_until(lambda: exhausted, time.monotonic() + 10)
 
@@ -116,11 +117,9 @@ def test_a_message_back_from_a_death_runs_alone_and_then_as_any_other(
         with lock:
             runs.append((name, started, time.monotonic()))
 
-    suspect = work.message("suspect")
-    died_running(redis_client, suite, suspect, 1)
     for n in range(6):
         work.send(f"good-{n}")
-    suite.enqueue(suspect)
+    died_with(suite, redis_client, suite.enqueue(work.message("suspect")), 1)
     for n in range(6, 9):
         work.send(f"good-{n}")
     run_worker(threads=4)
@@ -156,28 +155,31 @@ def test_a_retry_starts_clean_though_it_comes_before_the_clear_of_its_failure(
     assert wait_until(lambda: redis_client.hlen(DELIVERIES) == 0, time.monotonic() + 5)
 
 
-def test_an_actor_can_count_nothing_or_allow_more(
-    stub_broker: StubBroker, redis_client: redis.Redis
+def test_an_actor_can_let_it_come_back_for_ever_or_allow_more_deaths(
+    suite: RedisBroker, redis_client: redis.Redis, run_worker: Callable[..., None]
 ) -> None:
-    limit = DeathLimit(redis_client)
-    stub_broker.add_middleware(limit)
+    ran: list[str] = []
 
-    @dramatiq.actor(broker=stub_broker, max_deaths=None)
-    def uncounted() -> None: ...
+    @dramatiq.actor(broker=suite, max_deaths=None)
+    def uncounted() -> None:
+        ran.append("uncounted")
 
-    @dramatiq.actor(broker=stub_broker, max_deaths=5)
-    def patient() -> None: ...
+    @dramatiq.actor(broker=suite, max_deaths=5)
+    def patient(name: str) -> None:
+        ran.append(name)
 
-    died_running(redis_client, stub_broker, uncounted.message(), 3)
-    assert redis_client.hlen(DELIVERIES) == 0  # not a command spent on it
-    message = patient.message()
-    died_running(redis_client, stub_broker, message, 5)
-    with pytest.raises(WorkerDiedError, match="5 deliveries"):
-        limit.before_process_message(stub_broker, MessageProxy(message))
-    override = patient.message_with_options(max_deaths=1)
-    died_running(redis_client, stub_broker, override, 1)
-    with pytest.raises(WorkerDiedError, match="1 deliveries"):
-        limit.before_process_message(stub_broker, MessageProxy(override))
+    died_with(suite, redis_client, suite.enqueue(uncounted.message()), 3)
+    died_with(suite, redis_client, suite.enqueue(patient.message("four")), 4)
+    died_with(suite, redis_client, suite.enqueue(patient.message("five")), 5)
+    override = patient.message_with_options(args=("once",), max_deaths=1)
+    died_with(suite, redis_client, suite.enqueue(override), 1)
+    run_worker()
+    assert sorted(ran) == ["four", "uncounted"]
+    letters = DeadLetterStore(get_stack(suite).database).list()
+    assert sorted(letter.reason.split(",")[0] for letter in letters) == [
+        "worker died while processing it: 1 deliveries without an outcome",
+        "worker died while processing it: 5 deliveries without an outcome",
+    ]
 
 
 @pytest.mark.parametrize("value", [0, -1, "3", 2.5, True])
@@ -222,10 +224,10 @@ def test_a_message_past_its_age_limit_is_a_final_failure_not_a_success(
 def test_a_count_whose_message_never_comes_back_is_dropped_after_ttl(
     stub_broker: StubBroker, redis_client: redis.Redis
 ) -> None:
-    @dramatiq.actor(broker=stub_broker)
-    def gone() -> None: ...
-
-    died_running(redis_client, stub_broker, gone.message(), 1)
+    gone = dramatiq.Message(
+        queue_name="default", actor_name="gone", args=(), kwargs={}, options={}
+    ).copy(options={"redis_message_id": "fetched-by-the-dead"})
+    died_with(stub_broker, redis_client, gone, 1)
     stub_broker.add_middleware(DeathLimit(redis_client, ttl=1_000))
     worker = dramatiq.Worker(stub_broker, worker_timeout=50)
     worker.start()  # its flusher sweeps every ttl
