@@ -15,8 +15,8 @@ key: the user's part always comes last, after a fixed prefix that names its spac
 ``{ns}:global:unpersisted``                 sorted set of the tokens of status batches a
                                             history has yet to persist
 ``{ns}:global:breaker-events``              stream of breaker transitions and refusals
-``{ns}:global:deliveries``                  hash: the runs without an outcome of each
-                                            running message (see ``DeathLimit``)
+``{ns}:global:deliveries``                  hash: each message fetched and not yet
+                                            finished, its lone runs (see ``DeathLimit``)
 ``{ns}:global:dead-letters``                hash: message id -> a dead letter the database
                                             has yet to take (JSON), until written
 ``{ns}:batch:ids:{token}``                  the ids a status batch got
@@ -106,7 +106,7 @@ class Keys:
 
     @property
     def deliveries(self) -> str:
-        """The hash of the runs without an outcome of each running message."""
+        """The hash of each message fetched and not yet finished, with its lone runs."""
         return f"{self.namespace}:global:deliveries"
 
     @property

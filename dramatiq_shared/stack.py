@@ -10,9 +10,9 @@ order and ``after_*`` hooks in reverse), put where Dramatiq's ``Retries`` was:
 3. :class:`Retry` — decides and re-enqueues; asks the breaker for its verdict;
 4. :class:`ErrorHandling` — binds the log context first, runs ``on_error`` hooks first
    after a failure, and logs and dead-letters once the broker acks or nacks;
-5. :class:`DeathLimit` — with Redis: counts each run before the actor starts, so a
-   message that keeps killing its worker process is failed (and reported by the four
-   above) instead of run for ever;
+5. :class:`DeathLimit` — with Redis: knows a message that comes back from a worker
+   that died with it, so a message that keeps killing its worker process is failed
+   (and reported by the four above) instead of run for ever;
 6. :class:`Heartbeat` — with Redis: the worker process's status every few seconds.
 
 What it builds, when not given:

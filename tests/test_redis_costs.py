@@ -50,7 +50,7 @@ def added(
     max_deaths: int | None = None,
 ) -> float:
     """Commands the suite sent to its Redis per message, over MESSAGES no-op messages;
-    DeathLimit's count, a command a message, only with ``max_deaths``."""
+    DeathLimit's notes, a command a message, only with ``max_deaths``."""
     broker_server, suite_server = servers
     broker = RedisBroker(url=broker_server.url)
     setup_broker(
@@ -111,10 +111,10 @@ def test_lifecycle_events_with_import_ids_add_at_most_two_commands_a_message(
     assert added(servers, tmp_path, import_ids=True) <= 2
 
 
-def test_counting_runs_against_worker_deaths_adds_one_command_a_message(
+def test_noting_fetched_messages_for_worker_deaths_adds_one_command_a_message(
     servers: tuple[RedisServer, RedisServer], tmp_path: Path
 ) -> None:
-    # An HSETNX before each run; the clears are one HDEL a batch.
+    # An HSETNX a fetched message, pipelined a batch; the clears are one HDEL a batch.
     assert 1 <= added(servers, tmp_path, import_ids=False, max_deaths=3) <= 1.05
 
 
