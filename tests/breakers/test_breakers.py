@@ -25,7 +25,7 @@ from redis.retry import Retry
 from dramatiq_shared import CircuitBreakerConfig, CircuitOpenError, PermanentError, ValidationError
 from dramatiq_shared.breakers import Breakers, SharedCircuitBreaker
 from dramatiq_shared.keys import Keys
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 
 FAST = CircuitBreakerConfig(failure_threshold=3, reset_timeout=300, trial_timeout=2_000)
 
@@ -337,6 +337,17 @@ def test_redis_going_down_mid_run_with_the_open_fallback_refuses_calls(
     breakers = Breakers(client, fallback="open")
     held = breakers["svc"].acquire()
     stop()
+
+    def refused() -> bool:
+        try:
+            breakers["svc"].call(lambda: "ran")
+        except CircuitOpenError:
+            return True
+        return False
+
+    # The process's view answers for a closed breaker until its subscription breaks,
+    # which it notices within a poll: from then on every call is refused.
+    assert wait_until(refused, time.monotonic() + 5)
     with pytest.raises(CircuitOpenError):
         breakers["svc"].call(lambda: "never")
     with pytest.raises(CircuitOpenError):

@@ -90,18 +90,24 @@ def test_redis_and_postgres_with_two_worker_processes_count_what_embedded_counts
     recipes = first_recipes(shared_data("recipes.jsonl"), 300, tmp_path / "recipes.jsonl")
     settings = {"NUTRITION_URL": nutrition.url}
     env = environment(REDIS_URL=redis_url, DATABASE_URL=postgres_url, **settings)
-    workers = subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "examples.recipe_import.actors", "-p", "2", "-t", "4"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    # To a file, not a pipe nobody reads until the end: a full pipe would block the
+    # workers' logging, and with it the workers.
+    log = tmp_path / "workers.log"
+    with log.open("w") as output:
+        workers = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "dramatiq", "examples.recipe_import.actors"),
+                *("-p", "2", "-t", "4"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=output,
+            start_new_session=True,
+        )
     try:
         status, distributed = import_job(str(recipes), env=env)
-        assert workers.poll() is None, workers.stderr.read() if workers.stderr else ""
+        assert workers.poll() is None, log.read_text()[-3000:]
     finally:
         workers.send_signal(signal.SIGTERM)  # as a process manager stops dramatiq
         try:
