@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import peewee
@@ -267,13 +268,25 @@ def init_database(config: DatabaseConfig | str) -> peewee.Database:
     return database
 
 
-def create_tables(database: peewee.Database | None = None) -> None:
-    """Create every table and index that does not exist yet; safe to run again.
+def create_tables(
+    database: peewee.Database | None = None, *, extra: Sequence[type[peewee.Model]] = ()
+) -> None:
+    """Create every table and index that does not exist yet; safe to run again, and
+    from several processes at once (worker processes booting beside ``init-db``).
 
     Parameters:
       database: The database to create them in; the one :data:`database_proxy`
         points at when omitted.
+      extra: Models of your own, bound to ``database``, created with them.
     """
     target = database or database_proxy.obj
-    with target.connection_context():
-        target.create_tables([bound_model(model, target) for model in MODELS], safe=True)
+    with target.connection_context(), target.atomic():
+        if isinstance(target, peewee.PostgresqlDatabase):
+            # PostgreSQL's CREATE TABLE IF NOT EXISTS races with itself (a unique
+            # violation in pg_type): one creator at a time, until this transaction ends.
+            target.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))  # type: ignore[no-untyped-call]
+        target.create_tables([*(bound_model(model, target) for model in MODELS), *extra], safe=True)
+
+
+#: The advisory lock key ``create_tables`` takes on PostgreSQL ("dsct" in ASCII).
+_CREATE_LOCK = 0x64736374

@@ -37,6 +37,7 @@ import peewee
 from dramatiq_shared import (
     CircuitBreakerConfig,
     DatabaseOperations,
+    ErrorHandling,
     NoteData,
     NoteStatus,
     ParsedIngredientLineData,
@@ -115,11 +116,22 @@ class Nutrition(peewee.Model):
 
 
 def prepare_database() -> None:
-    """Create the library's tables and the example's own; safe to run again."""
+    """Create the library's tables and the example's own; safe to run again, and from
+    the job and the workers at once."""
     from dramatiq_shared import create_tables  # noqa: PLC0415 - a set-up step, not a worker's
 
-    create_tables(stack.database)
-    stack.database.create_tables([Nutrition], safe=True)
+    create_tables(stack.database, extra=[Nutrition])
+
+
+class _TablesFirst(dramatiq.Middleware):
+    """The workers make the tables at boot, before ErrorHandling checks for its own, so
+    they may be started before the job on a fresh database, as README shows."""
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        prepare_database()
+
+
+broker.add_middleware(_TablesFirst(), before=ErrorHandling)
 
 
 def note_id_for(import_id: str, position: int) -> str:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import peewee
+import psycopg2
 import pytest
 
 from dramatiq_shared import ConfigError, DatabaseConfig
@@ -61,3 +65,31 @@ def test_only_init_database_points_the_proxy(sqlite_url: str, tmp_path: Path) ->
         build(other)
     DatabaseOperations(f"sqlite:///{tmp_path / 'third.db'}")  # opened by the constructor
     assert database_proxy.obj is database
+
+
+def test_create_tables_from_several_processes_at_once_on_a_fresh_postgres(
+    missing_database_url: str,
+) -> None:
+    # Worker processes booting beside init-db: CREATE TABLE IF NOT EXISTS alone races
+    # with itself on PostgreSQL (a unique violation in pg_type, seen 1 in 6 here).
+    parts = urlsplit(missing_database_url)
+    admin = psycopg2.connect(urlunsplit(parts._replace(path="/postgres")))
+    admin.autocommit = True
+    name = parts.path.lstrip("/")
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        code = (
+            "from dramatiq_shared.db import create_tables, init_database;"
+            f" create_tables(init_database({missing_database_url!r}))"
+        )
+        creators = [
+            subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+            for _ in range(6)
+        ]
+        failures = [c.communicate(timeout=60)[1] for c in creators if c.wait(60) != 0]
+        assert failures == []
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
