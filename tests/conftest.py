@@ -92,6 +92,18 @@ def service_missing(name: str, error: BaseException) -> NoReturn:
     pytest.skip(message)
 
 
+def assert_one_line(program: str, done: subprocess.CompletedProcess[str], *parts: str) -> None:
+    """``program`` exited 2 with one line on stderr, ``PROGRAM: error: ...``, holding every
+    one of ``parts``, and nothing else."""
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"{program}: error: ")
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.endswith("\n")
+    for part in parts:
+        assert part in done.stderr, done.stderr
+
+
 def shared_data(name: str) -> Path:
     """The path of a file of the shared test data (``DRAMATIQ_SHARED_TEST_DATA``, else
     ../shared/data); skipped when it is absent, failed under CI."""

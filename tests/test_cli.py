@@ -27,7 +27,7 @@ from dramatiq_shared.db import MODELS, init_database
 from dramatiq_shared.keys import DEFAULT_NAMESPACE, Keys
 from dramatiq_shared.relay.auth import verify
 
-from .conftest import environment, free_port
+from .conftest import assert_one_line, environment, free_port
 
 
 def test_config_prints_the_effective_configuration(
@@ -280,17 +280,6 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def assert_one_line(done: subprocess.CompletedProcess[str], *parts: str) -> None:
-    """Exit status 2 and one line on stderr, holding every one of ``parts``, nothing else."""
-    assert done.returncode == 2, done.stderr
-    assert done.stdout == ""
-    assert done.stderr.startswith("dramatiq-shared: error: ")
-    assert done.stderr.count("\n") == 1, done.stderr
-    assert done.stderr.endswith("\n")
-    for part in parts:
-        assert part in done.stderr
-
-
 def test_redis_that_is_not_there_is_one_line_naming_the_variable_for_every_command(
     tmp_path: Path,
 ) -> None:
@@ -303,6 +292,7 @@ def test_redis_that_is_not_there_is_one_line_naming_the_variable_for_every_comma
     for command in (["workers"], ["status", "imp-1"], ["dead-letters", "retry", "1"], ["relay"]):
         done = cli(*command, env=env)
         assert_one_line(
+            "dramatiq-shared",
             done,
             f"REDIS_URL=redis://:***@127.0.0.1:{port}/0: Redis refused or did not answer",
             "Connection refused",
@@ -314,10 +304,13 @@ def test_redis_that_is_not_there_is_one_line_naming_the_variable_for_every_comma
 def test_a_server_given_by_an_option_is_named_by_the_option(missing_database_url: str) -> None:
     port = free_port()
     done = cli("status", "imp-1", "--redis-url", f"redis://127.0.0.1:{port}/0", env=environment())
-    assert_one_line(done, f"--redis-url=redis://127.0.0.1:{port}/0: Redis refused", "refused")
+    assert_one_line(
+        "dramatiq-shared", done, f"--redis-url=redis://127.0.0.1:{port}/0: Redis refused", "refused"
+    )
     done = cli("init-db", "--database", missing_database_url, env=environment())
     name = missing_database_url.rsplit("/", 1)[1]
     assert_one_line(
+        "dramatiq-shared",
         done,
         "--database=postgresql://dramatiq_shared:***@",
         f'database "{name}" does not exist',
@@ -334,6 +327,7 @@ def test_a_database_that_does_not_exist_is_one_line_naming_the_variable(
     for command in (["init-db"], ["dead-letters", "list"]):
         done = cli(*command, env=environment(**{variable: missing_database_url}))
         assert_one_line(
+            "dramatiq-shared",
             done,
             f"{variable}=postgresql://dramatiq_shared:***@",
             "the database refused or did not answer (OperationalError: ",
@@ -346,17 +340,25 @@ def test_a_malformed_url_is_one_line_naming_the_variable(tmp_path: Path) -> None
     for command in (["workers"], ["health"], ["status", "imp-1"]):
         done = cli(*command, env=environment(REDIS_URL="notaurl", DATABASE_URL=database))
         assert_one_line(
-            done, "REDIS_URL must be a redis://, rediss:// or unix:// URL, got 'notaurl'"
+            "dramatiq-shared",
+            done,
+            "REDIS_URL must be a redis://, rediss:// or unix:// URL, got 'notaurl'",
         )
     done = cli("health", "--redis-url", "redis://127.0.0.1:notaport/0", env=environment())
-    assert_one_line(done, "--redis-url must be a redis://", "Port could not be cast")
+    assert_one_line(
+        "dramatiq-shared", done, "--redis-url must be a redis://", "Port could not be cast"
+    )
     for command in (["init-db"], ["dead-letters", "list"]):
         done = cli(*command, env=environment(DATABASE_URL="notaurl"))
         assert_one_line(
-            done, "DATABASE_URL: url must be a sqlite:/// or postgresql:// URL, got 'notaurl'"
+            "dramatiq-shared",
+            done,
+            "DATABASE_URL: url must be a sqlite:/// or postgresql:// URL, got 'notaurl'",
         )
     done = cli("init-db", "--database", "mysql://u:pw@db/x", env=environment())
-    assert_one_line(done, "--database: url must be a sqlite:/// or postgresql:// URL")
+    assert_one_line(
+        "dramatiq-shared", done, "--database: url must be a sqlite:/// or postgresql:// URL"
+    )
     assert "'mysql://u:***@db/x'" in done.stderr
 
 

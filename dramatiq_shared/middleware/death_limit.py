@@ -279,9 +279,8 @@ class DeathLimit(Middleware):
         finished it, else None."""
         options = fields.options
         redis_id = options.get("redis_message_id")
-        if redis_id is not None:
-            with self._lock:
-                return str(redis_id) if str(redis_id) in self._back else None
+        if redis_id is not None:  # a set's membership is one step under the GIL: no lock
+            return redis_id if redis_id in self._back else None
         if getattr(message, "redelivered", False):  # RabbitMQ's flag
             stamp = (options.get("retries", 0), options.get("requeue_timestamp", 0))
             return f"{fields.message_id}|{stamp[0]}|{stamp[1]}"
@@ -320,10 +319,10 @@ class DeathLimit(Middleware):
         redis_id = message.options.get("redis_message_id")
         watch = delivery(message).death_watch if seen(message) else None
         with self._lock:
-            if redis_id is not None and str(redis_id) in self._marked:
-                self._marked.discard(str(redis_id))
-                self._back.discard(str(redis_id))
-                self._pending.append(str(redis_id))
+            if redis_id in self._marked:
+                self._marked.discard(redis_id)
+                self._back.discard(redis_id)
+                self._pending.append(redis_id)
             elif watch is not None and watch[0]:
                 self._pending.append(watch[0])
 

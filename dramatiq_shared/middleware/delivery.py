@@ -181,7 +181,7 @@ class Delivery:
         self.exception: BaseException | None = None
         self.duration_ms = 0.0
         self.failure_recorded = False
-        #: ``(stamp, isolation held)`` of a run DeathLimit counted.
+        #: ``(field of its count to clear at the outcome, isolation held)``, DeathLimit's.
         self.death_watch: tuple[str, str] | None = None
         self._ids: tuple[Any, ...] | None = None
 

@@ -16,7 +16,7 @@ import pytest
 from examples.recipe_import.job import Progress
 from examples.recipe_import.nutrition import NutritionServer
 
-from ..conftest import free_port
+from ..conftest import assert_one_line, free_port
 from .conftest import ROOT, environment, run_job
 
 
@@ -111,22 +111,12 @@ def test_progress_off_a_terminal_is_never_silent_for_long() -> None:
     assert lines[4].endswith("; 2 messages still to do")
 
 
-def assert_one_line(done: subprocess.CompletedProcess[str], *parts: str) -> None:
-    """Exit status 2 and one line on stderr, holding every one of ``parts``, nothing else."""
-    assert done.returncode == 2, done.stderr
-    assert done.stdout == ""
-    assert done.stderr.startswith("recipe_import: error: ")
-    assert done.stderr.count("\n") == 1, done.stderr
-    assert done.stderr.endswith("\n")
-    for part in parts:
-        assert part in done.stderr, done.stderr
-
-
 def test_redis_that_is_not_there_is_one_line_naming_it(postgres_url: str) -> None:
     port = free_port()
     url = f"redis://:s3cret@127.0.0.1:{port}/0"
     done = run_job(env=environment(REDIS_URL=url, DATABASE_URL=postgres_url))
     assert_one_line(
+        "recipe_import",
         done,
         f"REDIS_URL=redis://:***@127.0.0.1:{port}/0: Redis refused or did not answer",
         "(ConnectionError: Error 111 connecting to",
@@ -143,6 +133,7 @@ def test_a_database_that_does_not_exist_is_one_line_naming_it(
     done = run_job(env=environment(REDIS_URL=redis_url, **{variable: missing_database_url}))
     name = missing_database_url.rsplit("/", 1)[1]
     assert_one_line(
+        "recipe_import",
         done,
         f"{variable}=postgresql://dramatiq_shared:***@",
         "the database refused or did not answer (OperationalError: ",
@@ -154,7 +145,11 @@ def test_a_database_that_does_not_exist_is_one_line_naming_it(
 
 def test_a_malformed_redis_url_is_one_line_naming_it(postgres_url: str) -> None:
     done = run_job(env=environment(REDIS_URL="notaurl", DATABASE_URL=postgres_url))
-    assert_one_line(done, "REDIS_URL must be a redis://, rediss:// or unix:// URL, got 'notaurl'")
+    assert_one_line(
+        "recipe_import",
+        done,
+        "REDIS_URL must be a redis://, rediss:// or unix:// URL, got 'notaurl'",
+    )
 
 
 def test_rabbitmq_that_is_not_there_is_one_line_naming_it(tmp_path: Path) -> None:
@@ -163,6 +158,7 @@ def test_rabbitmq_that_is_not_there_is_one_line_naming_it(tmp_path: Path) -> Non
     url = f"amqp://guest:s3cret@127.0.0.1:{port}/"
     done = run_job(env=environment(RABBITMQ_URL=url, DATABASE_URL=f"sqlite:///{database}"))
     assert_one_line(
+        "recipe_import",
         done,
         f"RABBITMQ_URL=amqp://guest:***@127.0.0.1:{port}/: RabbitMQ refused or did not answer",
         "(ConnectionRefusedError: [Errno 111] Connection refused)",
