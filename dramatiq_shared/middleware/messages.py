@@ -17,7 +17,7 @@ from loguru import logger
 
 from .._redis import text
 
-__all__ = ["guard_decoding", "proxied", "qualified_name", "record_failure", "requeue"]
+__all__ = ["ack_set", "guard_decoding", "proxied", "qualified_name", "record_failure", "requeue"]
 
 #: Milliseconds a lost connection to the broker is waited out before a message that
 #: must be enqueued again is failed instead.
@@ -134,6 +134,12 @@ def requeue(
             return True
 
 
+def ack_set(broker: RedisBroker, queue_name: str) -> str:
+    """The key of the set of ``queue_name``'s messages this RedisBroker has fetched and
+    not yet acked or nacked (Dramatiq's own layout)."""
+    return f"{broker.namespace}:__acks__.{broker.broker_id}.{queue_name}"
+
+
 def guard_decoding(broker: dramatiq.Broker, on_undecodable: OnUndecodable) -> None:
     """Make the Redis consumers of ``broker`` set an undecodable body aside, not die of it.
 
@@ -182,7 +188,7 @@ class _QueueState:
         memory, and a fetch whose reply was lost on the way. They would stay in this
         worker's ack set until it died. Requeueing an id acked meanwhile does nothing.
         """
-        acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{queue_name}"
+        acks = ack_set(broker, queue_name)
         try:
             members = {text(m) for m in broker.client.smembers(acks)}
             with self.lock:

@@ -30,6 +30,7 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import dq_name
 from dramatiq.errors import QueueJoinTimeout
 from loguru import logger
 
@@ -38,6 +39,7 @@ from ..breakers import SharedCircuitBreaker
 from ..config import StatusConfig
 from ..errors import ActorFailedError, ConfigError
 from ..middleware import DeathLimit, ErrorHandling
+from ..middleware.messages import ack_set
 from ..stack import Stack, get_stack, setup_broker
 from ..status.broadcaster import get_broadcaster, set_broadcaster
 from ..stores.dead_letters import DeadLetterRecord
@@ -258,7 +260,15 @@ class Suite:
         if isinstance(self.broker, StubBroker):
             return all(q.unfinished_tasks == 0 for q in self.broker.queues.values())
         assert isinstance(self.broker, RedisBroker)
-        return all(self.broker.do_qsize(queue) == 0 for queue in queues)
+        client = self.broker.client
+        # A message the consumer fetched but has yet to hand to a worker thread is in
+        # neither the queue nor the worker's count: only in the broker's ack set.
+        return all(
+            self.broker.do_qsize(queue) == 0
+            and not client.scard(ack_set(self.broker, queue))
+            and not client.scard(ack_set(self.broker, dq_name(queue)))
+            for queue in queues
+        )
 
     # --- what the test reads back ----------------------------------------------------
 
