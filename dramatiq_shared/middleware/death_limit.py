@@ -20,6 +20,9 @@ lone run counts one more. A bystander carries the one death it shared, and its l
 run reaches an outcome that clears it; the killer dies alone until it reaches
 ``max_deaths``. A process killed from outside while a message runs alone (a deploy's
 SIGKILL, say) counts against that message, which is why ``max_deaths`` is more than one.
+A lone run is counted as it starts and uncounted as it ends, before the next one
+starts: Dramatiq acks a little later, on the consumer thread, and a message whose run
+ended but whose ack died with the process comes back, not charged for that run.
 
 How a message is known to come back, where Dramatiq already talks to the broker:
 
@@ -218,12 +221,12 @@ class DeathLimit(Middleware):
         # not run, so a death meanwhile is not its own.
         self._isolation.enter()
         if field is None:
-            current.death_watch = ("", SHARED)
+            current.death_watch = ("", SHARED, 0)
             return
         self._isolation.leave(SHARED)
         runs, worker, started = self._read(field)
         deaths = runs + 1  # the delivery before it came back, then each lone run
-        current.death_watch = (field, "")  # cleared at the outcome
+        current.death_watch = (field, "", runs)  # cleared at the outcome
         if deaths >= limit:
             error = WorkerDiedError(deaths, worker, started)
             current.decide(
@@ -239,7 +242,7 @@ class DeathLimit(Middleware):
         )
         self._isolation.enter_alone(self.isolation_wait / 1000)
         self._write(field, runs + 1)
-        current.death_watch = (field, ALONE)
+        current.death_watch = (field, ALONE, runs)
 
     def after_process_message(
         self,
@@ -311,9 +314,15 @@ class DeathLimit(Middleware):
 
     def _release(self, message: MessageProxy) -> None:
         current = delivery(message)
-        if current.death_watch is not None and current.death_watch[1]:
-            self._isolation.leave(current.death_watch[1])
-            current.death_watch = (current.death_watch[0], "")
+        if current.death_watch is None or not current.death_watch[1]:
+            return
+        field, held, runs = current.death_watch
+        if held == ALONE:
+            # The run ended, its process alive: uncounted while no other runs alone, so
+            # that a killer next cannot take the uncount (and the ack) with it.
+            self._write(field, runs)
+        self._isolation.leave(held)
+        current.death_watch = (field, "", runs)
 
     def _outcome(self, message: MessageProxy) -> None:
         redis_id = message.options.get("redis_message_id")

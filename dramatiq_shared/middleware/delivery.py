@@ -181,8 +181,9 @@ class Delivery:
         self.exception: BaseException | None = None
         self.duration_ms = 0.0
         self.failure_recorded = False
-        #: ``(field of its count to clear at the outcome, isolation held)``, DeathLimit's.
-        self.death_watch: tuple[str, str] | None = None
+        #: ``(field of its count to clear at the outcome, isolation held, lone runs
+        #: before this delivery)``, DeathLimit's.
+        self.death_watch: tuple[str, str, int] | None = None
         self._ids: tuple[Any, ...] | None = None
 
     def finish(self, exception: BaseException | None) -> None:

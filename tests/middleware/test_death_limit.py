@@ -134,6 +134,32 @@ def test_a_message_back_from_a_death_runs_alone_and_then_as_any_other(
     assert wait_until(lambda: redis_client.hlen(DELIVERIES) == 0, time.monotonic() + 5)
 
 
+def test_a_lone_run_that_ended_is_not_a_death_though_its_ack_died_with_the_process(
+    suite: RedisBroker, redis_client: redis.Redis, run_worker: Callable[..., None]
+) -> None:
+    # Dramatiq acks on the consumer thread, up to a worker_timeout after the run: a
+    # killer that runs alone next can take the ack with it (seen in CI on RabbitMQ,
+    # where a bystander was dead-lettered after two such lone runs).
+    ran: list[str] = []
+
+    @dramatiq.actor(broker=suite)
+    def bystander() -> None:
+        ran.append("ran")
+
+    queued = suite.enqueue(bystander.message())
+    died_with(suite, redis_client, queued, 1)
+    for _ in range(4):  # more than max_deaths processes: each ran it alone, then died
+        dead = DeathLimit(redis_client, max_deaths=3)
+        dead._mark([queued.encode()])
+        proxy = MessageProxy(queued)
+        dead.before_process_message(suite, proxy)
+        dead.after_process_message(suite, proxy)  # its run ended; no ack
+    run_worker()
+
+    assert ran == ["ran"]  # not refused
+    assert DeadLetterStore(get_stack(suite).database).list() == []
+
+
 def test_a_retry_starts_clean_though_it_comes_before_the_clear_of_its_failure(
     suite: RedisBroker,
     redis_client: redis.Redis,
