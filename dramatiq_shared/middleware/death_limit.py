@@ -26,8 +26,8 @@ ended but whose ack died with the process comes back, not charged for that run.
 
 How a message is known to come back, where Dramatiq already talks to the broker:
 
-* RedisBroker: the consumer's fetch is followed by one pipelined ``HSETNX`` a fetched
-  message into the hash ``{ns}:global:deliveries``, its field the message's
+* RedisBroker: the consumer's fetch is followed by one script that runs an ``HSETNX`` a
+  fetched message into the hash ``{ns}:global:deliveries``, its field the message's
   ``redis_message_id`` (new at every enqueue, so a retry is a new field), its value
   ``lone runs|worker|time``. A field already there is a message fetched before without
   an outcome. One round trip a fetched batch, on the consumer thread; none on a worker
@@ -114,6 +114,8 @@ class DeathLimit(Middleware):
         self.ttl = check_int("ttl", ttl, minimum=1_000, error=ConfigError)
         self.client = client
         self._key = Keys(namespace).deliveries
+        # register_script only hashes the source: no round trip until a script runs.
+        self._note = client.register_script(_NOTE)
         self._isolation = Isolation()
         self._limits: dict[str, int | None] = {}
         #: Whether any message can have a limit: else nothing is fetched with a note.
@@ -172,18 +174,11 @@ class DeathLimit(Middleware):
 
     def _mark(self, bodies: Iterable[bytes]) -> None:
         """Note each fetched message in Redis; those noted before came back."""
-        ids = []
-        for body in bodies:
-            try:
-                ids.append(str(dramatiq.Message.decode(body).options["redis_message_id"]))
-            except Exception:  # the guarded consumer sets an undecodable body aside
-                continue
-        value = self._value(0)
+        ids = [message_id for message_id in map(_redis_message_id, bodies) if message_id]
+        if not ids:
+            return
         try:
-            pipeline = self.client.pipeline(transaction=False)
-            for message_id in ids:
-                pipeline.hsetnx(self._key, message_id, value)
-            fresh = pipeline.execute()
+            fresh = self._note(keys=[self._key], args=[self._value(0), *ids])
         except redis.RedisError as error:  # uncounted rather than not run at all
             self._warn("could not note {} fetched messages: {}", len(ids), error)
             return
@@ -377,6 +372,40 @@ class DeathLimit(Middleware):
         if time.monotonic() - self._warned_at >= 60:
             self._warned_at = time.monotonic()
             logger.warning("DeathLimit " + text, *args)
+
+
+# KEYS: the deliveries hash. ARGV: the value of a new field, then the fetched messages'
+# ids. Returns 1 for each id noted now, 0 for one noted before: a HSETNX each, one
+# command to send and one reply to read where a pipeline would have one per message.
+_NOTE = """
+local noted = {}
+for i = 2, #ARGV do noted[i - 1] = redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1]) end
+return noted
+"""
+
+#: How Dramatiq's JSON encoder writes the key (no spaces). Inside a JSON string each
+#: quote is escaped, so these bytes only ever open a key and its string value.
+_ID_KEY = b'"redis_message_id":"'
+
+
+def _redis_message_id(body: bytes) -> str | None:
+    """The ``redis_message_id`` of a fetched body, None for one that has none.
+
+    Read from the text where the key occurs once (every message RedisBroker enqueued
+    has it in its options; a second occurrence is a message carried inside, such as
+    the one an ``on_retry_exhausted`` callback is given). Decoded otherwise, or when
+    the encoder is not Dramatiq's JSON: the decode costs more than the whole search.
+    """
+    if body.count(_ID_KEY) == 1:
+        start = body.index(_ID_KEY) + len(_ID_KEY)
+        end = body.find(b'"', start)
+        found = body[start:end]
+        if end > start and b"\\" not in found:
+            return found.decode()
+    try:
+        return str(dramatiq.Message.decode(body).options["redis_message_id"])
+    except Exception:  # the guarded consumer sets an undecodable body aside
+        return None
 
 
 def _check_limit(field: str, value: Any) -> int | None:

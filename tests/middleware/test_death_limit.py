@@ -22,9 +22,11 @@ import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.encoder import PickleEncoder
 
 from dramatiq_shared import ConfigError, DeathLimit, get_stack, setup_broker
 from dramatiq_shared.keys import Keys
+from dramatiq_shared.middleware.death_limit import _redis_message_id
 from dramatiq_shared.stores import DeadLetterStore
 
 from ..conftest import wait_until
@@ -158,6 +160,21 @@ def test_a_lone_run_that_ended_is_not_a_death_though_its_ack_died_with_the_proce
 
     assert ran == ["ran"]  # not refused
     assert DeadLetterStore(get_stack(suite).database).list() == []
+
+
+def test_the_fetched_id_is_read_from_the_options_whatever_the_message_carries() -> None:
+    carried = dramatiq.Message(
+        queue_name="default",
+        actor_name="gave_up",
+        args=({"options": {"redis_message_id": "inner"}}, {"text": '"redis_message_id":"x"'}),
+        kwargs={},
+        options={"redis_message_id": "outer", "pipe_target": {"redis_message_id": "next"}},
+    )
+    assert _redis_message_id(carried.encode()) == "outer"  # decoded: the key is there twice
+    plain = carried.copy(args=(), options={"redis_message_id": "9b1c-4f"})
+    assert _redis_message_id(plain.encode()) == "9b1c-4f"  # read from the text
+    assert _redis_message_id(PickleEncoder().encode(plain.asdict())) is None  # not JSON
+    assert _redis_message_id(b"{not json") is None
 
 
 def test_a_retry_starts_clean_though_it_comes_before_the_clear_of_its_failure(
