@@ -3,12 +3,21 @@
 Peewee builds a node per value: for 500 rows of 6 columns that is most of a batch's
 time (profiled: 2.2 s of 3.1 s for 10,000 lines with 30,000 segments, against 0.6 s in
 the driver). The statements here have one fixed shape, so they are put together as
-text with the driver's placeholders, the same SQL on SQLite (3.24+) and PostgreSQL.
-Values pass as parameters, never as text.
+text, the same upsert clauses on SQLite (3.24+) and PostgreSQL. Values never pass as
+SQL text:
+
+* SQLite binds each value as a parameter: in process, about 2.5 µs a row of 11.
+* PostgreSQL gets the rows as one JSON array, one parameter, which the server takes
+  apart (``json_array_elements``). psycopg2 quotes each parameter into the statement
+  in Python, 7 to 9 µs a row of 11 against 1.8 µs for the JSON, and the server's
+  side is twice as fast too (measured on the status history, 500 rows a statement).
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -47,18 +56,83 @@ def insert_rows(
       model: The table's model; its database runs the statements.
       fields: The names of the fields written.
       rows: One sequence of plain values per row.
-      batch_size: Rows per statement; fewer when that would pass :data:`MAX_PARAMETERS`.
+      batch_size: Rows per statement; fewer when bound parameters would pass
+        :data:`MAX_PARAMETERS`.
       suffix: SQL appended to each statement, such as an ``ON CONFLICT`` clause.
     """
     database = model._meta.database
-    head = "INSERT INTO {} ({}) VALUES ".format(
+    head = "INSERT INTO {} ({}) ".format(
         _quote(database, model._meta.table_name), ", ".join(_columns(model, fields))
     )
-    placeholders = "({})".format(", ".join([database.param] * len(fields)))
-    size = max(1, min(batch_size, MAX_PARAMETERS // len(fields)))
-    for chunk in chunks(rows, size):
-        sql = head + ", ".join([placeholders] * len(chunk)) + suffix
+    as_json = isinstance(database, peewee.PostgresqlDatabase)
+    if as_json:
+        select = head + _from_json(model, tuple(fields)) + suffix
+        for chunk in chunks(rows, max(1, batch_size)):
+            try:
+                encoded = json.dumps(chunk, default=_json_value, allow_nan=False)
+            except ValueError:  # a NaN or an infinity, which JSON has no word for
+                _insert_bound(model, head, len(fields), chunk, batch_size=batch_size, suffix=suffix)
+            else:
+                database.execute_sql(select, [encoded])
+    else:
+        _insert_bound(model, head, len(fields), rows, batch_size=batch_size, suffix=suffix)
+
+
+def _insert_bound(
+    model: type[peewee.Model],
+    head: str,
+    width: int,
+    rows: Sequence[Sequence[Any]],
+    *,
+    batch_size: int,
+    suffix: str,
+) -> None:
+    """``rows`` as bound parameters, at most :data:`MAX_PARAMETERS` a statement."""
+    database = model._meta.database
+    placeholders = "({})".format(", ".join([database.param] * width))
+    for chunk in chunks(rows, max(1, min(batch_size, MAX_PARAMETERS // width))):
+        sql = head + "VALUES " + ", ".join([placeholders] * len(chunk)) + suffix
         database.execute_sql(sql, [value for row in chunk for value in row])
+
+
+#: The casts from JSON text to a column, by peewee's field type; text columns take the
+#: text as it is (an explicit cast to VARCHAR(n) would cut a long value short where
+#: the assignment refuses it).
+_CASTS = {
+    "INT": "integer",
+    "BIGINT": "bigint",
+    "SMALLINT": "smallint",
+    "FLOAT": "double precision",
+    "DOUBLE": "double precision",
+    "DECIMAL": "numeric",
+    "BOOL": "boolean",
+    "DATETIME": "timestamp",
+    "DATE": "date",
+    "TIME": "time",
+}
+_TEXT = frozenset({"VARCHAR", "CHAR", "TEXT"})
+
+
+@functools.lru_cache(maxsize=64)
+def _from_json(model: type[peewee.Model], fields: tuple[str, ...]) -> str:
+    """``SELECT`` of the rows of a JSON array parameter, each value cast to its column."""
+    values = []
+    for n, name in enumerate(fields):
+        kind = model._meta.fields[name].field_type
+        if kind not in _TEXT and kind not in _CASTS:
+            raise TypeError(f"insert_rows: no JSON form for {name!r}, a {kind} column")
+        value = f"r->>{n}"
+        values.append(f"({value})::{_CASTS[kind]}" if kind in _CASTS else value)
+    return f"SELECT {', '.join(values)} FROM json_array_elements(%s::json) AS r"
+
+
+def _json_value(value: Any) -> Any:
+    """What JSON has no type for, as the text PostgreSQL reads back into its column."""
+    if isinstance(value, datetime.datetime) and value.tzinfo is not None:
+        value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)  # as stored
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    raise TypeError(f"insert_rows: {type(value).__name__} {value!r} has no JSON form")
 
 
 def upsert_clause(
