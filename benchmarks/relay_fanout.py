@@ -39,6 +39,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -56,6 +58,8 @@ KEYS = Keys()
 TICK = 0.01
 #: The p99 the sweep's ceiling is measured against, in ms.
 TARGET_P99 = 50.0
+#: Seconds the publisher may fall behind its schedule and still count as on pace.
+MAX_BEHIND = 0.05
 TIMESTAMP = re.compile(rb'"timestamp":(\d+)')
 
 
@@ -233,8 +237,9 @@ def redis_cpu(client: redis.Redis) -> float:
 
 @dataclass
 class Step:
-    """What one rate of the sweep measured."""
+    """What one rate of the sweep measured, against one relay."""
 
+    relay: str
     rate: int
     published: int
     duration: float
@@ -245,7 +250,8 @@ class Step:
     admins: Receiver
     relay_cpu: float
     relay_peak: int
-    harness_busy: float
+    #: CPU seconds on the harness core: the clients' process, the publisher, Redis.
+    harness: tuple[float, float, float]
     admin_count: int
 
     @property
@@ -258,7 +264,7 @@ class Step:
 
     @property
     def on_pace(self) -> bool:
-        return self.published / self.duration >= 0.99 * self.rate
+        return self.behind <= MAX_BEHIND
 
     @property
     def holds(self) -> bool:
@@ -269,20 +275,51 @@ class Step:
         )
 
 
+@contextmanager
+def relay_process(redis_url: str, source: str, core: set[int] | None) -> Iterator[tuple[str, int]]:
+    """Run ``python -m dramatiq_shared.relay`` from ``source`` (a source tree; "" for the
+    one this script imports), pinned to ``core``; yield its URL and pid."""
+    env = {**os.environ, "REDIS_URL": redis_url, "DRAMATIQ_SHARED_SECRET": SECRET}
+    env.pop("DATABASE_URL", None)
+    env.pop("DRAMATIQ_SHARED_DB_URL", None)
+    if source:
+        env["PYTHONPATH"] = source
+    port = free_port()
+    command = [sys.executable, "-m", "dramatiq_shared.relay", "--port", str(port)]
+    relay = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    if core is not None:
+        os.sched_setaffinity(relay.pid, core)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1).read()
+                break
+            except OSError:
+                if relay.poll() is not None:
+                    raise SystemExit("the relay did not start") from None
+                time.sleep(0.1)
+        yield url, relay.pid
+    finally:
+        relay.terminate()
+        relay.wait(10)
+
+
 async def run_step(
     args: argparse.Namespace,
     redis_url: str,
     relay_url: str,
     relay_pid: int,
     *,
-    number: int,
+    label: str,
+    prefix: str,
     rate: int,
 ) -> Step:
+    """Connect fresh clients to imports of ``prefix``, publish at ``rate``, and measure."""
     host = relay_url.split("//", 1)[1]
     address, port = host.rsplit(":", 1)
     loop = asyncio.get_running_loop()
     imports, admins, bare = Receiver(), Receiver(), Receiver()
-    prefix = f"s{number}-imp-"
     targets = [(f"{prefix}{n}", imports) for n in range(args.imports)]
     targets += [(ADMIN, admins)] * args.admins
     clients: list[WebsocketClient] = []
@@ -299,7 +336,7 @@ async def run_step(
     await asyncio.sleep(0.3)
     server = redis.Redis.from_url(redis_url)
     _, cpu_before = process_figures(relay_pid)
-    harness_before, redis_before, started = own_cpu(), redis_cpu(server), time.time()
+    clients_before, redis_before, started = own_cpu(), redis_cpu(server), time.time()
     results, sink = multiprocessing.get_context("fork").Pipe(duplex=False)
     publisher = multiprocessing.get_context("fork").Process(
         target=publish,
@@ -325,13 +362,14 @@ async def run_step(
     stop.set()
     await reader
     peak, cpu_after = process_figures(relay_pid)
-    harness = own_cpu() - harness_before + publisher_cpu + redis_cpu(server) - redis_before
+    harness = (own_cpu() - clients_before, publisher_cpu, redis_cpu(server) - redis_before)
     wall = time.time() - started
     for client in clients:
         assert client.transport is not None
         client.transport.close()
     server.close()
     return Step(
+        relay=label,
         rate=rate,
         published=published,
         duration=duration,
@@ -342,52 +380,82 @@ async def run_step(
         admins=admins,
         relay_cpu=cpu_after - cpu_before,
         relay_peak=peak,
-        harness_busy=harness / wall,
+        harness=harness,
         admin_count=args.admins,
     )
 
 
 def report(steps: list[Step], args: argparse.Namespace) -> None:
     print(
-        f"{args.imports} import clients, {args.admins} admin clients, {args.seconds:.0f} s a step;"
-        " latency p50 p99 p999 in ms, publish -> receive"
+        f"{args.imports} import clients, {args.admins} admin clients, {args.seconds:g} s a step;"
+        " latency p50 p99 p999 in ms, publish -> receive; CPU % of one core over the step"
     )
     print(
-        f"{'asked/s':>8} {'sent/s':>8} {'late ms':>7} | {'bare subscriber':^20} |"
+        f"{'relay':<6} {'asked/s':>7} {'sent/s':>7} {'late':>4} | {'bare subscriber':^20} |"
         f" {'import clients':^20} | {'admin clients':^20} | {'delivered':>9} |"
-        f" {'relay µs/ev':>11} {'µs/pub':>7} {'CPU %':>5} {'RSS':>4} | {'harn %':>6}"
+        f" {'µs/deliv':>8} {'µs/pub':>6} {'CPU%':>4} {'MiB':>3} |"
+        f" {'harness CPU%: clients pub redis':>31}"
     )
     for s in steps:
         delivered = "all" if s.delivered == s.expected else f"{s.delivered / s.expected:.1%}"
         cut = len(s.imports.closes) + len(s.admins.closes)
         if cut:
-            delivered += f" {cut}x{set(s.imports.closes + s.admins.closes)}"
+            delivered += (
+                f" {cut}x{','.join(map(str, sorted(set(s.imports.closes + s.admins.closes))))}"
+            )
+        clients, publisher, server = (part / s.wall * 100 for part in s.harness)
         print(
-            f"{s.rate:>8,} {s.published / s.duration:>8,.0f} {s.behind * 1000:>7.0f} |"
+            f"{s.relay:<6} {s.rate:>7,} {s.published / s.duration:>7,.0f} {s.behind * 1000:>4.0f} |"
             f" {s.bare.percentiles()} | {s.imports.percentiles()} | {s.admins.percentiles()} |"
             f" {delivered:>9} |"
-            f" {s.relay_cpu / max(1, s.delivered) * 1e6:>11.2f}"
-            f" {s.relay_cpu / max(1, s.published) * 1e6:>7.1f}"
-            f" {s.relay_cpu / s.wall * 100:>5.0f} {s.relay_peak // 1024:>4}"
-            f" | {s.harness_busy * 100:>6.0f}"
+            f" {s.relay_cpu / max(1, s.delivered) * 1e6:>8.2f}"
+            f" {s.relay_cpu / max(1, s.published) * 1e6:>6.1f}"
+            f" {s.relay_cpu / s.wall * 100:>4.0f} {s.relay_peak // 1024:>3} |"
+            f" {clients + publisher + server:>7.0f} = {clients:>3.0f} + {publisher:>3.0f}"
+            f" + {server:>3.0f}"
         )
     for s in steps:
         if not s.on_pace:
-            print(f"at {s.rate:,}/s the publisher fell behind (at worst {s.behind * 1000:.0f} ms)")
-    held = [s.rate for s in steps if s.holds]
-    print(
-        f"highest rate with import and admin p99 <= {TARGET_P99:.0f} ms, publisher on pace and"
-        f" every event delivered: {f'{max(held):,}/s' if held else 'none of those asked'}"
-    )
+            print(
+                f"{s.relay} at {s.rate:,}/s: the publisher fell behind its schedule by more"
+                f" than {MAX_BEHIND * 1000:.0f} ms (at worst {s.behind * 1000:.0f} ms)"
+            )
+    for relay in dict.fromkeys(s.relay for s in steps):
+        held = [s.rate for s in steps if s.holds and s.relay == relay]
+        print(
+            f"{relay}: highest rate with import and admin p99 <= {TARGET_P99:.0f} ms, publisher"
+            f" on pace, every event delivered: {f'{max(held):,}/s' if held else 'none asked'}"
+        )
+    if args.baseline:
+        print(
+            "µs/deliv ratio this/baseline, rate by rate: "
+            + ", ".join(
+                f"{a.rate:,} {a.relay_cpu / a.delivered / (b.relay_cpu / b.delivered):.2f}"
+                for a, b in zip(steps[::2], steps[1::2], strict=True)
+                if a.delivered and b.delivered
+            )
+        )
 
 
-async def sweep(args: argparse.Namespace, redis_url: str, relay_url: str, relay_pid: int) -> int:
+async def sweep(
+    args: argparse.Namespace, redis_url: str, pinned: tuple[set[int], set[int]] | None
+) -> int:
+    relays = [("this", "")] + ([("base", args.baseline)] if args.baseline else [])
     steps = []
     for number, rate in enumerate(args.rates):
-        steps.append(
-            await run_step(args, redis_url, relay_url, relay_pid, number=number, rate=rate)
-        )
-        await asyncio.sleep(1)  # the relay closes the last step's clients
+        for label, source in relays:  # alternately, rate by rate: the same machine state
+            with relay_process(redis_url, source, pinned and pinned[1]) as (url, pid):
+                steps.append(
+                    await run_step(
+                        args,
+                        redis_url,
+                        url,
+                        pid,
+                        label=label,
+                        prefix=f"{label}{number}-",
+                        rate=rate,
+                    )
+                )
     report(steps, args)
     return 0 if all(s.delivered == s.expected for s in steps if s.on_pace) else 1
 
@@ -415,6 +483,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--imports", type=int, default=200, help="imports, one client each (200)")
     parser.add_argument("--admins", type=int, default=5, help="clients of every import (5)")
     parser.add_argument("--seconds", type=float, default=8, help="publishing time a step (8)")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        default="",
+        help="also run, rate by rate, the relay of this source tree (e.g. a git archive of"
+        " an older commit), as 'base'",
+    )
     args = parser.parse_args(argv)
 
     pinned = cores()
@@ -426,38 +501,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if pinned is not None:
             os.sched_setaffinity(0, pinned[0])  # redis-server and the publisher inherit it
-        return run(args, pinned)
+        with redis_server() as redis_url:
+            redis.Redis.from_url(redis_url).flushdb()
+            try:
+                return asyncio.run(sweep(args, redis_url, pinned))
+            finally:
+                redis.Redis.from_url(redis_url).flushdb()
     finally:
         os.sched_setaffinity(0, mine)  # when run in-process, as the smoke test does
-
-
-def run(args: argparse.Namespace, pinned: tuple[set[int], set[int]] | None) -> int:
-    with redis_server() as redis_url:
-        redis.Redis.from_url(redis_url).flushdb()
-        env = {**os.environ, "REDIS_URL": redis_url, "DRAMATIQ_SHARED_SECRET": SECRET}
-        env.pop("DATABASE_URL", None)
-        env.pop("DRAMATIQ_SHARED_DB_URL", None)
-        port = free_port()
-        relay = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq_shared.relay", "--port", str(port)], env=env
-        )
-        if pinned is not None:
-            os.sched_setaffinity(relay.pid, pinned[1])
-        relay_url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(f"{relay_url}/health", timeout=1).read()
-                    break
-                except OSError:
-                    if relay.poll() is not None:
-                        raise SystemExit("the relay did not start") from None
-                    time.sleep(0.1)
-            return asyncio.run(sweep(args, redis_url, relay_url, relay.pid))
-        finally:
-            relay.terminate()
-            relay.wait(10)
-            redis.Redis.from_url(redis_url).flushdb()
 
 
 if __name__ == "__main__":
