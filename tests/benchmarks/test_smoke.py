@@ -70,12 +70,14 @@ def test_relay_fanout(
 ) -> None:
     run_benchmark(
         "relay_fanout.py",
-        *("--rate", "300", "--imports", "3", "--admins", "1", "--seconds", "1"),
+        *("--rates", "300,600", "--imports", "3", "--admins", "1", "--seconds", "1"),
         monkeypatch=monkeypatch,
     )
-    out = capsys.readouterr().out
-    assert "bare Redis subscriber:" in out
-    assert "(all)" in out
+    lines = capsys.readouterr().out.splitlines()
+    steps = [line.split() for line in lines if line.startswith("this ")]
+    assert [step[1] for step in steps] == ["300", "600"]
+    assert all("all" in step for step in steps)  # every event reached every client
+    assert any(line.startswith("this: highest rate with import and admin p99") for line in lines)
 
 
 @pytest.mark.usefixtures("bench_redis", "bench_postgres")
