@@ -209,3 +209,21 @@ def test_paused_holds_the_worker_until_the_block_ends(suite: Suite) -> None:
 
     with pytest.raises(RuntimeError, match=re.escape("queue(s) late, late.DQ declared while")):
         declare_while_paused()
+
+
+def test_an_event_carries_its_metadata(suite: Suite) -> None:
+    runs: list[str] = []
+
+    @dramatiq.actor(max_attempts=2)
+    def blips_once(import_id: str) -> None:
+        runs.append(import_id)
+        if len(runs) == 1:
+            raise ConnectionError("blip")
+
+    blips_once.send("imp-meta")
+    suite.run()
+    processing, retrying, *_ = suite.events("imp-meta")
+    assert processing.metadata == {}
+    assert (retrying.status, retrying.attempt) == ("RETRYING", 1)
+    assert retrying.metadata["error_type"] == "ConnectionError"
+    assert retrying.metadata["max_attempts"] == 2
