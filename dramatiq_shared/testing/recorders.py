@@ -96,6 +96,9 @@ class Event(NamedTuple):
     #: The attempt StatusBroadcast put in the event's metadata, when it did.
     attempt: int | None
     message: str | None
+    #: All StatusBroadcast put in the event's metadata (``reason``, ``error_type``,
+    #: ``error_message``, ``delay``, ``max_attempts``...); empty when none.
+    metadata: dict[str, Any]
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> Event:
@@ -109,6 +112,7 @@ class Event(NamedTuple):
             wire.get("totalCount"),
             (wire.get("metadata") or {}).get("attempt"),
             wire.get("message"),
+            dict(wire.get("metadata") or {}),
         )
 
 

@@ -21,7 +21,7 @@ import importlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -32,12 +32,14 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import dq_name
 from dramatiq.errors import QueueJoinTimeout
+from dramatiq.middleware import Middleware
 from loguru import logger
 
 from .._checks import check_int
 from ..breakers import SharedCircuitBreaker
 from ..config import StatusConfig
 from ..errors import ActorFailedError, ConfigError
+from ..keys import DEFAULT_NAMESPACE, Keys
 from ..middleware import DeathLimit, ErrorHandling
 from ..middleware.messages import ack_set
 from ..stack import Stack, get_stack, setup_broker
@@ -127,6 +129,9 @@ class Suite:
         ``REDIS_URL`` from the code under test meanwhile.
       options: More arguments of :func:`~dramatiq_shared.setup_broker`, over the
         inherited ones.
+      middleware: More middleware of the broker (``AsyncIO``, ``Results``...), added
+        before the worker starts, as those of the broker set up before are: after the
+        suite's own. Default none.
       worker_threads: Threads of the worker. Default 4.
       max_wait: Longest wait, in milliseconds, of a delayed message. Default 10.
 
@@ -140,6 +145,7 @@ class Suite:
         database: str,
         redis_url: str | None = None,
         options: Mapping[str, Any] | None = None,
+        middleware: Sequence[Middleware] = (),
         worker_threads: int = 4,
         max_wait: int = 10,
     ) -> None:
@@ -152,13 +158,18 @@ class Suite:
         self._patches = pytest.MonkeyPatch()
         self._cleanup = contextlib.ExitStack()
         try:
-            self._start(database, redis_url, dict(options or {}), worker_threads)
+            self._start(database, redis_url, dict(options or {}), [*middleware], worker_threads)
         except BaseException:
             self._cleanup.close()
             raise
 
     def _start(
-        self, database: str, redis_url: str | None, options: dict[str, Any], threads: int
+        self,
+        database: str,
+        redis_url: str | None,
+        options: dict[str, Any],
+        middleware: list[Middleware],
+        threads: int,
     ) -> None:
         previous = dramatiq.broker.global_broker
         self._cleanup.callback(_restore_globals, previous, _current_broadcaster())
@@ -172,11 +183,13 @@ class Suite:
             settings["namespace"] = f"dramatiq_shared_test_{token}"
             broker = RedisBroker(url=redis_url, namespace=f"dramatiq_test_{token}")  # type: ignore[no-untyped-call]
             self._cleanup.callback(_forget, redis_url, settings["namespace"], broker.namespace)
-        for middleware in _carried(previous, broker):
-            broker.add_middleware(middleware)
+        for extra in [*_carried(previous, broker), *middleware]:
+            broker.add_middleware(extra)
         broker.emit_after("process_boot")
         setup_broker(broker, database=database, redis_url=redis_url, **settings)
         self.broker = broker
+        #: The layout of the suite's Redis keys (breakers, status streams, death counts).
+        self.keys = Keys(settings.get("namespace", DEFAULT_NAMESPACE))
         self.stack: Stack = get_stack(broker)
         self._cleanup.callback(_close_stack, self.stack)
         broker.add_middleware(self._outcomes)
@@ -246,6 +259,31 @@ class Suite:
             raise ActorFailedError(
                 first.actor, first.error, first.detail(), len(failures) - 1
             ) from first.error
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the worker for the block: nothing is fetched or run in it, so the test
+        can enqueue messages and set up what they will meet (a count in Redis, a row)
+        before the worker sees them; it works again as the block ends.
+
+        Declare the actors before the block: a queue declared in it would be consumed
+        at once (Dramatiq starts its consumer unpaused).
+
+        Raises:
+          RuntimeError: As the block ends, when a queue was declared in it.
+        """
+        queues = self.broker.get_declared_queues()
+        self.worker.pause()
+        try:
+            yield
+        finally:
+            self.worker.resume()
+        declared = self.broker.get_declared_queues() - queues
+        if declared:
+            raise RuntimeError(
+                f"queue(s) {', '.join(sorted(declared))} declared while the worker was"
+                " paused were consumed all along: declare their actors before paused()"
+            )
 
     def _join(self, queue: str, deadline: float) -> None:
         remaining = round((deadline - time.monotonic()) * 1000)

@@ -13,10 +13,11 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import Retries
+from dramatiq.middleware import Middleware, Retries
 
-from dramatiq_shared import RetryConfig, get_stack, setup_broker
+from dramatiq_shared import RetryConfig
 from dramatiq_shared.middleware import ErrorHandling, Retry
+from dramatiq_shared.testing import Suite
 
 Install = Callable[..., Retry]
 
@@ -124,41 +125,56 @@ class EnqueueFailsBroker(RedisBroker):
 
 
 @pytest.fixture
-def suite(redis_broker: RedisBroker, redis_url: str, tmp_path: Path) -> Iterator[RedisBroker]:
-    """A RedisBroker with the whole suite (``setup_broker()``) on the test's Redis, quick
-    retries, and every status event streamed (no coalescing), with Dramatiq's
-    ``CurrentMessage``. A test adds what else it needs (``AsyncIO``, ``Results``)."""
-    redis_broker.add_middleware(dramatiq.middleware.CurrentMessage())
-    setup_broker(
-        redis_broker,
-        redis_url=redis_url,
+def suite_middleware() -> list[Middleware]:
+    """More middleware for ``suite`` (``AsyncIO``, ``Results``): a module overrides it."""
+    return []
+
+
+@pytest.fixture
+def suite(
+    redis_client: redis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    suite_middleware: list[Middleware],
+) -> Iterator[Suite]:
+    """The testing kit's :class:`Suite` on a RedisBroker of the test's own: the whole suite
+    on the test's Redis, quick retries, every status event streamed (no coalescing),
+    breaker ``svc``, Dramatiq's ``CurrentMessage`` and ``suite_middleware``, a worker
+    of 4 threads."""
+    # Not the settings and actors of a broker an earlier test left as Dramatiq's global.
+    monkeypatch.setattr(dramatiq.broker, "global_broker", None)
+    with Suite(
         database=f"sqlite:///{tmp_path / 'suite.db'}",
-        retry={"maxAttempts": 3, "baseDelay": 10, "maxDelay": 50},
-        status={"broadcastInterval": 0},
-        breakers={"svc": {"failureThreshold": 2, "resetTimeout": 300}},
-    )
-    yield redis_broker
-    get_stack(redis_broker).broadcaster.close()
+        redis_url=redis_url,
+        options={
+            "retry": {"maxAttempts": 3, "baseDelay": 10, "maxDelay": 50},
+            "status": {"broadcastInterval": 0},
+            "breakers": {"svc": {"failureThreshold": 2, "resetTimeout": 300}},
+        },
+        middleware=[dramatiq.middleware.CurrentMessage(), *suite_middleware],
+        # The delays here are short already, and tests count the deferrals of a message
+        # held back by an open breaker, which waits shortened below its reset timeout
+        # would multiply.
+        max_wait=1_000,
+    ) as kit:
+        yield kit
 
 
-def events(broker: dramatiq.Broker, import_id: str, note_id: str | None = None) -> list[Any]:
-    """``(status, attempt)`` of the events streamed for ``import_id`` (and ``note_id``),
-    in order, once the broadcaster has sent everything published so far."""
-    broadcaster = get_stack(broker).broadcaster
-    assert broadcaster.flush(), "status events were not sent"
+def events(suite: Suite, import_id: str, note_id: str | None = None) -> list[Any]:
+    """``(status, attempt)`` of the message events streamed for ``import_id`` (and
+    ``note_id``), in order, once the broadcaster has sent everything published so far."""
     return [
-        (e["status"], (e["metadata"] or {}).get("attempt"))
-        for e in broadcaster.transport.read(import_id)
-        if e["context"] != "import" and (note_id is None or e["noteId"] == note_id)
+        (e.status, e.attempt)
+        for e in suite.events(import_id, note_id=note_id)
+        if e.context != "import"
     ]
 
 
-def import_events(broker: dramatiq.Broker, import_id: str) -> list[tuple[str, Any, Any]]:
+def import_events(suite: Suite, import_id: str) -> list[tuple[str, Any, Any]]:
     """``(status, current_count, total_count)`` of an import's completion events."""
-    broadcaster = get_stack(broker).broadcaster
-    assert broadcaster.flush(), "status events were not sent"
     return [
-        (e["status"], e["currentCount"], e["totalCount"])
-        for e in broadcaster.transport.read(import_id)
-        if e["context"] == "import"
+        (e.status, e.current_count, e.total_count)
+        for e in suite.events(import_id)
+        if e.context == "import"
     ]

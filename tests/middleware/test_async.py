@@ -8,47 +8,33 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
 import pytest
 from dramatiq.asyncio import get_event_loop_thread
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import AsyncIO, CurrentMessage
+from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware
 from loguru import logger
 
-from dramatiq_shared import add_status_event_and_broadcast_async, get_stack
-from dramatiq_shared.stores.dead_letters import DeadLetterStore
+from dramatiq_shared import add_status_event_and_broadcast_async
+from dramatiq_shared.errors import ActorFailedError
+from dramatiq_shared.testing import Suite
 
-from ..conftest import wait_until
 from .conftest import dead_lettered, events, import_events
 
 
 @pytest.fixture
-def async_suite(suite: RedisBroker) -> RedisBroker:
-    suite.add_middleware(AsyncIO())
-    return suite
-
-
-@pytest.fixture
-def worker(async_suite: RedisBroker) -> Iterator[dramatiq.Worker]:
-    worker = dramatiq.Worker(async_suite, worker_timeout=50, worker_threads=4)
-    worker.start()
-    yield worker
-    worker.stop()
-
-
-def failures(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r["extra"] for r in records if r["message"] == "Action execution failed"]
+def suite_middleware() -> list[Middleware]:
+    return [AsyncIO()]
 
 
 def test_an_async_actor_retries_with_its_lifecycle_log_context_and_current_message(
-    async_suite: RedisBroker, worker: dramatiq.Worker, records: list[dict[str, Any]]
+    suite: Suite, records: list[dict[str, Any]]
 ) -> None:
     seen: list[tuple[Any, ...]] = []
 
-    @dramatiq.actor(broker=async_suite)
+    @dramatiq.actor(broker=suite.broker)
     async def flaky(import_id: str, note_id: str) -> None:
         await asyncio.sleep(0.01)
         message = CurrentMessage.get_current_message()
@@ -59,10 +45,9 @@ def test_an_async_actor_retries_with_its_lifecycle_log_context_and_current_messa
             raise ConnectionError("blip")
 
     sent = flaky.send("imp-async", "n-1")
-    assert wait_until(lambda: len(seen) == 2, time.monotonic() + 10)
-    assert wait_until(lambda: len(events(async_suite, "imp-async")) == 4, time.monotonic() + 5)
+    suite.run()
 
-    assert events(async_suite, "imp-async") == [
+    assert events(suite, "imp-async") == [
         ("PROCESSING", None),
         ("RETRYING", 1),
         ("PROCESSING", None),
@@ -74,18 +59,18 @@ def test_an_async_actor_retries_with_its_lifecycle_log_context_and_current_messa
     assert [(e["message_id"], e["import_id"], e["note_id"]) for e in inside] == [
         (sent.message_id, "imp-async", "n-1")
     ] * 2
-    assert [(f["attempt"], f["will_retry"], f["error_type"]) for f in failures(records)] == [
+    assert [(f.attempt, f.will_retry, f.error_type) for f in suite.errors] == [
         (1, True, "ConnectionError")
     ]
 
 
 def test_an_async_actor_failing_for_good_is_dead_lettered_with_its_history(
-    async_suite: RedisBroker, worker: dramatiq.Worker, records: list[dict[str, Any]]
+    suite: Suite, records: list[dict[str, Any]]
 ) -> None:
     hooked: list[str] = []
 
     @dramatiq.actor(
-        broker=async_suite,
+        broker=suite.broker,
         max_attempts=2,
         on_error=lambda message, error: hooked.append(type(error).__name__),
     )
@@ -94,30 +79,29 @@ def test_an_async_actor_failing_for_good_is_dead_lettered_with_its_history(
         raise ValueError("bad data")
 
     sent = broken.send(import_id="imp-broken")
-    store = DeadLetterStore(get_stack(async_suite).database)
-    assert wait_until(store.list, time.monotonic() + 10)
+    with pytest.raises(ActorFailedError, match="actor 'broken' failed: ValueError: bad data"):
+        suite.run()
 
-    (letter,) = store.list()
+    (letter,) = suite.dead_letters
     assert (letter.message_id, letter.error_type, letter.error_message) == (
         sent.message_id,
         "ValueError",
         "bad data",
     )
     assert [h["attempt"] for h in letter.error_history] == [1, 2]
-    assert wait_until(lambda: dead_lettered(async_suite), time.monotonic() + 5)
-    assert [m["message_id"] for m in dead_lettered(async_suite)] == [sent.message_id]
+    assert [m["message_id"] for m in dead_lettered(suite.broker)] == [sent.message_id]
     assert hooked == ["ValueError", "ValueError"]
-    assert events(async_suite, "imp-broken") == [
+    assert events(suite, "imp-broken") == [
         ("PROCESSING", None),
         ("RETRYING", 1),
         ("PROCESSING", None),
         ("FAILED", 2),
     ]
-    assert [(f["attempt"], f["will_retry"]) for f in failures(records)] == [(1, True), (2, False)]
+    assert [(f.attempt, f.will_retry) for f in suite.errors] == [(1, True), (2, False)]
 
 
 def test_an_async_on_error_hook_runs_to_its_end_on_the_event_loop(
-    async_suite: RedisBroker, worker: dramatiq.Worker, records: list[dict[str, Any]]
+    suite: Suite, records: list[dict[str, Any]]
 ) -> None:
     cleaned: list[tuple[str, bool]] = []
 
@@ -127,23 +111,24 @@ def test_an_async_on_error_hook_runs_to_its_end_on_the_event_loop(
         on_loop = loop_thread is not None and asyncio.get_running_loop() is loop_thread.loop
         cleaned.append((type(error).__name__, on_loop))
 
-    @dramatiq.actor(broker=async_suite, max_attempts=2, on_error=clean_up)
+    @dramatiq.actor(broker=suite.broker, max_attempts=2, on_error=clean_up)
     async def broken(import_id: str) -> None:
         raise ValueError("bad data")
 
     broken.send("imp-hook")
-    store = DeadLetterStore(get_stack(async_suite).database)
-    assert wait_until(store.list, time.monotonic() + 10)
+    with pytest.raises(ActorFailedError, match="actor 'broken' failed: ValueError: bad data"):
+        suite.run()
+    assert len(suite.dead_letters) == 1
     assert cleaned == [("ValueError", True), ("ValueError", True)]
     assert not [r for r in records if "on_error hook" in r["message"]]
 
 
 def test_an_async_actor_under_an_open_breaker_waits_without_using_an_attempt(
-    async_suite: RedisBroker, worker: dramatiq.Worker
+    suite: Suite,
 ) -> None:
     runs: list[int] = []
 
-    @dramatiq.actor(broker=async_suite, breaker="svc", max_attempts=3)
+    @dramatiq.actor(broker=suite.broker, breaker="svc", max_attempts=3)
     async def call_service(import_id: str) -> None:
         message = CurrentMessage.get_current_message()
         assert message is not None
@@ -153,13 +138,12 @@ def test_an_async_actor_under_an_open_breaker_waits_without_using_an_attempt(
             raise ConnectionError("service down")
 
     call_service.send("imp-breaker")
-    assert wait_until(lambda: len(runs) == 3, time.monotonic() + 15)
-    assert wait_until(lambda: len(events(async_suite, "imp-breaker")) == 6, time.monotonic() + 5)
+    suite.run()
 
     # The second failure opens the breaker (threshold 2): deferred, no attempt used, so
     # the trial after the breaker's reset timeout is still the second attempt.
     assert runs == [0, 1, 1]
-    lifecycle = events(async_suite, "imp-breaker")
+    lifecycle = events(suite, "imp-breaker")
     assert [status for status, _ in lifecycle] == [
         "PROCESSING",
         "RETRYING",
@@ -168,18 +152,18 @@ def test_an_async_actor_under_an_open_breaker_waits_without_using_an_attempt(
         "PROCESSING",
         "COMPLETED",
     ]
-    deferral = get_stack(async_suite).broadcaster.transport.read("imp-breaker")[3]
-    assert deferral["metadata"]["reason"] == "its circuit breaker is open"
-    assert get_stack(async_suite).breakers.breakers["svc"].current_state == "closed"
+    deferral = suite.events("imp-breaker")[3]
+    assert deferral.metadata["reason"] == "its circuit breaker is open"
+    assert suite.breaker("svc").current_state == "closed"
 
 
 def test_async_actors_complete_their_import_once(
-    async_suite: RedisBroker, worker: dramatiq.Worker
+    suite: Suite,
 ) -> None:
-    completion = get_stack(async_suite).completion
+    completion = suite.stack.completion
     completion.expect("imp-done", 4)
 
-    @dramatiq.actor(broker=async_suite)
+    @dramatiq.actor(broker=suite.broker)
     async def parse(import_id: str, note_id: str) -> None:
         await asyncio.sleep(0.01)
         # mark_done makes a Redis round trip: off the event loop, in a thread.
@@ -189,18 +173,13 @@ def test_async_actors_complete_their_import_once(
         parse.send("imp-done", f"n-{n}")
     parse.send("imp-done", "n-0")  # a redelivered item counts once
 
-    def ended() -> bool:
-        return any(s == "COMPLETED" for s, _, _ in import_events(async_suite, "imp-done"))
-
-    assert wait_until(ended, time.monotonic() + 10)
-    async_suite.join("default", timeout=10_000)
-    worker.join()
-    ending = import_events(async_suite, "imp-done")
+    suite.run()
+    ending = import_events(suite, "imp-done")
     # Marks made in different threads may publish their counts out of order.
     assert sorted(count for s, count, _ in ending if s == "PROCESSING") == [1, 2, 3, 4]
     assert [e for e in ending if e[0] != "PROCESSING"] == [("COMPLETED", 4, 4)]
     for n in range(4):
-        assert events(async_suite, "imp-done", f"n-{n}")[-1] == ("COMPLETED", None)
+        assert events(suite, "imp-done", f"n-{n}")[-1] == ("COMPLETED", None)
 
 
 class StalledTransport:
@@ -225,9 +204,9 @@ class StalledTransport:
 
 
 def test_publishing_from_an_async_actor_never_blocks_its_event_loop(
-    async_suite: RedisBroker, worker: dramatiq.Worker
+    suite: Suite,
 ) -> None:
-    broadcaster = get_stack(async_suite).broadcaster
+    broadcaster = suite.stack.broadcaster
     stalled = StalledTransport(broadcaster.transport)
     broadcaster.transport = stalled
     ticks: list[float] = []
@@ -239,7 +218,7 @@ def test_publishing_from_an_async_actor_never_blocks_its_event_loop(
             ticks.append(time.monotonic())
             await asyncio.sleep(0)
 
-    @dramatiq.actor(broker=async_suite)
+    @dramatiq.actor(broker=suite.broker)
     async def report(import_id: str) -> None:
         ticker = asyncio.create_task(tick())
         try:
@@ -278,13 +257,11 @@ def test_publishing_from_an_async_actor_never_blocks_its_event_loop(
     assert not stalled.release.is_set()
     stalled.release.set()
 
-    assert wait_until(
-        lambda: ("COMPLETED", None) in events(async_suite, "imp-report"), time.monotonic() + 10
-    )
-    streamed = broadcaster.transport.read("imp-report")
-    progress = [e["currentCount"] for e in streamed if e["context"] == "progress"]
+    suite.run()
+    streamed = suite.events("imp-report")
+    progress = [e.current_count for e in streamed if e.context == "progress"]
     assert progress == list(range(1, 51))
-    assert [e["status"] for e in streamed if e["context"] == "report"] == [
+    assert [e.status for e in streamed if e.context == "report"] == [
         "PROCESSING",
         "COMPLETED",
     ]

@@ -215,7 +215,10 @@ def test_limits_frame_size_subscriptions_and_rate(redis_relay: RunningRelay) -> 
                 too_big = ws.close_code
             async with session.ws_connect(f"{redis_relay.url}/ws") as ws:
                 for _ in range(60):
-                    await ws.send_str("{}")
+                    try:
+                        await ws.send_str("{}")
+                    except ConnectionResetError:  # cut before the last: what is tested
+                        break
                 while (await ws.receive()).type == aiohttp.WSMsgType.TEXT:
                     pass
                 flood = ws.close_code

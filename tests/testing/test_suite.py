@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import dramatiq
 import pytest
+import redis
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.errors import QueueJoinTimeout
+from dramatiq.middleware import AsyncIO
 
 from dramatiq_shared import ConfigError, get_stack, setup_broker
 from dramatiq_shared.errors import ActorFailedError
+from dramatiq_shared.keys import DEFAULT_NAMESPACE
 from dramatiq_shared.testing import Suite
 
 USER_TEST = """
@@ -141,7 +146,7 @@ def test_actors_of_the_apps_broker_run_under_its_settings_and_go_back(
 
 
 def test_on_redis_the_suite_streams_events_and_shares_breakers(
-    tmp_path: Path, redis_url: str, redis_client: object
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
 ) -> None:
     with Suite(database=f"sqlite:///{tmp_path / 'kit.db'}", redis_url=redis_url) as suite:
 
@@ -158,3 +163,67 @@ def test_on_redis_the_suite_streams_events_and_shares_breakers(
             ("svc", "closed", "open"),
             ("svc", "open", "closed"),
         ]
+        # Under the suite's own prefix, which a test reads its keys by.
+        assert suite.keys.namespace != DEFAULT_NAMESPACE
+        assert redis_client.exists(suite.keys.status("imp-1"))
+    assert not redis_client.exists(suite.keys.status("imp-1"))  # deleted on close
+
+
+def test_more_middleware_are_in_place_before_the_worker_starts_after_the_suites(
+    tmp_path: Path,
+) -> None:
+    loop = AsyncIO()  # its event loop starts as the worker boots, or async actors fail
+    with Suite(database=f"sqlite:///{tmp_path / 'kit.db'}", middleware=[loop]) as suite:
+
+        @dramatiq.actor
+        async def waits(import_id: str) -> None:
+            await asyncio.sleep(0)
+
+        waits.send("imp-async")
+        suite.run()
+        assert [d.action for d in suite.decisions] == ["succeeded"]
+        order = suite.broker.middleware
+        assert order.index(loop) > max(order.index(m) for m in suite.stack.middleware)
+
+
+def test_paused_holds_the_worker_until_the_block_ends(suite: Suite) -> None:
+    ran: list[str] = []
+
+    @dramatiq.actor
+    def held(name: str) -> None:
+        ran.append(name)
+
+    with suite.paused():
+        held.send("held")
+        time.sleep(0.2)  # ten of the worker's waits for a message
+        assert ran == []
+    suite.run()
+    assert ran == ["held"]
+
+    def declare_while_paused() -> None:
+        with suite.paused():
+
+            @dramatiq.actor(queue_name="late")
+            def late() -> None:
+                pass
+
+    with pytest.raises(RuntimeError, match=re.escape("queue(s) late, late.DQ declared while")):
+        declare_while_paused()
+
+
+def test_an_event_carries_its_metadata(suite: Suite) -> None:
+    runs: list[str] = []
+
+    @dramatiq.actor(max_attempts=2)
+    def blips_once(import_id: str) -> None:
+        runs.append(import_id)
+        if len(runs) == 1:
+            raise ConnectionError("blip")
+
+    blips_once.send("imp-meta")
+    suite.run()
+    processing, retrying, *_ = suite.events("imp-meta")
+    assert processing.metadata == {}
+    assert (retrying.status, retrying.attempt) == ("RETRYING", 1)
+    assert retrying.metadata["error_type"] == "ConnectionError"
+    assert retrying.metadata["max_attempts"] == 2
