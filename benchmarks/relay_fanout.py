@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import re
 import resource
-import socket
 import struct
 import subprocess
 import sys
@@ -46,7 +45,7 @@ from multiprocessing.connection import Connection
 
 import redis
 import redis.asyncio as aioredis
-from scratch import redis_server
+from scratch import free_port, redis_server
 
 from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent
 from dramatiq_shared.keys import Keys
@@ -458,12 +457,6 @@ async def sweep(
                 )
     report(steps, args)
     return 0 if all(s.delivered == s.expected for s in steps if s.on_pace) else 1
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def cores() -> tuple[set[int], set[int]] | None:

@@ -42,6 +42,13 @@ def commands_processed(client: redis.Redis) -> int:
     return int(client.info("stats")["total_commands_processed"])
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @contextmanager
 def redis_server() -> Iterator[str]:
     """Yield the URL of a Redis only this run uses: ``BENCH_REDIS_URL`` when set, else a
@@ -49,9 +56,7 @@ def redis_server() -> Iterator[str]:
     if os.environ.get("BENCH_REDIS_URL"):
         yield os.environ["BENCH_REDIS_URL"]
         return
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
         server = subprocess.Popen([*command, "--dir", folder], stdout=subprocess.DEVNULL)

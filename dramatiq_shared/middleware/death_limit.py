@@ -396,8 +396,8 @@ def _redis_message_id(body: bytes) -> str | None:
     the one an ``on_retry_exhausted`` callback is given). Decoded otherwise, or when
     the encoder is not Dramatiq's JSON: the decode costs more than the whole search.
     """
-    if body.count(_ID_KEY) == 1:
-        start = body.index(_ID_KEY) + len(_ID_KEY)
+    start = body.find(_ID_KEY) + len(_ID_KEY)
+    if start >= len(_ID_KEY) and body.find(_ID_KEY, start) < 0:  # one scan of the body
         end = body.find(b'"', start)
         found = body[start:end]
         if end > start and b"\\" not in found:
