@@ -26,8 +26,8 @@ ended but whose ack died with the process comes back, not charged for that run.
 
 How a message is known to come back, where Dramatiq already talks to the broker:
 
-* RedisBroker: the consumer's fetch is followed by one script that runs an ``HSETNX`` a
-  fetched message into the hash ``{ns}:global:deliveries``, its field the message's
+* RedisBroker: the consumer's fetch is followed by one pipelined ``HSETNX`` a fetched
+  message into the hash ``{ns}:global:deliveries``, its field the message's
   ``redis_message_id`` (new at every enqueue, so a retry is a new field), its value
   ``lone runs|worker|time``. A field already there is a message fetched before without
   an outcome. One round trip a fetched batch, on the consumer thread; none on a worker
@@ -114,8 +114,6 @@ class DeathLimit(Middleware):
         self.ttl = check_int("ttl", ttl, minimum=1_000, error=ConfigError)
         self.client = client
         self._key = Keys(namespace).deliveries
-        # register_script only hashes the source: no round trip until a script runs.
-        self._note = client.register_script(_NOTE)
         self._isolation = Isolation()
         self._limits: dict[str, int | None] = {}
         #: Whether any message can have a limit: else nothing is fetched with a note.
@@ -177,8 +175,12 @@ class DeathLimit(Middleware):
         ids = [message_id for message_id in map(_redis_message_id, bodies) if message_id]
         if not ids:
             return
+        value = self._value(0)
         try:
-            fresh = self._note(keys=[self._key], args=[self._value(0), *ids])
+            pipeline = self.client.pipeline(transaction=False)
+            for message_id in ids:
+                pipeline.hsetnx(self._key, message_id, value)
+            fresh = pipeline.execute()
         except redis.RedisError as error:  # uncounted rather than not run at all
             self._warn("could not note {} fetched messages: {}", len(ids), error)
             return
@@ -373,15 +375,6 @@ class DeathLimit(Middleware):
             self._warned_at = time.monotonic()
             logger.warning("DeathLimit " + text, *args)
 
-
-# KEYS: the deliveries hash. ARGV: the value of a new field, then the fetched messages'
-# ids. Returns 1 for each id noted now, 0 for one noted before: a HSETNX each, one
-# command to send and one reply to read where a pipeline would have one per message.
-_NOTE = """
-local noted = {}
-for i = 2, #ARGV do noted[i - 1] = redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1]) end
-return noted
-"""
 
 #: How Dramatiq's JSON encoder writes the key (no spaces). Inside a JSON string each
 #: quote is escaped, so these bytes only ever open a key and its string value.
