@@ -22,7 +22,9 @@ key: the user's part always comes last, after a fixed prefix that names its spac
 ``{ns}:batch:ids:{token}``                  the ids a status batch got
 ``{ns}:batch:events:{token}``               the batch's events, until persisted
 ``{ns}:breaker:state:{name}``               hash: one breaker's state
-``{ns}:breaker:trial:{name}``               the breaker's half-open trial lease
+``{ns}:breaker:trials:{name}``              sorted set: the half-open trial leases
+``{ns}:breaker:{kind}-window:{name}``       a breaker's window of rates: a list of
+                                            outcomes (count) or a hash of buckets (time)
 ``{ns}:breaker:changes``                    pub/sub channel of breaker state changes
 ``{ns}:worker:{host}:{pid}``                a worker process's heartbeat
 ==========================================  ================================================
@@ -130,9 +132,13 @@ class Keys:
         """The hash of one breaker's state."""
         return f"{self.namespace}:breaker:state:{name}"
 
-    def breaker_trial(self, name: str) -> str:
-        """The breaker's half-open trial lease."""
-        return f"{self.namespace}:breaker:trial:{name}"
+    def breaker_trials(self, name: str) -> str:
+        """The breaker's half-open trial leases: token -> expiry."""
+        return f"{self.namespace}:breaker:trials:{name}"
+
+    def breaker_window(self, name: str, kind: str) -> str:
+        """The window of a breaker that counts rates; ``kind`` is ``count`` or ``time``."""
+        return f"{self.namespace}:breaker:{kind}-window:{name}"
 
     @property
     def breaker_changes(self) -> str:

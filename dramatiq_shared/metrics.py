@@ -7,6 +7,8 @@
 ``dramatiq_shared_breaker_state``                  0 closed, 1 half-open, 2 open, as last seen
 ``dramatiq_shared_breaker_transitions_total``      transitions by breaker and new state
 ``dramatiq_shared_breaker_rejected_total``         calls a breaker refused
+``dramatiq_shared_breaker_window``                 a breaker that counts rates: its window's
+                                                   calls, failure_rate and slow_call_rate (%)
 ``dramatiq_shared_db_operation_seconds``           database operation durations
 ``dramatiq_shared_broadcasts_total``               status events sent, coalesced, failed
 ``dramatiq_shared_messages_in_flight``             messages being processed
@@ -38,6 +40,7 @@ __all__ = [
     "BREAKER_REJECTED",
     "BREAKER_STATE",
     "BREAKER_TRANSITIONS",
+    "BREAKER_WINDOW",
     "BROADCASTS",
     "DB_SECONDS",
     "ERRORS",
@@ -69,6 +72,12 @@ BREAKER_TRANSITIONS = Counter(
 )
 BREAKER_REJECTED = Counter(
     "dramatiq_shared_breaker_rejected", "Calls a circuit breaker refused.", ["breaker"]
+)
+BREAKER_WINDOW = Gauge(
+    "dramatiq_shared_breaker_window",
+    "A breaker's window as last reported: calls, failure_rate and slow_call_rate (percent).",
+    ["breaker", "measure"],
+    multiprocess_mode="mostrecent",
 )
 DB_SECONDS = Histogram(
     "dramatiq_shared_db_operation_seconds",

@@ -46,6 +46,13 @@ BAD_VALUES: list[tuple[type[Any], str, Any, str]] = [
     (CircuitBreakerConfig, "excluded_errors", [object], "an exception class or its name"),
     (CircuitBreakerConfig, "trial_timeout", 0, "an int >= 1"),
     (CircuitBreakerConfig, "max_reset_timeout", 59_999, "an int >= 60000"),
+    (CircuitBreakerConfig, "window", "sliding", "'count' or 'time'"),
+    (CircuitBreakerConfig, "window_size", 10_001, "an int >= 1 and <= 10000"),
+    (CircuitBreakerConfig, "failure_rate_threshold", 101, "a percentage above 0 and at most 100"),
+    (CircuitBreakerConfig, "minimum_calls", 0, "an int >= 1"),
+    (CircuitBreakerConfig, "slow_call_duration", 0, "an int >= 1"),
+    (CircuitBreakerConfig, "slow_call_rate_threshold", True, "a percentage above 0"),
+    (CircuitBreakerConfig, "half_open_calls", 0, "an int >= 1"),
     (DatabaseConfig, "url", "mysql://db/x", "a sqlite:/// or postgresql:// URL"),
     (DatabaseConfig, "url", 5432, "a sqlite:/// or postgresql:// URL"),
     (DatabaseConfig, "connection_limit", 0, "an int >= 1"),
@@ -113,7 +120,15 @@ def test_defaults_are_those_of_the_design() -> None:
         excluded_errors=(),
         trial_timeout=30000,
         max_reset_timeout=480000,
+        window="count",
+        window_size=100,
+        failure_rate_threshold=None,
+        minimum_calls=100,
+        slow_call_duration=None,
+        slow_call_rate_threshold=None,
+        half_open_calls=1,
     )
+    assert not CircuitBreakerConfig().counts_rates
     assert DatabaseConfig() == DatabaseConfig(
         url="sqlite:///dramatiq_shared.db",
         connection_limit=8,
@@ -196,6 +211,28 @@ def test_camel_case_mappings_of_the_typescript_system_load_like_snake_case() -> 
             CircuitBreakerConfig,
             {"failureThreshold": 2, "excludedErrors": ["KeyError"]},
             {"failure_threshold": 2, "excluded_errors": ["KeyError"]},
+        ),
+        (
+            # resilience4j's names for the rate settings
+            CircuitBreakerConfig,
+            {
+                "slidingWindowType": "TIME_BASED",
+                "slidingWindowSize": 5000,
+                "failureRateThreshold": 50,
+                "minimumNumberOfCalls": 20,
+                "slowCallDurationThreshold": 200,
+                "slowCallRateThreshold": 80,
+                "permittedNumberOfCallsInHalfOpenState": 3,
+            },
+            {
+                "window": "time",
+                "window_size": 5000,
+                "failure_rate_threshold": 50,
+                "minimum_calls": 20,
+                "slow_call_duration": 200,
+                "slow_call_rate_threshold": 80,
+                "half_open_calls": 3,
+            },
         ),
     ],
 )
@@ -329,6 +366,23 @@ def test_permanent_errors_never_retry_and_transient_errors_always_may() -> None:
     assert nothing.is_retryable(TransientError("try again"))
 
 
+def test_a_slow_call_rate_needs_a_slow_call_duration_and_defaults_to_100() -> None:
+    with pytest.raises(ConfigError, match="slow_call_rate_threshold needs slow_call_duration"):
+        CircuitBreakerConfig(slow_call_rate_threshold=50)
+    config = CircuitBreakerConfig(slow_call_duration=200)
+    assert config.slow_call_rate_threshold == 100.0
+    assert config.counts_rates
+    assert config.failure_rate_threshold is None
+
+
+def test_a_time_window_is_at_least_10_ms_and_a_minimum_beyond_a_count_window_is_its_size() -> None:
+    with pytest.raises(ConfigError, match="window_size must be an int >= 10, got 9"):
+        CircuitBreakerConfig(window="time", window_size=9)
+    assert CircuitBreakerConfig(window_size=10, minimum_calls=50).window_minimum == 10
+    timed = CircuitBreakerConfig(window="time", window_size=10, minimum_calls=50)
+    assert timed.window_minimum == 50
+
+
 def test_breaker_exclusions() -> None:
     config = CircuitBreakerConfig(excluded_errors=["KeyError", ValueError])
     assert config.is_excluded(KeyError())
@@ -353,5 +407,12 @@ def test_as_dict_is_json_ready() -> None:
             "excluded_errors": [],
             "trial_timeout": 30000,
             "max_reset_timeout": 480000,
+            "window": "count",
+            "window_size": 100,
+            "failure_rate_threshold": None,
+            "minimum_calls": 100,
+            "slow_call_duration": None,
+            "slow_call_rate_threshold": None,
+            "half_open_calls": 1,
         },
     }

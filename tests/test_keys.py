@@ -40,7 +40,9 @@ def every_key(keys: Keys, name: str) -> dict[str, str]:
         "batch": keys.batch(name),
         "batch events": keys.batch_events(name),
         "breaker": keys.breaker(name),
-        "breaker trial": keys.breaker_trial(name),
+        "breaker trials": keys.breaker_trials(name),
+        "breaker count window": keys.breaker_window(name, "count"),
+        "breaker time window": keys.breaker_window(name, "time"),
     }
 
 

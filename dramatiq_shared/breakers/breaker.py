@@ -10,6 +10,7 @@ import functools
 import itertools
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from dramatiq.middleware.shutdown import Shutdown
 from ..config import CircuitBreakerConfig
 from ..errors import CircuitOpenError, ConfigError, Defer, PermanentError
 from ..keys import DEFAULT_NAMESPACE, Keys
+from ..metrics import BREAKER_WINDOW
 from .local import LocalState
 from .redis_state import RedisState
 from .state import BreakerState, Reply, StateUnavailableError
@@ -58,12 +60,15 @@ class Ticket:
 
     ``trial`` holds the lease token when this call is the half-open trial;
     ``failures`` is the failure count the breaker had when the call was allowed;
-    ``unrecorded`` is set when Redis could not be asked and the fallback let it through.
+    ``unrecorded`` is set when Redis could not be asked and the fallback let it through;
+    ``started`` is when the call began (``time.monotonic()``), for a breaker that counts
+    slow calls.
     """
 
     trial: str | None = None
     failures: int = 0
     unrecorded: bool = False
+    started: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +143,9 @@ class SharedCircuitBreaker:
             )
         self._state = state
         self._local = threading.local()
+        self._rates = config.counts_rates
+        slow = config.slow_call_duration
+        self._slow_after = None if slow is None else slow / 1000
 
     # --- pybreaker's settings and introspection ---------------------------------------
 
@@ -212,9 +220,13 @@ class SharedCircuitBreaker:
                 raise CircuitOpenError(self.name, _FALLBACK_WAIT) from None
             return Ticket(unrecorded=True)
         self._moved(reply)
-        if reply.kind == "closed":
+        if self._slow_after is not None:
+            trial = token if reply.kind == "trial" else None
+            if reply.kind in ("closed", "trial"):
+                return Ticket(trial, reply.number, started=time.monotonic())
+        elif reply.kind == "closed":
             return Ticket(failures=reply.number) if reply.number else _CLEAN_TICKET
-        if reply.kind == "trial":
+        elif reply.kind == "trial":
             return Ticket(trial=token)
         self._tell("rejected")
         raise CircuitOpenError(self.name, reply.number)
@@ -226,9 +238,9 @@ class SharedCircuitBreaker:
           The breaker's state after the report.
         """
         self._tell("success")
-        if ticket.unrecorded or (ticket.trial is None and ticket.failures == 0):
+        if ticket.unrecorded or (not self._rates and ticket.trial is None and ticket.failures == 0):
             return _CLOSED  # nothing to reset: no round trip
-        return self._verdict(self._state.record_success, ticket.trial)
+        return self._verdict(self._state.record_success, ticket)
 
     def record_failure(self, ticket: Ticket, error: BaseException) -> Verdict:
         """Report that the call failed with ``error``; counted unless it is excluded.
@@ -246,7 +258,7 @@ class SharedCircuitBreaker:
         self._tell("failure", error)
         if ticket.unrecorded:
             return _CLOSED
-        return self._verdict(self._state.record_failure, ticket.trial)
+        return self._verdict(self._state.record_failure, ticket)
 
     def release(self, ticket: Ticket) -> None:
         """Give back a trial lease without a verdict (the call was skipped or excluded)."""
@@ -254,12 +266,22 @@ class SharedCircuitBreaker:
             with contextlib.suppress(StateUnavailableError):
                 self._state.release(ticket.trial)
 
-    def _verdict(self, record: Callable[[str | None], Reply], token: str | None) -> Verdict:
+    def _verdict(self, record: Callable[..., Reply], ticket: Ticket) -> Verdict:
+        slow = (
+            self._slow_after is not None and time.monotonic() - ticket.started >= self._slow_after
+        )
         try:
-            reply = record(token)
+            reply = record(ticket.trial, slow=slow)
         except StateUnavailableError:
             return Verdict(self.fallback, _FALLBACK_WAIT if self.fallback == "open" else 0)
         self._moved(reply)
+        if reply.window is not None:
+            calls, failed, slow_calls = reply.window
+            BREAKER_WINDOW.labels(self._name, "calls").set(calls)
+            BREAKER_WINDOW.labels(self._name, "failure_rate").set(100 * failed / max(calls, 1))
+            BREAKER_WINDOW.labels(self._name, "slow_call_rate").set(
+                100 * slow_calls / max(calls, 1)
+            )
         return Verdict(reply.kind, reply.number if reply.kind == pybreaker.STATE_OPEN else 0)
 
     # --- pybreaker's manual controls ---------------------------------------------------

@@ -24,6 +24,14 @@ the count (the successes that finish while that reset is on its way skip theirs)
 a round trip for every call until the next success, nor one for every success.
 A process whose view says closed lets calls through until the message of a transition
 arrives (a few milliseconds; the tests require under 50): the price of not asking.
+
+A breaker that counts rates needs every outcome in its window, successes included. Its
+successes (fast, not a trial's) wait in the process and go to Redis together, in one
+script call with the next outcome that could move the breaker (a failure, a slow call,
+a trial), or once 100 are waiting, or at the first success a second or more after the
+oldest waiting one: a success reaches the fleet's window at most that late. A failure
+is never held back, so the breaker opens as soon as the failure that brings a rate to
+its threshold is reported.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
 import weakref
 
 import redis
@@ -39,12 +48,16 @@ from .._redis import text
 from ..keys import Keys
 from .redis_state import RETRY_AFTER, RedisState
 from .state import Reply, Snapshot
+from .window import outcome
 
 __all__ = ["CachedState", "View"]
 
 _CLEAN = Reply("closed", 0)
 #: Seconds the subscriber waits for a message before checking it should still run.
 _POLL = 1.0
+#: Counting rates: most successes held back, and most seconds the oldest is held.
+FLUSH_CALLS = 100
+FLUSH_AFTER = 1.0
 
 
 class View:
@@ -162,6 +175,10 @@ class CachedState:
         self._inner = inner
         self._view = view
         self._resetting: tuple[int, int] | None = None  # the view's mark at the last reset
+        self._rates = inner.counts_rates
+        self._lock = threading.Lock()
+        self._waiting = 0  # counting rates: successes not yet sent
+        self._waiting_since = 0.0
 
     def acquire(self, token: str) -> Reply:
         failures = self._view.failures(self._name)
@@ -170,11 +187,15 @@ class CachedState:
         mark = self._view.since(self._name)
         return self._learnt(mark, self._inner.acquire(token))
 
-    def record_failure(self, token: str | None) -> Reply:
+    def record_failure(self, token: str | None, *, slow: bool = False) -> Reply:
+        if self._rates:
+            return self._record(outcome(failed=True, slow=slow), token)
         mark = self._view.since(self._name)
         return self._learnt(mark, self._inner.record_failure(token))
 
-    def record_success(self, token: str | None) -> Reply:
+    def record_success(self, token: str | None, *, slow: bool = False) -> Reply:
+        if self._rates:
+            return self._record(outcome(failed=False, slow=slow), token)
         mark = self._view.since(self._name)
         if token is None:
             # The count is 0 already, or another call's reset, made since the last
@@ -198,6 +219,22 @@ class CachedState:
     def force(self, state: str) -> Reply:
         mark = self._view.since(self._name)
         return self._learnt(mark, self._inner.force(state))
+
+    def _record(self, code: str, token: str | None) -> Reply:
+        with self._lock:
+            if code == "s" and token is None:
+                now = time.monotonic()
+                if not self._waiting:
+                    self._waiting_since = now
+                self._waiting += 1
+                if self._waiting < FLUSH_CALLS and now - self._waiting_since < FLUSH_AFTER:
+                    return _CLEAN
+                code = ""  # this success is among those waiting
+            outcomes = "s" * self._waiting + code
+            self._waiting = 0
+        # Successes sent when Redis is unreachable are lost: the window misses them.
+        mark = self._view.since(self._name)
+        return self._learnt(mark, self._inner.record(outcomes, token))
 
     def _learnt(self, mark: tuple[int, int], reply: Reply) -> Reply:
         self._view.learn(self._name, mark, reply)

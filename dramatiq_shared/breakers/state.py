@@ -12,7 +12,7 @@ Replies are data, so one table of cases tests every store (``tests/breakers/test
 ``Reply.number`` means, by ``kind``:
 
 ==============  ===================================================================
-``closed``      the failures counted in a row so far
+``closed``      the failures counted so far: in a row, or in the window
 ``open``        milliseconds until a trial is let through
 ``half-open``   0: the trial is running or a caller may take it
 ``trial``       0: (acquire only) the caller holds the half-open trial lease
@@ -21,13 +21,23 @@ Replies are data, so one table of cases tests every store (``tests/breakers/test
 
 ``Reply.moved_from`` is the state the operation moved the breaker out of, or ``""``
 when it stayed: the breaker tells its listeners of exactly these transitions.
+``Reply.window`` is, for a breaker that counts rates, what its window holds after a
+recorded outcome (:mod:`~dramatiq_shared.breakers.window`); None otherwise.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
-__all__ = ["BreakerState", "Reply", "Snapshot", "StateUnavailableError"]
+__all__ = ["BreakerState", "Counts", "Reply", "Snapshot", "StateUnavailableError"]
+
+
+class Counts(NamedTuple):
+    """The calls a window holds, and how many of them failed or were slow."""
+
+    calls: int = 0
+    failed: int = 0
+    slow: int = 0
 
 
 class Reply(NamedTuple):
@@ -36,6 +46,7 @@ class Reply(NamedTuple):
     kind: str
     number: int = 0
     moved_from: str = ""
+    window: Counts | None = None
 
 
 class Snapshot(NamedTuple):
@@ -45,6 +56,9 @@ class Snapshot(NamedTuple):
     failures: int = 0
     successes: int = 0
     remaining: int = 0
+    #: Counting rates: the calls in the window and the slow ones among them.
+    calls: int = 0
+    slow: int = 0
 
 
 class StateUnavailableError(ConnectionError):
@@ -55,17 +69,20 @@ class BreakerState(Protocol):
     """One breaker's state and its transitions, each applied atomically.
 
     ``token`` identifies a caller's half-open trial lease; only the holder's outcome
-    moves a half-open breaker. Every method may raise :class:`StateUnavailableError`.
+    moves a half-open breaker. ``slow`` tells a breaker that counts slow calls that the
+    call took ``slow_call_duration`` or longer. Every method may raise
+    :class:`StateUnavailableError`.
     """
 
     def acquire(self, token: str) -> Reply:
         """Ask to call: ``closed`` or ``trial`` let it through, ``open`` or ``busy`` refuse."""
 
-    def record_failure(self, token: str | None) -> Reply:
+    def record_failure(self, token: str | None, *, slow: bool = False) -> Reply:
         """Count a failure: opens at the threshold, or re-opens when it ends the trial."""
 
-    def record_success(self, token: str | None) -> Reply:
-        """Reset the failures, or count a successful trial, closing at the threshold."""
+    def record_success(self, token: str | None, *, slow: bool = False) -> Reply:
+        """Reset the failures (or count a success in the window), or count a successful
+        trial, closing at the threshold."""
 
     def release(self, token: str) -> None:
         """Give the trial lease back unjudged, so the next caller takes the trial."""

@@ -42,6 +42,9 @@ class _Config:
     #: The environment variables read for each field, first set wins, and the parser
     #: of their text.
     _env: ClassVar[Mapping[str, tuple[tuple[str, ...], Callable[[str], Any]]]] = {}
+    #: Other names a mapping may give a field by (snake_case of their camelCase), such
+    #: as the names other libraries use for the same setting.
+    _aliases: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def from_mapping(cls: type[_C], mapping: Mapping[str, Any]) -> _C:
@@ -64,6 +67,7 @@ class _Config:
         values: dict[str, Any] = {}
         for key, value in mapping.items():
             name = _snake_case(key) if isinstance(key, str) else key
+            name = cls._aliases.get(name, name)
             if name not in allowed:
                 raise ConfigError(
                     f"{cls.__name__} has no setting {key!r}; allowed: {', '.join(allowed)}"

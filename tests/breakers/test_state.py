@@ -15,7 +15,7 @@ import redis
 from dramatiq_shared import CircuitBreakerConfig
 from dramatiq_shared.breakers.local import LocalState
 from dramatiq_shared.breakers.redis_state import RedisState
-from dramatiq_shared.breakers.state import BreakerState, Reply, Snapshot
+from dramatiq_shared.breakers.state import BreakerState, Counts, Reply, Snapshot
 
 CONFIG = CircuitBreakerConfig(
     failure_threshold=2,
@@ -23,6 +23,26 @@ CONFIG = CircuitBreakerConfig(
     max_reset_timeout=250,
     success_threshold=2,
     trial_timeout=300,
+)
+# Counting rates: the last 4 calls, half of them failed or three quarters slow.
+RATES = CircuitBreakerConfig(
+    failure_rate_threshold=50,
+    minimum_calls=4,
+    window_size=4,
+    slow_call_duration=10,
+    slow_call_rate_threshold=75,
+    reset_timeout=100,
+    max_reset_timeout=250,
+    trial_timeout=300,
+    half_open_calls=2,
+)
+# The calls of the last 200 ms, in buckets of 20.
+TIMED = CircuitBreakerConfig(
+    window="time", window_size=200, failure_rate_threshold=50, minimum_calls=2
+)
+# Failures in a row, two trials at once.
+TWO_TRIALS = CircuitBreakerConfig(
+    failure_threshold=1, reset_timeout=100, success_threshold=2, half_open_calls=2
 )
 
 
@@ -119,12 +139,119 @@ CASES: dict[str, list[Step]] = {
 }
 
 
+RATE_CASES: dict[str, tuple[CircuitBreakerConfig, list[Step]]] = {
+    "counting rates, it opens when the failure rate reaches its threshold": (
+        RATES,
+        [
+            ("failure", None, Reply("closed", 1, "", Counts(1, 1, 0))),
+            ("success", None, Reply("closed", 1, "", Counts(2, 1, 0))),
+            ("acquire", "a", Reply("closed", 1)),
+            ("success", None, Reply("closed", 1, "", Counts(3, 1, 0))),
+            ("read", None, Snapshot("closed", 1, 0, 0, 3, 0)),
+            ("failure", None, Reply("open", 100, "closed", Counts(4, 2, 0))),
+            ("acquire", "a", Reply("open", OPEN)),
+            ("read", None, Snapshot("open", 0, 0, OPEN)),
+        ],
+    ),
+    "a count window holds only the last calls": (
+        RATES,
+        [
+            ("failure", None, Reply("closed", 1, "", Counts(1, 1, 0))),
+            ("success", None, Reply("closed", 1, "", Counts(2, 1, 0))),
+            ("success", None, Reply("closed", 1, "", Counts(3, 1, 0))),
+            ("success", None, Reply("closed", 1, "", Counts(4, 1, 0))),
+            ("success", None, Reply("closed", 0, "", Counts(4, 0, 0))),  # the failure left
+            ("failure", None, Reply("closed", 1, "", Counts(4, 1, 0))),
+            ("failure", None, Reply("open", 100, "closed", Counts(4, 2, 0))),
+        ],
+    ),
+    "slow calls count against it, failed or not": (
+        RATES,
+        [
+            ("slow success", None, Reply("closed", 0, "", Counts(1, 0, 1))),
+            ("success", None, Reply("closed", 0, "", Counts(2, 0, 1))),
+            ("slow success", None, Reply("closed", 0, "", Counts(3, 0, 2))),
+            ("slow failure", None, Reply("open", 100, "closed", Counts(4, 1, 3))),
+        ],
+    ),
+    "half-open lets exactly half_open_calls trials through; their rate re-opens it": (
+        RATES,
+        [
+            ("force", "open", Reply("open", 100, "closed")),
+            ("sleep", 110, None),
+            ("acquire", "a", Reply("trial", 0, "open")),
+            ("acquire", "b", Reply("trial")),
+            ("acquire", "c", Reply("busy", within(1, 100))),
+            ("success", "a", Reply("half-open")),
+            ("success", None, Reply("half-open")),  # not a trial: ignored
+            ("acquire", "c", Reply("busy", within(1, 100))),  # a's judged trial keeps its place
+            ("read", None, Snapshot("half-open", 0, 1, 0)),
+            ("failure", "b", Reply("open", 200, "half-open")),  # 1 of 2 failed: 50%
+        ],
+    ),
+    "half-open trials under the thresholds close it": (
+        RATES,
+        [
+            ("force", "half-open", Reply("half-open", 0, "closed")),
+            ("acquire", "a", Reply("trial")),
+            ("acquire", "b", Reply("trial")),
+            ("success", "b", Reply("half-open")),
+            ("slow success", "a", Reply("closed", 0, "half-open")),  # 50% slow: under 75
+            ("read", None, Snapshot("closed", 0, 0, 0)),
+        ],
+    ),
+    "an expired lease frees its place among the trials": (
+        RATES,
+        [
+            ("force", "half-open", Reply("half-open", 0, "closed")),
+            ("acquire", "a", Reply("trial")),
+            ("acquire", "b", Reply("trial")),
+            ("sleep", 310, None),  # both workers died
+            ("acquire", "c", Reply("trial")),
+            ("success", "a", Reply("half-open")),  # too late: ignored
+            ("acquire", "d", Reply("trial")),
+            ("acquire", "e", Reply("busy", within(1, 100))),
+        ],
+    ),
+    "a time window forgets calls older than its size": (
+        TIMED,
+        [
+            ("failure", None, Reply("closed", 1, "", Counts(1, 1, 0))),
+            ("sleep", 250, None),
+            ("success", None, Reply("closed", 0, "", Counts(1, 0, 0))),
+            ("success", None, Reply("closed", 0, "", Counts(2, 0, 0))),
+            ("failure", None, Reply("closed", 1, "", Counts(3, 1, 0))),
+            ("failure", None, Reply("open", 60_000, "closed", Counts(4, 2, 0))),
+        ],
+    ),
+    "counting failures in a row, half_open_calls trials run at once": (
+        TWO_TRIALS,
+        [
+            ("force", "half-open", Reply("half-open", 0, "closed")),
+            ("acquire", "a", Reply("trial")),
+            ("acquire", "b", Reply("trial")),
+            ("acquire", "c", Reply("busy", within(1, 100))),
+            ("success", "a", Reply("half-open")),  # one of two; its place is free again
+            ("acquire", "c", Reply("trial")),
+            ("success", "b", Reply("closed", 0, "half-open")),
+        ],
+    ),
+}
+
+
 @pytest.fixture(params=["redis_client", "local"], ids=["redis", "local"])
-def state(request: pytest.FixtureRequest) -> BreakerState:
+def make_state(request: pytest.FixtureRequest) -> Any:
+    """Makes a store of either kind for a config."""
     if request.param == "local":
-        return LocalState(CONFIG)
+        return LocalState
     client: redis.Redis = request.getfixturevalue("redis_client")
-    return RedisState(client, "svc", CONFIG)
+    return lambda config: RedisState(client, "svc", config)
+
+
+@pytest.fixture
+def state(make_state: Any) -> BreakerState:
+    store: BreakerState = make_state(CONFIG)
+    return store
 
 
 def apply(state: BreakerState, operation: str, argument: Any) -> Any:
@@ -134,6 +261,9 @@ def apply(state: BreakerState, operation: str, argument: Any) -> Any:
     if operation == "release":
         state.release(argument)
         return None
+    if operation.startswith("slow "):
+        record = state.record_failure if operation == "slow failure" else state.record_success
+        return record(argument, slow=True)
     method = {
         "acquire": state.acquire,
         "failure": state.record_failure,
@@ -145,6 +275,17 @@ def apply(state: BreakerState, operation: str, argument: Any) -> Any:
 
 @pytest.mark.parametrize("steps", CASES.values(), ids=CASES.keys())
 def test_the_store_replies_as_the_table_says(state: BreakerState, steps: list[Step]) -> None:
+    run(state, steps)
+
+
+@pytest.mark.parametrize(("config", "steps"), RATE_CASES.values(), ids=RATE_CASES.keys())
+def test_the_store_replies_as_the_table_says_with_other_settings(
+    make_state: Any, config: CircuitBreakerConfig, steps: list[Step]
+) -> None:
+    run(make_state(config), steps)
+
+
+def run(state: BreakerState, steps: list[Step]) -> None:
     for number, (operation, argument, expected) in enumerate(steps):
         reply = apply(state, operation, argument)
-        assert reply == expected, f"step {number}: {operation}({argument!r})"
+        assert reply == expected, f"step {number}: {operation}({argument!r}): {reply}"
