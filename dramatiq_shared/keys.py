@@ -23,7 +23,7 @@ key: the user's part always comes last, after a fixed prefix that names its spac
 ``{ns}:batch:events:{token}``               the batch's events, until persisted
 ``{ns}:breaker:state:{name}``               hash: one breaker's state
 ``{ns}:breaker:trials:{name}``              sorted set: the half-open trial leases
-``{ns}:breaker:{kind}-window:{name}``       a breaker's window of rates: a list of
+``{ns}:breaker:{kind}-window:{name}``       a breaker's window of rates: a string of
                                             outcomes (count) or a hash of buckets (time)
 ``{ns}:breaker:changes``                    pub/sub channel of breaker state changes
 ``{ns}:worker:{host}:{pid}``                a worker process's heartbeat

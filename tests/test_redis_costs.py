@@ -48,9 +48,11 @@ def added(
     *,
     import_ids: bool,
     max_deaths: int | None = None,
+    breaker: dict[str, Any] | None = None,
 ) -> float:
     """Commands the suite sent to its Redis per message, over MESSAGES no-op messages;
-    DeathLimit's notes, a command a message, only with ``max_deaths``."""
+    DeathLimit's notes, a command a message, only with ``max_deaths``; ``breaker`` sets
+    the actor's breaker."""
     broker_server, suite_server = servers
     broker = RedisBroker(url=broker_server.url)
     setup_broker(
@@ -59,6 +61,7 @@ def added(
         redis_url=suite_server.url,
         status={"linger": 2_000},
         max_deaths=max_deaths,
+        breakers={"svc": breaker or {}},
     )
     done = threading.Semaphore(0)
 
@@ -103,6 +106,14 @@ def test_a_closed_breaker_and_the_rest_of_the_suite_add_no_command_a_message(
     servers: tuple[RedisServer, RedisServer], tmp_path: Path
 ) -> None:
     assert added(servers, tmp_path, import_ids=False) <= 0.05
+
+
+def test_a_closed_breaker_counting_rates_adds_no_command_a_message(
+    servers: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    # Its successes go to the window in batches of 200, or once a second.
+    rates = {"failureRateThreshold": 50, "slowCallDurationThreshold": 1_000, "minimumCalls": 20}
+    assert added(servers, tmp_path, import_ids=False, breaker=rates) <= 0.05
 
 
 def test_lifecycle_events_with_import_ids_add_at_most_two_commands_a_message(

@@ -26,7 +26,7 @@ from ..keys import DEFAULT_NAMESPACE, Keys
 from ..metrics import BREAKER_WINDOW
 from .local import LocalState
 from .redis_state import RedisState
-from .state import BreakerState, Reply, StateUnavailableError
+from .state import BreakerState, Counts, Reply, StateUnavailableError
 
 __all__ = ["SharedCircuitBreaker", "Ticket", "Verdict"]
 
@@ -185,6 +185,20 @@ class SharedCircuitBreaker:
             return self._state.read().failures
         except StateUnavailableError:
             return 0
+
+    @property
+    def window(self) -> Counts | None:
+        """Counting rates: the calls in the shared window now, and the failed and slow
+        ones among them (not yet those this process holds back, see
+        :mod:`~dramatiq_shared.breakers.cache`); None otherwise, or while Redis is
+        unreachable."""
+        if not self._rates:
+            return None
+        try:
+            snapshot = self._state.read()
+        except StateUnavailableError:
+            return None
+        return Counts(snapshot.calls, snapshot.failures, snapshot.slow)
 
     @property
     def listeners(self) -> tuple[pybreaker.CircuitBreakerListener, ...]:

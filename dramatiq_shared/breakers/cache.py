@@ -28,7 +28,7 @@ arrives (a few milliseconds; the tests require under 50): the price of not askin
 A breaker that counts rates needs every outcome in its window, successes included. Its
 successes (fast, not a trial's) wait in the process and go to Redis together, in one
 script call with the next outcome that could move the breaker (a failure, a slow call,
-a trial), or once 100 are waiting, or at the first success a second or more after the
+a trial), or once 200 are waiting, or at the first success a second or more after the
 oldest waiting one: a success reaches the fleet's window at most that late. A failure
 is never held back, so the breaker opens as soon as the failure that brings a rate to
 its threshold is reported.
@@ -56,7 +56,7 @@ _CLEAN = Reply("closed", 0)
 #: Seconds the subscriber waits for a message before checking it should still run.
 _POLL = 1.0
 #: Counting rates: most successes held back, and most seconds the oldest is held.
-FLUSH_CALLS = 100
+FLUSH_CALLS = 200
 FLUSH_AFTER = 1.0
 
 

@@ -45,7 +45,7 @@ RETRY_AFTER = 1.0
 STREAM_LENGTH = 10_000
 
 # KEYS: state hash, trial leases (a sorted set: token -> expiry), events stream, changes
-# channel, window (counting rates: a list of outcomes, or a hash of time buckets).
+# channel, window (counting rates: a string of outcomes, or a hash of time buckets).
 # ARGV: the layout of RedisState._args below. Each transition is published as the
 # breaker's name, and a closed breaker's first failure in a row as its name, a space and
 # 1, for the processes that cache what a closed breaker counts (breakers/cache.py).
@@ -75,8 +75,7 @@ end
 local function fresh()
   redis.call('DEL', KEYS[2], KEYS[5])
   if rates then
-    redis.call('HSET', KEYS[1], 'trials', 0, 'trial_failed', 0, 'trial_slow', 0,
-               'w_calls', 0, 'w_failed', 0, 'w_slow', 0)
+    redis.call('HSET', KEYS[1], 'trials', 0, 'trial_failed', 0, 'trial_slow', 0)
   end
 end
 local function open(timeout, reopens)
@@ -129,13 +128,13 @@ local function over(calls, failed, slow, minimum)
 end
 local function is_failed(code) return code == 'f' or code == 'F' end
 local function is_slow(code) return code == 'S' or code == 'F' end
--- The window's counts: a count window keeps them in the state hash; a time window's
--- are the sums of its last 10 buckets (fields '<bucket>c', '<bucket>f', '<bucket>s'),
--- older buckets dropped on the way.
-local function window_counts()
+-- The window's counts: those of a count window's string, or the sums of a time window's
+-- last 10 buckets (fields '<bucket>c', '<bucket>f', '<bucket>s'), older ones dropped.
+local function window_counts(kept)
   if ARGV[11] == 'count' then
-    local f = redis.call('HMGET', KEYS[1], 'w_calls', 'w_failed', 'w_slow')
-    return tonumber(f[1] or '0'), tonumber(f[2] or '0'), tonumber(f[3] or '0')
+    local _, failed = string.gsub(kept, '[fF]', '')
+    local _, slow = string.gsub(kept, '[SF]', '')
+    return #kept, failed, slow
   end
   local oldest = math.floor(now() / width) - 9
   local totals = {c = 0, f = 0, s = 0}
@@ -150,6 +149,10 @@ local function window_counts()
     end
   end
   return totals.c, totals.f, totals.s
+end
+local function kept_outcomes()
+  if ARGV[11] == 'count' then return redis.call('GET', KEYS[5]) or '' end
+  return ''
 end
 """
 
@@ -217,17 +220,20 @@ return unmoved()
 # window in turn, and the first that brings a rate to its threshold opens the breaker.
 _RECORD = """
 if state == 'closed' then
-  local calls, failed, slow = window_counts()
-  local bucket = math.floor(now() / width)
+  local count = ARGV[11] == 'count'
+  -- A count window is a string of outcomes, oldest first: read and written once a batch.
+  local kept = kept_outcomes()
+  local calls, failed, slow = window_counts(kept)
+  local all = kept .. outcomes
   local added = {c = 0, f = 0, s = 0}
   for i = 1, #outcomes do
     local code = string.sub(outcomes, i, i)
     local f, s = is_failed(code) and 1 or 0, is_slow(code) and 1 or 0
     calls, failed, slow = calls + 1, failed + f, slow + s
-    if ARGV[11] == 'count' then
-      redis.call('RPUSH', KEYS[5], code)
-      if calls > size then
-        local old = redis.call('LPOP', KEYS[5])
+    if count then
+      local position = #kept + i
+      if position > size then
+        local old = string.sub(all, position - size, position - size)
         calls = calls - 1
         if is_failed(old) then failed = failed - 1 end
         if is_slow(old) then slow = slow - 1 end
@@ -240,14 +246,16 @@ if state == 'closed' then
       return {'open', reset_timeout, 'closed', calls, failed, slow}
     end
   end
-  if ARGV[11] == 'time' then
-    for kind, count in pairs(added) do
-      if count > 0 then redis.call('HINCRBY', KEYS[5], bucket .. kind, count) end
+  if count then
+    redis.call('SET', KEYS[5], string.sub(all, -size))
+  else
+    local bucket = math.floor(now() / width)
+    for kind, n in pairs(added) do
+      if n > 0 then redis.call('HINCRBY', KEYS[5], bucket .. kind, n) end
     end
     redis.call('PEXPIRE', KEYS[5], size)
   end
-  redis.call('HSET', KEYS[1], 'failures', failed, 'w_calls', calls, 'w_failed', failed,
-             'w_slow', slow)
+  redis.call('HSET', KEYS[1], 'failures', failed)
   return {'closed', failed, '', calls, failed, slow}
 end
 if state == 'half-open' and holds_trial() then
@@ -275,7 +283,7 @@ return {state, 0, ''}
 _READ = """
 local fields = redis.call('HMGET', KEYS[1], 'failures', 'successes')
 local failures, calls, slow = tonumber(fields[1] or '0'), 0, 0
-if rates and state == 'closed' then calls, failures, slow = window_counts() end
+if rates and state == 'closed' then calls, failures, slow = window_counts(kept_outcomes()) end
 local wait = 0
 if state == 'open' then wait = remaining() end
 return {state, failures, tonumber(fields[2] or '0'), wait, calls, slow}

@@ -11,10 +11,10 @@ import pytest
 import redis
 
 from dramatiq_shared import CircuitBreakerConfig, CircuitOpenError
-from dramatiq_shared.breakers import Breakers
+from dramatiq_shared.breakers import Breakers, SharedCircuitBreaker
 from dramatiq_shared.breakers.cache import CachedState, View
 from dramatiq_shared.breakers.redis_state import RedisState
-from dramatiq_shared.breakers.state import StateUnavailableError
+from dramatiq_shared.breakers.state import Counts, StateUnavailableError
 from dramatiq_shared.keys import Keys
 from tests.conftest import redis_commands
 
@@ -140,3 +140,51 @@ def test_a_reset_that_did_not_reach_redis_is_made_by_the_next_success(
                 cached.record_success(None)
     finally:
         view.stop()
+
+
+RATES = CircuitBreakerConfig(failure_rate_threshold=50, minimum_calls=10, window_size=1_000)
+
+
+def window_calls(breaker: SharedCircuitBreaker) -> int:
+    assert breaker.window is not None
+    return breaker.window.calls
+
+
+def test_a_rate_breakers_successes_reach_redis_together_within_a_second_or_200_calls(
+    redis_client: redis.Redis,
+) -> None:
+    breakers = Breakers(redis_client, default=RATES)
+    try:
+        cb = breakers["svc"]
+        cb.call(lambda: None)  # learns it is closed; its success waits
+        time.sleep(0.3)  # subscribed
+        for _ in range(9):
+            cb.call(lambda: None)
+        assert window_calls(cb) == 0  # ten successes waiting, none sent
+        time.sleep(1.0)
+        cb.call(lambda: None)  # the oldest waited a second: all eleven go
+        assert window_calls(cb) == 11
+        for _ in range(199):
+            cb.call(lambda: None)
+        assert window_calls(cb) == 11
+        cb.call(lambda: None)  # the 200th waiting
+        assert window_calls(cb) == 211
+    finally:
+        breakers.close()
+
+
+def test_a_rate_breakers_failure_goes_at_once_with_the_successes_before_it(
+    redis_client: redis.Redis,
+) -> None:
+    breakers = Breakers(redis_client, default=RATES)
+    try:
+        cb = breakers["svc"]
+        for _ in range(5):
+            cb.call(lambda: None)
+        fail(cb)
+        assert cb.window == Counts(6, 1, 0)
+        for _ in range(4):
+            fail(cb)  # 5 of 10: the failure that reaches the rate opens it, there and then
+        assert cb.current_state == "open"
+    finally:
+        breakers.close()
