@@ -2,11 +2,12 @@
 
 Its actor fetches an item from the test's HTTP service (``SERVICE_URL``) through the
 "nutrition" breaker and adds it to the Redis set ``DONE_KEY`` (on ``TEST_REDIS_URL``)
-once fetched.
+once fetched. ``BREAKER_CONFIG``, a JSON mapping, replaces the breaker's settings.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import urllib.request
 
@@ -22,16 +23,18 @@ REDIS_URL = os.environ["TEST_REDIS_URL"]
 SERVICE_URL = os.environ["SERVICE_URL"]
 DONE = os.environ["DONE_KEY"]
 
+CONFIG = (
+    CircuitBreakerConfig.from_mapping(json.loads(os.environ["BREAKER_CONFIG"]))
+    if os.environ.get("BREAKER_CONFIG")
+    else CircuitBreakerConfig(failure_threshold=5, reset_timeout=1_500, trial_timeout=5_000)
+)
+
 broker = RedisBroker(url=REDIS_URL)
 broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, Retries)]
 broker.add_middleware(
     CircuitBreaker(
         redis_url=REDIS_URL,
-        breakers={
-            "nutrition": CircuitBreakerConfig(
-                failure_threshold=5, reset_timeout=1_500, trial_timeout=5_000
-            )
-        },
+        breakers={"nutrition": CONFIG},
         jitter=300,
     )
 )

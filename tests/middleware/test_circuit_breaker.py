@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -139,11 +141,19 @@ def test_it_needs_redis_at_construction(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 class FlakyService:
-    """A local HTTP service that answers 503 during an outage window, counting every call."""
+    """A local HTTP service that answers 503 during an outage window, counting every call.
+
+    ``failing(n)`` makes the n-th call (from 0) fail as well; ``delay`` seconds pass
+    before each answer. ``arrived`` holds each call's wall-clock time in milliseconds,
+    to compare with the breaker events' times (Redis's clock, on this machine).
+    """
 
     def __init__(self) -> None:
         self.outage: tuple[float, float] = (0.0, 0.0)
+        self.failing: Callable[[int], bool] = lambda n: False
+        self.delay = 0.0
         self.calls: list[tuple[float, int]] = []
+        self.arrived: list[float] = []
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
@@ -151,8 +161,12 @@ class FlakyService:
 
     async def _item(self, request: web.Request) -> web.Response:
         now = time.monotonic()
-        status = 503 if self.outage[0] <= now < self.outage[1] else 200
+        self.arrived.append(time.time() * 1000)
+        down = self.outage[0] <= now < self.outage[1] or self.failing(len(self.calls))
+        status = 503 if down else 200
         self.calls.append((now, status))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return web.Response(status=status, text=request.match_info["item"])
 
     def _serve(self) -> None:
@@ -184,15 +198,18 @@ def service() -> Iterator[FlakyService]:
         yield running
 
 
-def test_an_outage_seen_by_4_worker_processes_opens_the_breaker_once(
-    redis_client: redis.Redis, redis_url: str, service: FlakyService
-) -> None:
-    processes, threads, items = 4, 2, 300
+@contextlib.contextmanager
+def worker_processes(
+    redis_url: str, service: FlakyService, items: int, config: dict[str, Any] | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """``items`` messages of tests.middleware.breaker_app, run by 4 worker processes of 2
+    threads (``config`` the breaker's settings); stopped, and never left behind, after."""
     env = {
         **os.environ,
         "TEST_REDIS_URL": redis_url,
         "SERVICE_URL": f"http://127.0.0.1:{service.port}",
         "DONE_KEY": DONE,
+        "BREAKER_CONFIG": json.dumps(config) if config else "",
     }
     sender = RedisBroker(url=redis_url)
     for item in range(items):
@@ -209,9 +226,9 @@ def test_an_outage_seen_by_4_worker_processes_opens_the_breaker_once(
             "dramatiq",
             "tests.middleware.breaker_app",
             "--processes",
-            str(processes),
+            str(PROCESSES),
             "--threads",
-            str(threads),
+            str(THREADS),
         ],
         cwd=ROOT,
         env=env,
@@ -221,36 +238,114 @@ def test_an_outage_seen_by_4_worker_processes_opens_the_breaker_once(
         start_new_session=True,  # its worker processes can be killed with it
     )
     try:
-        # Let the work get going, then take the service down for 1.2 s: shorter than
-        # the breaker's 1.5 s open time, so its first trial finds the service back.
-        deadline = time.monotonic() + 30
-        while redis_client.scard(DONE) < 30 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        service.outage = (time.monotonic(), time.monotonic() + 1.2)
-        deadline = time.monotonic() + 90
-        while redis_client.scard(DONE) < items and time.monotonic() < deadline:
-            time.sleep(0.05)
+        yield workers
     finally:
         workers.send_signal(signal.SIGTERM)
         try:
-            _, stderr = workers.communicate(timeout=30)
+            workers.communicate(timeout=30)
         finally:
             if workers.poll() is None:  # never leave its worker processes behind
                 os.killpg(workers.pid, signal.SIGKILL)
                 workers.wait()
 
-    done = {int(item) for item in redis_client.smembers(DONE)}
-    assert done == set(range(items)), stderr[-3000:]
-    assert redis_client.zcard("dramatiq:default.XQ") == 0  # nothing exhausted or lost
 
-    transitions = [
-        fields[b"event"].decode()
+PROCESSES, THREADS = 4, 2
+
+
+def transitions(redis_client: redis.Redis) -> list[tuple[str, int]]:
+    """The breaker's transitions so far, and when (ms, Redis's clock)."""
+    return [
+        (fields[b"event"].decode(), int(fields[b"time"]))
         for _, fields in redis_client.xrange(Keys().breaker_events)
         if fields[b"event"] != b"rejected"
     ]
-    assert transitions == ["opened", "half-open", "closed"]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_an_outage_seen_by_4_worker_processes_opens_the_breaker_once(
+    redis_client: redis.Redis, redis_url: str, service: FlakyService
+) -> None:
+    items = 300
+    with worker_processes(redis_url, service, items) as workers:
+        # Let the work get going, then take the service down for 1.2 s: shorter than
+        # the breaker's 1.5 s open time, so its first trial finds the service back.
+        wait_for(lambda: redis_client.scard(DONE) >= 30, 30)
+        service.outage = (time.monotonic(), time.monotonic() + 1.2)
+        wait_for(lambda: redis_client.scard(DONE) >= items, 90)
+    assert workers.stderr is not None
+
+    done = {int(item) for item in redis_client.smembers(DONE)}
+    assert done == set(range(items))
+    assert redis_client.zcard("dramatiq:default.XQ") == 0  # nothing exhausted or lost
+    assert [event for event, _ in transitions(redis_client)] == ["opened", "half-open", "closed"]
     failed = [t for t, status in service.calls if status == 503]
     print(f"calls during the outage: {len(failed)}; calls in all: {len(service.calls)}")
     # The 5 failures that open it, plus calls that were already on their way when it
     # opened: at most one per other worker thread. No half-open probe ran in the outage.
-    assert 5 <= len(failed) <= 5 + processes * threads - 1
+    assert 5 <= len(failed) <= 5 + PROCESSES * THREADS - 1
+
+
+def test_a_service_failing_60_percent_opens_a_50_percent_breaker_once_across_4_processes(
+    redis_client: redis.Redis, redis_url: str, service: FlakyService
+) -> None:
+    service.failing = lambda n: n % 5 < 3
+    config = {"failureRateThreshold": 50, "minimumNumberOfCalls": 20, "slidingWindowSize": 40}
+    with worker_processes(redis_url, service, 400, config | {"resetTimeout": 60_000}):
+        wait_for(lambda: bool(transitions(redis_client)), 60)
+        time.sleep(1.0)  # time for a second opening, were there one
+    moves = transitions(redis_client)
+    assert [event for event, _ in moves] == ["opened"]
+    # It opened on a rate over at least the minimum of calls, not on the first failures;
+    # the calls that began before it opened and finished after it are not counted.
+    before = [
+        s for (_, s), at in zip(service.calls, service.arrived, strict=True) if at <= moves[0][1]
+    ]
+    print(f"calls before it opened: {len(before)}, {before.count(503)} failed")
+    assert len(before) >= 20
+    assert before.count(503) >= 10
+
+
+def test_a_service_answering_in_300_ms_opens_a_200_ms_slow_call_breaker(
+    redis_client: redis.Redis, redis_url: str, service: FlakyService
+) -> None:
+    service.delay = 0.3
+    config = {
+        "failureRateThreshold": 50,
+        "slowCallDurationThreshold": 200,
+        "slowCallRateThreshold": 50,
+        "minimumNumberOfCalls": 10,
+        "resetTimeout": 60_000,
+    }
+    with worker_processes(redis_url, service, 200, config):
+        wait_for(lambda: bool(transitions(redis_client)), 60)
+    assert [event for event, _ in transitions(redis_client)] == ["opened"]
+    assert {status for _, status in service.calls} == {200}  # every call succeeded
+    assert redis_client.scard(DONE) >= 10
+
+
+def test_half_open_calls_3_lets_exactly_3_trials_through_across_4_processes(
+    redis_client: redis.Redis, redis_url: str, service: FlakyService
+) -> None:
+    config = {
+        "failureRateThreshold": 50,
+        "minimumNumberOfCalls": 20,
+        "permittedNumberOfCallsInHalfOpenState": 3,
+        "resetTimeout": 1_000,
+        "trialTimeout": 5_000,
+    }
+    service.delay = 0.2  # the trials overlap, and 8 worker threads compete for them
+    breaker = CircuitBreaker(redis_url=redis_url, breakers={"nutrition": config})
+    breaker.breakers["nutrition"].open()
+    with worker_processes(redis_url, service, 100, config):
+        wait_for(lambda: redis_client.scard(DONE) >= 100, 60)
+    moves = dict(transitions(redis_client))
+    assert list(moves) == ["opened", "half-open", "closed"]
+    trials = [at for at in service.arrived if moves["half-open"] <= at < moves["closed"]]
+    assert len(trials) == 3
+    assert all(at >= moves["half-open"] for at in service.arrived)  # none while open
+    breaker.breakers.close()
