@@ -19,6 +19,7 @@ import redis
 from dramatiq.middleware.shutdown import Shutdown
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 from loguru import logger
+from prometheus_client import REGISTRY
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -423,6 +424,28 @@ def test_a_local_breaker_moves_like_the_shared_one() -> None:
         ("open", "half-open"),
         ("half-open", "closed"),
     ]
+
+
+@pytest.mark.parametrize("where", ["redis", "local"])
+def test_calls_slower_than_slow_call_duration_open_it_though_they_succeed(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    config = CircuitBreakerConfig(
+        slow_call_duration=40, slow_call_rate_threshold=50, minimum_calls=4
+    )
+    client = request.getfixturevalue("redis_client") if where == "redis" else None
+    cb = SharedCircuitBreaker("slow", config, client)
+    for _ in range(3):
+        cb.call(lambda: None)
+    assert cb.window == (3, 0, 0)
+    cb.call(time.sleep, 0.05)  # 1 slow of 4: 25%
+    assert cb.window == (4, 0, 1)
+    cb.call(time.sleep, 0.05)  # 2 of 5: 40%
+    assert cb.current_state == "closed"
+    cb.call(time.sleep, 0.05)  # 3 of 6: 50%
+    assert cb.current_state == "open"
+    labels = {"breaker": "slow", "measure": "slow_call_rate"}
+    assert REGISTRY.get_sample_value("dramatiq_shared_breaker_window", labels) == 50.0
 
 
 def test_32_threads_share_a_local_breakers_single_trial() -> None:
