@@ -75,7 +75,8 @@ end
 local function fresh()
   redis.call('DEL', KEYS[2], KEYS[5])
   if rates then
-    redis.call('HSET', KEYS[1], 'trials', 0, 'trial_failed', 0, 'trial_slow', 0)
+    redis.call('HSET', KEYS[1], 'trials', 0, 'trial_failed', 0, 'trial_slow', 0, 'calls', 0,
+               'slow', 0)
   end
 end
 local function open(timeout, reopens)
@@ -255,7 +256,8 @@ if state == 'closed' then
     end
     redis.call('PEXPIRE', KEYS[5], size)
   end
-  redis.call('HSET', KEYS[1], 'failures', failed)
+  -- The window's counts as of this batch, for readers of the hash (the relay's page).
+  redis.call('HSET', KEYS[1], 'failures', failed, 'calls', calls, 'slow', slow)
   return {'closed', failed, '', calls, failed, slow}
 end
 if state == 'half-open' and holds_trial() then
