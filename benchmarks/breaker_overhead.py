@@ -1,16 +1,18 @@
 """What a closed circuit breaker costs per message, on RedisBroker with real worker threads.
 
 N no-op messages go through a RedisBroker with 8 worker threads, timed from worker
-start until the last message is processed, in alternating rounds (A B A B ...):
+start until the last message is processed, in alternating rounds (A B C A B C ...):
 
 * A -- Dramatiq's default middleware;
 * B -- the same plus the CircuitBreaker middleware, the actor guarded by a breaker
-       that stays closed.
+       that stays closed (counting failures in a row);
+* C -- the same, the breaker counting failure and slow-call rates over a window
+       (its successes sent to Redis in batches).
 
-It prints the median throughput of each, the B/A ratio, and the Redis commands each
-message cost (from Redis's own command counter, which also counts the commands a
-script runs: the breaker's check is one round trip, EVALSHA, running HMGET inside),
-all measured in the same run.
+It prints the median throughput of each, the process's CPU time a message
+(getrusage: the worker runs in this process), their ratios to A, and the Redis
+commands each message cost (from Redis's own command counter, which also counts the
+commands a script runs), all measured in the same run.
 
     python benchmarks/breaker_overhead.py                # 20,000 messages, 3 rounds each
     python benchmarks/breaker_overhead.py --messages 500 --rounds 1
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import threading
@@ -40,14 +43,30 @@ from dramatiq_shared.middleware import CircuitBreaker
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
-def run_round(with_breaker: bool, messages: int, threads: int) -> tuple[float, float]:
-    """Messages per second and Redis commands per message of one round."""
+#: The breaker of each variant; None: no breaker.
+VARIANTS: dict[str, CircuitBreakerConfig | None] = {
+    "A bare   ": None,
+    "B breaker": CircuitBreakerConfig(failure_threshold=5),
+    "C rates  ": CircuitBreakerConfig(
+        failure_rate_threshold=50, slow_call_duration=1_000, minimum_calls=20
+    ),
+}
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_round(
+    config: CircuitBreakerConfig | None, messages: int, threads: int
+) -> tuple[float, float, float]:
+    """Messages per second, CPU µs and Redis commands per message of one round."""
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     broker = RedisBroker(url=REDIS_URL)
     options: dict[str, Any] = {}
-    if with_breaker:
-        config = CircuitBreakerConfig(failure_threshold=5)
+    if config is not None:
         broker.add_middleware(CircuitBreaker(redis_client=client, breakers={"bench": config}))
         options["breaker"] = "bench"
     done = threading.Event()
@@ -65,16 +84,18 @@ def run_round(with_breaker: bool, messages: int, threads: int) -> tuple[float, f
         noop.send()
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     before = commands_processed(client)
+    cpu = cpu_seconds()
     started = time.perf_counter()
     worker.start()
     if not done.wait(600):
         raise RuntimeError(f"only {processed[0]} of {messages} messages were processed")
     elapsed = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu
     used = commands_processed(client) - before
     worker.stop()
     broker.close()
     client.flushdb()
-    return messages / elapsed, used / messages
+    return messages / elapsed, 1e6 * cpu / messages, used / messages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,24 +105,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8, help="worker threads (8)")
     args = parser.parse_args(argv)
 
-    results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    results: dict[str, list[tuple[float, float, float]]] = {label: [] for label in VARIANTS}
     for number in range(args.rounds):
-        for with_breaker in (False, True):
-            rate, commands = run_round(with_breaker, args.messages, args.threads)
-            results[with_breaker].append((rate, commands))
-            label = "B breaker" if with_breaker else "A bare   "
+        for label, config in VARIANTS.items():
+            rate, cpu, commands = run_round(config, args.messages, args.threads)
+            results[label].append((rate, cpu, commands))
             print(
-                f"round {number + 1} {label}  {rate:9.0f} msg/s  {commands:5.2f} Redis commands/msg"
+                f"round {number + 1} {label}  {rate:7.0f} msg/s  {cpu:6.0f} CPU us/msg"
+                f"  {commands:5.2f} Redis commands/msg"
             )
-    bare = statistics.median(rate for rate, _ in results[False])
-    guarded = statistics.median(rate for rate, _ in results[True])
-    extra = statistics.median(c for _, c in results[True]) - statistics.median(
-        c for _, c in results[False]
-    )
-    print(f"median A (bare):           {bare:9.0f} msg/s")
-    print(f"median B (closed breaker): {guarded:9.0f} msg/s")
-    print(f"B/A throughput ratio:      {guarded / bare:9.3f}")
-    print(f"extra Redis commands/msg:  {extra:9.2f}")
+    medians = {
+        label: [statistics.median(row[column] for row in rows) for column in range(3)]
+        for label, rows in results.items()
+    }
+    bare_rate, bare_cpu, bare_commands = medians["A bare   "]
+    for label, (rate, cpu, commands) in medians.items():
+        print(
+            f"median {label}  {rate:7.0f} msg/s ({rate / bare_rate:.3f})"
+            f"  {cpu:6.0f} CPU us/msg ({cpu / bare_cpu:.3f})"
+            f"  {commands - bare_commands:+5.2f} Redis commands/msg"
+        )
     return 0
 
 
