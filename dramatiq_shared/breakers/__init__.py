@@ -12,10 +12,16 @@ atomic operation of that store: a Lua script in Redis
 (:mod:`~dramatiq_shared.breakers.redis_state`, which describes the guarantees), or a locked
 method in this process for embedded runs (:mod:`~dramatiq_shared.breakers.local`).
 
+A breaker counts failures in a row, as pybreaker does, or, given a
+``failure_rate_threshold`` or a ``slow_call_duration``, the rates of failed and slow
+calls over a sliding window of calls or of time, as resilience4j does
+(:mod:`~dramatiq_shared.breakers.window`); either way its state is shared.
+
 The wrapped call runs outside any lock. A breaker on its own costs one Redis round trip
 per call, to ask; the success of a healthy (closed, no failures) breaker costs none.
 Those of :class:`Breakers` cost none at all while healthy: a process-local view, kept
-fresh by pub/sub, answers (:mod:`~dramatiq_shared.breakers.cache`).
+fresh by pub/sub, answers, and a breaker counting rates sends its successes in batches
+(:mod:`~dramatiq_shared.breakers.cache`).
 
 When Redis cannot be reached, at construction or at any call, the breaker follows its
 ``fallback``: ``"closed"`` (the default) lets calls through unrecorded, ``"open"``

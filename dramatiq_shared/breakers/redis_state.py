@@ -1,13 +1,18 @@
 """Breaker state in Redis, shared by every process, each transition one Lua script.
 
 * The breaker opens exactly once when ``failure_threshold`` consecutive counted failures
-  have been reported, whichever processes reported them.
-* After ``reset_timeout`` the first caller moves it to half-open, and exactly one trial
-  runs at a time across all processes, under a lease that expires after
-  ``trial_timeout``, so a trial whose worker died cannot block the breaker; callers
-  refused meanwhile wait for the rest of the lease, at most ``reset_timeout``.
-* A failed trial re-opens it for twice the previous time, up to ``max_reset_timeout``;
-  ``success_threshold`` successful trials close it.
+  have been reported, whichever processes reported them; or, counting rates, when the
+  outcome that brings the window's failure or slow-call rate to its threshold (over at
+  least ``minimum_calls``) is added. A batch of outcomes is added in order, one at a
+  time, so a batch opens the breaker at the same outcome as single reports would.
+* After ``reset_timeout`` the first caller moves it to half-open, and at most
+  ``half_open_calls`` trials run at a time across all processes, each under a lease
+  that expires after ``trial_timeout``, so a trial whose worker died cannot block the
+  breaker; callers refused meanwhile wait for the rest of the first lease, at most
+  ``reset_timeout``. Counting rates, exactly ``half_open_calls`` trials are judged.
+* Counting failures in a row, a failed trial re-opens it for twice the previous time, up
+  to ``max_reset_timeout``, and ``success_threshold`` successful trials close it;
+  counting rates, the trials' rates re-open or close it once all are judged.
 
 Time is Redis's clock, so all processes agree on it. Every transition is appended to
 the events stream, for the relay, and published on the changes channel with a closed
