@@ -20,6 +20,9 @@ field                  written by                   read by
                                                     ErrorHandling (the log context)
 ``death_watch``        DeathLimit                   DeathLimit (what to clear at the
                                                     outcome, the isolation held)
+``status_event``       StatusBroadcast              StatusBroadcast (the delivery's
+                                                    PROCESSING event, which the next
+                                                    event is made from)
 =====================  ===========================  ===============================
 
 The middleware import this module, never each other: each works alone on a broker,
@@ -33,7 +36,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import dramatiq
 from dramatiq.broker import MessageProxy
@@ -42,6 +45,9 @@ from dramatiq.middleware import SkipMessage
 from ..errors import CircuitOpenError, Defer
 from ..logging import carried_all
 from .messages import proxied, record_failure
+
+if TYPE_CHECKING:
+    from ..status.events import StatusEvent
 
 __all__ = [
     "Action",
@@ -168,6 +174,7 @@ class Delivery:
         "log_scope",
         "message",
         "started",
+        "status_event",
     )
 
     def __init__(self, message: dramatiq.Message[Any]) -> None:
@@ -184,6 +191,8 @@ class Delivery:
         #: ``(field of its count to clear at the outcome, isolation held, lone runs
         #: before this delivery)``, DeathLimit's.
         self.death_watch: tuple[str, str, int] | None = None
+        #: The PROCESSING event StatusBroadcast published for this delivery.
+        self.status_event: StatusEvent | None = None
         self._ids: tuple[Any, ...] | None = None
 
     def finish(self, exception: BaseException | None) -> None:

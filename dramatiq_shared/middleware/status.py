@@ -149,15 +149,19 @@ class StatusBroadcast(Middleware):
     ) -> None:
         current = delivery(message)
         actor_name = current.message.actor_name
-        reporting = self._reporting(broker, actor_name)
-        if not reporting.enabled:
-            return
-        import_id, note_id = current.ids(reporting.actor)
-        if import_id is None:
-            return
+        started = current.status_event
         try:
-            self.broadcaster.publish(
-                StatusEvent(
+            if started is not None:
+                # The delivery's PROCESSING event was checked: the next one is made from it.
+                event = started.with_status(status, f"{actor_name} {what}", metadata)
+            else:
+                reporting = self._reporting(broker, actor_name)
+                if not reporting.enabled:
+                    return
+                import_id, note_id = current.ids(reporting.actor)
+                if import_id is None:
+                    return
+                event = StatusEvent(
                     import_id=str(import_id),
                     status=status,
                     note_id=None if note_id is None else str(note_id),
@@ -166,7 +170,9 @@ class StatusBroadcast(Middleware):
                     indent_level=1 if note_id is not None else 0,
                     metadata=metadata,
                 )
-            )
+                if status is NoteStatus.PROCESSING:
+                    current.status_event = event
+            self.broadcaster.publish(event)
         except Exception as error:
             self.broadcaster.count("failed")
             logger.opt(exception=error).error(

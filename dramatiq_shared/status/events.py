@@ -112,6 +112,31 @@ class StatusEvent:
         if self.metadata is not None:
             object.__setattr__(self, "metadata", _checked_metadata(self.metadata))
 
+    def with_status(
+        self,
+        status: NoteStatus,
+        message: str | None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> StatusEvent:
+        """This event's import, note, context and indent level with another status,
+        message and metadata.
+
+        Only the new fields are checked: the event after PROCESSING of one delivery is
+        built from that one, not validated from scratch.
+
+        Raises:
+          ValidationError: When ``message`` or ``metadata`` is invalid.
+        """
+        if message is not None:
+            check_text("message", message, max_length=MAX_TEXT, allow_empty=True)
+        event = object.__new__(StatusEvent)
+        fields_ = dict(self.__dict__)
+        fields_["status"] = NoteStatus(status)
+        fields_["message"] = message
+        fields_["metadata"] = None if metadata is None else _checked_metadata(metadata)
+        object.__setattr__(event, "__dict__", fields_)
+        return event
+
     @classmethod
     def from_mapping(cls, fields_: Mapping[str, Any]) -> StatusEvent:
         """Build an event from snake_case or camelCase (wire) keys.

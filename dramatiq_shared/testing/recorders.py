@@ -130,8 +130,15 @@ class Outcomes(Middleware):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.decisions: list[RecordedDecision] = []
+        self._decisions: list[tuple[float, RecordedDecision]] = []
         self.failures: list[Failure] = []
+
+    @property
+    def decisions(self) -> list[RecordedDecision]:
+        """The decisions in the order their deliveries started: a worker may ack a
+        delivery after the retry it enqueued has already run."""
+        with self._lock:
+            return [decision for _, decision in sorted(self._decisions, key=lambda d: d[0])]
 
     def after_ack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self._note(message, failed=False)
@@ -140,19 +147,23 @@ class Outcomes(Middleware):
         self._note(message, failed=True)
 
     def _note(self, message: MessageProxy, *, failed: bool) -> None:
-        decision = delivery(message).decision if seen(message) else None
+        current = delivery(message) if seen(message) else None
+        decision = current.decision if current is not None else None
         with self._lock:
-            if decision is not None:
-                self.decisions.append(
-                    RecordedDecision(
-                        message.actor_name,
-                        message.message_id,
-                        decision.action,
-                        decision.attempt,
-                        decision.max_attempts,
-                        decision.delay,
-                        decision.reason,
-                        decision.error_type,
+            if current is not None and decision is not None:
+                self._decisions.append(
+                    (
+                        current.started,
+                        RecordedDecision(
+                            message.actor_name,
+                            message.message_id,
+                            decision.action,
+                            decision.attempt,
+                            decision.max_attempts,
+                            decision.delay,
+                            decision.reason,
+                            decision.error_type,
+                        ),
                     )
                 )
             if failed:

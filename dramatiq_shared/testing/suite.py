@@ -312,7 +312,7 @@ class Suite:
 
     @property
     def decisions(self) -> list[RecordedDecision]:
-        """What was decided about each delivery, in the order they ended."""
+        """What was decided about each delivery, in the order the deliveries started."""
         return list(self._outcomes.decisions)
 
     @property

@@ -137,3 +137,29 @@ def test_any_input_is_a_valid_event_or_a_validation_error(**fields: Any) -> None
     # A valid event survives its wire form unchanged.
     wire = json.loads(json.dumps(event.to_wire(event_id=1, timestamp=0), allow_nan=False))
     assert StatusEvent.from_wire(wire) == event
+
+
+def test_an_event_with_another_status_equals_one_built_in_full_and_checks_what_changed() -> None:
+    started = StatusEvent(
+        import_id="imp-1",
+        status="PROCESSING",
+        note_id="n-1",
+        message="parse started",
+        context="parse",
+        indent_level=1,
+    )
+    done = started.with_status(NoteStatus.COMPLETED, "parse completed", {"attempt": 1})
+    assert done == StatusEvent(
+        import_id="imp-1",
+        status="COMPLETED",
+        note_id="n-1",
+        message="parse completed",
+        context="parse",
+        indent_level=1,
+        metadata={"attempt": 1},
+    )
+    assert started.status is NoteStatus.PROCESSING  # the first is left as it was
+    with pytest.raises(ValidationError, match="metadata must be JSON-serialisable"):
+        started.with_status(NoteStatus.FAILED, "x", {"error": object()})
+    with pytest.raises(ValidationError, match="^message must be a string"):
+        started.with_status(NoteStatus.FAILED, "x" * 2_001)
