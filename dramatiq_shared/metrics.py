@@ -43,6 +43,8 @@ __all__ = [
     "ERRORS",
     "IN_FLIGHT",
     "RELAY_REFUSALS",
+    "RETRY_BUDGET_REFUSED",
+    "RETRY_BUDGET_TOKENS",
     "RETRY_DECISIONS",
     "registry",
     "render",
@@ -69,6 +71,15 @@ BREAKER_TRANSITIONS = Counter(
 )
 BREAKER_REJECTED = Counter(
     "dramatiq_shared_breaker_rejected", "Calls a circuit breaker refused.", ["breaker"]
+)
+RETRY_BUDGET_REFUSED = Counter(
+    "dramatiq_shared_retry_budget_refused", "Retries a retry budget refused.", ["budget"]
+)
+RETRY_BUDGET_TOKENS = Gauge(
+    "dramatiq_shared_retry_budget_tokens",
+    "Retries a retry budget would admit now, as last seen.",
+    ["budget"],
+    multiprocess_mode="mostrecent",
 )
 DB_SECONDS = Histogram(
     "dramatiq_shared_db_operation_seconds",

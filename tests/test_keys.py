@@ -41,6 +41,7 @@ def every_key(keys: Keys, name: str) -> dict[str, str]:
         "batch events": keys.batch_events(name),
         "breaker": keys.breaker(name),
         "breaker trial": keys.breaker_trial(name),
+        "retry budget": keys.retry_budget(name),
     }
 
 
