@@ -1,10 +1,12 @@
 """RetryBudget: a retry the budget refuses never calls the service; deferred without using
 an attempt, or dead-lettered; shown as such in decisions, status events and metrics. On
 a StubBroker (the in-process budget) and a RedisBroker (the Redis one) with real worker
-threads; the fleet-wide cap across processes is in ``test_retry_budget_processes.py``."""
+threads; and the fleet-wide cap on two ``dramatiq`` worker processes, during an outage of
+the service, with the benchmark's driver (``benchmarks/retry_budget.py``)."""
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from dramatiq_shared.middleware.delivery import Action
 from dramatiq_shared.testing import Suite
 
 ERROR_TYPE = "dramatiq_shared.errors.RetryBudgetExhaustedError"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 class Calls:
@@ -237,3 +240,26 @@ def test_the_stack_puts_the_budget_after_the_breakers_and_before_status(tmp_path
         assert stack.retry_budget.config.ratio == 0.2
     finally:
         stack.broadcaster.close()
+
+
+@pytest.mark.usefixtures("redis_client")  # a flushed database
+def test_two_worker_processes_retry_no_more_than_the_budget_allows_during_an_outage(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("retry_budget")
+    # The service fails every call for one window (2 s) in the middle of a 5 s stream.
+    budget = {"ratio": 0.1, "minimum": 5, "window": 2_000}
+    run = {"messages": 500, "rate": 100.0, "outage": 2.0, "drain": 5.0}
+    capped = bench.measure(redis_url, budget=budget, **run)
+    free = bench.measure(redis_url, budget=None, **run)
+    print(f"with the budget: {capped}\nwithout: {free}")
+    # Over one window the fleet retried at most ratio x successes + minimum x seconds ...
+    assert capped.bound == pytest.approx(0.1 * capped.successes_before_end + 5 * 2)
+    assert capped.retries_in_outage <= capped.bound
+    # ... where without a budget the same outage drew more retries than that.
+    assert free.retries_in_outage > capped.bound
+    assert capped.first_in_outage > capped.bound  # the messages did fail: first attempts
+    # Refused retries were deferred, not lost nor dead-lettered.
+    assert capped.dead_lettered == 0
+    assert capped.completed + capped.pending == run["messages"]
