@@ -107,6 +107,9 @@ def test_a_refused_retry_is_deferred_without_calling_the_service_or_using_an_att
     assert all("retry budget 'flaky' exhausted" in d.reason for d in deferrals)
     assert all(d.delay is not None and d.delay >= 1 for d in deferrals)
     assert refused("flaky") - before == len(deferrals)
+    tokens = REGISTRY.get_sample_value("dramatiq_shared_retry_budget_tokens", {"budget": "flaky"})
+    assert tokens is not None
+    assert 0 <= tokens <= 2  # as the last spend saw it: at most the minimum's two
     retrying = [
         e for e in deferring.events("imp-budget") if e.metadata.get("error_type") == ERROR_TYPE
     ]
