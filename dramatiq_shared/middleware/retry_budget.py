@@ -173,11 +173,13 @@ class RetryBudget(Middleware):
         self.budgets.close()
 
     def _name(self, message: MessageProxy) -> str:
-        actor_name = proxied(message).actor_name
-        asked = proxied(message).options.get("retry_budget")
+        """The budget the message spends: its own option, else its actor's (resolved
+        when the actor was declared), else its actor's name."""
+        fields = proxied(message)
+        asked = fields.options.get("retry_budget")
         if isinstance(asked, str) and asked:
             return asked
-        return self._names.get(actor_name, actor_name)
+        return self._names.get(fields.actor_name, fields.actor_name)
 
     def _defer(
         self,

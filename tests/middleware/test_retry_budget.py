@@ -47,6 +47,8 @@ def budget_suite(
     redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     if redis_url is not None:
         request.getfixturevalue("redis_client")  # a flushed database
+    # Not the settings and actors of a broker an earlier test left as Dramatiq's global.
+    request.getfixturevalue("monkeypatch").setattr(dramatiq.broker, "global_broker", None)
     with Suite(
         database=f"sqlite:///{tmp_path / 'suite.db'}",
         redis_url=redis_url,
