@@ -47,6 +47,7 @@ BAD_VALUES: list[tuple[type[Any], str, Any, str]] = [
     (RetryBudgetConfig, "ratio", True, "a finite number >= 0"),
     (RetryBudgetConfig, "minimum", "10", "a finite number >= 0"),
     (RetryBudgetConfig, "minimum", float("inf"), "a finite number >= 0"),
+    (RetryBudgetConfig, "minimum", 0, "> 0 when refused retries are deferred"),
     (RetryBudgetConfig, "window", 99, "an int >= 100 and <= 3600000"),
     (RetryBudgetConfig, "window", 10.5, "an int >= 100 and <= 3600000"),
     (RetryBudgetConfig, "when_refused", "drop", "'defer' or 'dead_letter'"),

@@ -51,7 +51,9 @@ class RetryBudgetConfig(_Config):
 
     Parameters:
       ratio: Retries allowed per success in the window. Default 0.1 (Google SRE's 10%).
-      minimum: Retries a second always allowed, successes or not. Default 10.
+      minimum: Retries a second always allowed, successes or not; 0 only with
+        ``"dead_letter"`` (a deferred retry would otherwise wait for ever once the
+        successes stop). Default 10.
       window: Milliseconds the counts cover, from 100 to an hour; counted in ten buckets.
         Default 10000.
       when_refused: ``"defer"`` re-enqueues a refused retry for when the budget may
@@ -83,6 +85,11 @@ class RetryBudgetConfig(_Config):
         check_int("window", self.window, minimum=100, maximum=MAX_WINDOW, error=ConfigError)
         if self.when_refused not in WHEN_REFUSED:
             raise ConfigError.invalid("when_refused", self.when_refused, "'defer' or 'dead_letter'")
+        if self.minimum == 0 and self.when_refused == "defer":
+            # Without successes nothing would ever admit a deferred retry.
+            raise ConfigError.invalid(
+                "minimum", self.minimum, "> 0 when refused retries are deferred ('defer')"
+            )
 
     @property
     def bucket(self) -> int:
