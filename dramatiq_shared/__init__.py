@@ -12,7 +12,13 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .actions import ActionRegistration, create_action_registration, register_actions
 from .breakers import SharedCircuitBreaker
-from .config import CircuitBreakerConfig, DatabaseConfig, RetryConfig, StatusConfig
+from .config import (
+    CircuitBreakerConfig,
+    DatabaseConfig,
+    RetryBudgetConfig,
+    RetryConfig,
+    StatusConfig,
+)
 from .db import (
     DatabaseOperations,
     IngredientRef,
@@ -33,13 +39,22 @@ from .errors import (
     DramatiqSharedError,
     MessageTooLargeError,
     PermanentError,
+    RetryBudgetExhaustedError,
     ServerError,
     TransientError,
     ValidationError,
     WorkerDiedError,
 )
 from .logging import configure_logging, message_context
-from .middleware import CircuitBreaker, DeathLimit, ErrorHandling, Heartbeat, Retry, StatusBroadcast
+from .middleware import (
+    CircuitBreaker,
+    DeathLimit,
+    ErrorHandling,
+    Heartbeat,
+    Retry,
+    RetryBudget,
+    StatusBroadcast,
+)
 from .stack import Stack, get_stack, setup_broker
 from .status.broadcaster import (
     Broadcaster,
@@ -74,6 +89,7 @@ __all__ = [
     # Configuration: frozen, validated on construction.
     "CircuitBreakerConfig",
     "DatabaseConfig",
+    "RetryBudgetConfig",
     "RetryConfig",
     "StatusConfig",
     # Errors: one hierarchy under DramatiqSharedError.
@@ -84,6 +100,7 @@ __all__ = [
     "DramatiqSharedError",
     "MessageTooLargeError",
     "PermanentError",
+    "RetryBudgetExhaustedError",
     "ServerError",
     "TransientError",
     "ValidationError",
@@ -94,6 +111,7 @@ __all__ = [
     "ErrorHandling",
     "Heartbeat",
     "Retry",
+    "RetryBudget",
     "StatusBroadcast",
     # The pipeline's database: idempotent, race-safe operations.
     "DatabaseOperations",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ValidationError, _InvalidValueError
+from .errors import ConfigError, ValidationError, _InvalidValueError
 
 #: The largest value a 32-bit INTEGER column holds, on PostgreSQL as on SQLite.
 INT32_MAX = 2**31 - 1
@@ -55,6 +55,19 @@ def check_text(
     ):
         kind = "a string" if allow_empty else "a non-blank string"
         raise error.invalid(name, value, f"{kind} of at most {max_length} characters, without NUL")
+    return value
+
+
+def check_name(name: str, value: Any) -> str:
+    """Return ``value`` when it can name a breaker or a budget (a part of a Redis key):
+    1 to 100 printable characters, no spaces; refuse it with a ``ConfigError`` otherwise."""
+    if not (
+        isinstance(value, str)
+        and 0 < len(value) <= 100
+        and value.isprintable()
+        and " " not in value
+    ):
+        raise ConfigError.invalid(name, value, "a name of 1 to 100 printable characters, no spaces")
     return value
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "Defer",
     "DramatiqSharedError",
     "PermanentError",
+    "RetryBudgetExhaustedError",
     "ServerError",
     "TransientError",
     "ValidationError",
@@ -134,6 +135,33 @@ class CircuitOpenError(DramatiqSharedError):
         super().__init__(f"circuit breaker {breaker!r} is open for another {remaining} ms")
         self.breaker = breaker
         self.remaining = remaining
+
+
+class RetryBudgetExhaustedError(DramatiqSharedError, SkipMessage):
+    """A retry was refused because its retry budget has none left (see
+    :class:`~dramatiq_shared.middleware.RetryBudget`): the fleet has retried as much as
+    the budget allows over its window.
+
+    A ``SkipMessage`` too, raised in ``before_process_message``: the retry is skipped
+    (deferred, or failed first when the budget dead-letters refused retries), as
+    Dramatiq skips a message past ``AgeLimit``.
+
+    Parameters:
+      budget: The budget's name.
+      retries: Retries counted in the budget's window.
+      allowance: Retries the window allows (``ratio`` x successes + ``minimum`` x seconds).
+      wait: Milliseconds until the oldest counted retry leaves the window.
+    """
+
+    def __init__(self, budget: str, retries: int, allowance: float, wait: int) -> None:
+        super().__init__(
+            f"retry budget {budget!r} exhausted: {retries} retries in its window, which"
+            f" allows {allowance:.1f}"
+        )
+        self.budget = budget
+        self.retries = retries
+        self.allowance = allowance
+        self.wait = wait
 
 
 class Defer(DramatiqSharedError, dramatiq.Retry):  # noqa: N818 - an instruction, like Retry

@@ -26,6 +26,8 @@ key: the user's part always comes last, after a fixed prefix that names its spac
 ``{ns}:breaker:{kind}-window:{name}``       a breaker's window of rates: a string of
                                             outcomes (count) or a hash of buckets (time)
 ``{ns}:breaker:changes``                    pub/sub channel of breaker state changes
+``{ns}:retry-budget:{name}``                hash: one retry budget's successes and
+                                            retries by time bucket (``s<n>``, ``r<n>``)
 ``{ns}:worker:{host}:{pid}``                a worker process's heartbeat
 ==========================================  ================================================
 
@@ -152,6 +154,12 @@ class Keys:
     def breaker_name(self, key: str) -> str:
         """The breaker's name in a key made by :meth:`breaker`."""
         return key[len(self.breaker("")) :]
+
+    # --- retry budgets ----------------------------------------------------------------
+
+    def retry_budget(self, name: str) -> str:
+        """The hash of one retry budget's counts by time bucket."""
+        return f"{self.namespace}:retry-budget:{name}"
 
     # --- workers -----------------------------------------------------------------------
 

@@ -9,6 +9,9 @@
 ``dramatiq_shared_breaker_rejected_total``         calls a breaker refused
 ``dramatiq_shared_breaker_window``                 a breaker that counts rates: its window's
                                                    calls, failure_rate and slow_call_rate (%)
+``dramatiq_shared_retry_budget_refused_total``     retries a retry budget refused, by budget
+``dramatiq_shared_retry_budget_tokens``            retries a budget would admit now, as last
+                                                   seen
 ``dramatiq_shared_db_operation_seconds``           database operation durations
 ``dramatiq_shared_broadcasts_total``               status events sent, coalesced, failed
 ``dramatiq_shared_messages_in_flight``             messages being processed
@@ -46,6 +49,8 @@ __all__ = [
     "ERRORS",
     "IN_FLIGHT",
     "RELAY_REFUSALS",
+    "RETRY_BUDGET_REFUSED",
+    "RETRY_BUDGET_TOKENS",
     "RETRY_DECISIONS",
     "registry",
     "render",
@@ -77,6 +82,15 @@ BREAKER_WINDOW = Gauge(
     "dramatiq_shared_breaker_window",
     "A breaker's window as last reported: calls, failure_rate and slow_call_rate (percent).",
     ["breaker", "measure"],
+    multiprocess_mode="mostrecent",
+)
+RETRY_BUDGET_REFUSED = Counter(
+    "dramatiq_shared_retry_budget_refused", "Retries a retry budget refused.", ["budget"]
+)
+RETRY_BUDGET_TOKENS = Gauge(
+    "dramatiq_shared_retry_budget_tokens",
+    "Retries a retry budget would admit now, as last seen.",
+    ["budget"],
     multiprocess_mode="mostrecent",
 )
 DB_SECONDS = Histogram(

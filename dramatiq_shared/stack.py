@@ -5,15 +5,20 @@ order and ``after_*`` hooks in reverse), put where Dramatiq's ``Retries`` was:
 
 1. :class:`CircuitBreaker` — holds back a message whose breaker is open before anything
    reports it as started;
-2. :class:`StatusBroadcast` — PROCESSING before the actor; after it, reads the decision
+2. :class:`RetryBudget` — only when the retry config has a ``budget``: spends it
+   before a retry runs, so a retry the budget refuses is deferred (or failed) before
+   anything reports it as started, and a message the breaker above holds back spends
+   nothing; after the actor, counts a success (its ``after_process_message`` runs
+   after Retry's and StatusBroadcast's, which it does not need);
+3. :class:`StatusBroadcast` — PROCESSING before the actor; after it, reads the decision
    of the retry layer below to say COMPLETED, RETRYING or FAILED;
-3. :class:`Retry` — decides and re-enqueues; asks the breaker for its verdict;
-4. :class:`ErrorHandling` — binds the log context first, runs ``on_error`` hooks first
+4. :class:`Retry` — decides and re-enqueues; asks the breaker for its verdict;
+5. :class:`ErrorHandling` — binds the log context first, runs ``on_error`` hooks first
    after a failure, and logs and dead-letters once the broker acks or nacks;
-5. :class:`DeathLimit` — with Redis: knows a message that comes back from a worker
+6. :class:`DeathLimit` — with Redis: knows a message that comes back from a worker
    that died with it, so a message that keeps killing its worker process is failed
    (and reported by the four above) instead of run for ever;
-6. :class:`Heartbeat` — with Redis: the worker process's status every few seconds.
+7. :class:`Heartbeat` — with Redis: the worker process's status every few seconds.
 
 What it builds, when not given:
 
@@ -63,6 +68,7 @@ from .middleware import (
     ErrorHandling,
     Heartbeat,
     Retry,
+    RetryBudget,
     StatusBroadcast,
 )
 from .servers import redis_client
@@ -90,6 +96,8 @@ class Stack:
     breakers: CircuitBreaker
     retry: Retry
     middleware: tuple[Middleware, ...]
+    #: The retry budget, when the retry config has one.
+    retry_budget: RetryBudget | None = None
 
 
 def setup_broker(
@@ -180,8 +188,19 @@ def setup_broker(
         namespace=namespace,
     )
     retry_middleware = Retry(config=retry_config)
+    budget = (
+        RetryBudget(
+            config=retry_config.budget,
+            redis_client=client,
+            local=client is None,
+            namespace=namespace,
+        )
+        if retry_config.budget is not None
+        else None
+    )
     stack: tuple[Middleware, ...] = (
         circuit_breaker,
+        *((budget,) if budget is not None else ()),
         StatusBroadcast(broadcaster=broadcaster),
         retry_middleware,
         ErrorHandling(
@@ -198,7 +217,15 @@ def setup_broker(
         broker,
         _ATTRIBUTE,
         Stack(
-            broker, db, client, broadcaster, completion, circuit_breaker, retry_middleware, stack
+            broker,
+            db,
+            client,
+            broadcaster,
+            completion,
+            circuit_breaker,
+            retry_middleware,
+            stack,
+            budget,
         ),
     )
     dramatiq.set_broker(broker)
@@ -230,10 +257,14 @@ def _config(kind: Any, value: Any) -> Any:
 
 def _retry_from_env() -> RetryConfig:
     """The retry config the environment sets, or Dramatiq's defaults when it sets none."""
-    if any(key.startswith(f"{ENV_PREFIX}RETRY_") for key in os.environ):
+    budget = f"{ENV_PREFIX}RETRY_BUDGET_"
+    if any(k.startswith(f"{ENV_PREFIX}RETRY_") and not k.startswith(budget) for k in os.environ):
         return RetryConfig.from_env()
-    breaker = RetryConfig.from_env().circuit_breaker  # DRAMATIQ_SHARED_BREAKER_*
-    return dataclasses.replace(DRAMATIQ_DEFAULTS, circuit_breaker=breaker)
+    # DRAMATIQ_SHARED_BREAKER_* and ..._RETRY_BUDGET_* add to Dramatiq's defaults.
+    found = RetryConfig.from_env()
+    return dataclasses.replace(
+        DRAMATIQ_DEFAULTS, circuit_breaker=found.circuit_breaker, budget=found.budget
+    )
 
 
 def _broker_from_env(redis_url: str | None) -> dramatiq.Broker:

@@ -13,6 +13,7 @@ from dramatiq_shared import (
     ConfigError,
     DatabaseConfig,
     PermanentError,
+    RetryBudgetConfig,
     RetryConfig,
     StatusConfig,
     TransientError,
@@ -39,6 +40,17 @@ BAD_VALUES: list[tuple[type[Any], str, Any, str]] = [
     (RetryConfig, "jitter", 1, "True, False or one of"),
     (RetryConfig, "circuit_breaker", 5, "a CircuitBreakerConfig, a mapping or None"),
     (RetryConfig, "circuit_breaker", {"failureThreshold": 0}, ".failure_threshold must be an"),
+    (RetryConfig, "budget", "10%", "a RetryBudgetConfig, a mapping or None"),
+    (RetryConfig, "budget", {"ratio": -0.1}, ".ratio must be a finite number >= 0"),
+    (RetryBudgetConfig, "ratio", -0.5, "a finite number >= 0"),
+    (RetryBudgetConfig, "ratio", float("nan"), "a finite number >= 0"),
+    (RetryBudgetConfig, "ratio", True, "a finite number >= 0"),
+    (RetryBudgetConfig, "minimum", "10", "a finite number >= 0"),
+    (RetryBudgetConfig, "minimum", float("inf"), "a finite number >= 0"),
+    (RetryBudgetConfig, "minimum", 0, "> 0 when refused retries are deferred"),
+    (RetryBudgetConfig, "window", 99, "an int >= 100 and <= 3600000"),
+    (RetryBudgetConfig, "window", 10.5, "an int >= 100 and <= 3600000"),
+    (RetryBudgetConfig, "when_refused", "drop", "'defer' or 'dead_letter'"),
     (CircuitBreakerConfig, "failure_threshold", 0, "an int >= 1"),
     (CircuitBreakerConfig, "reset_timeout", 0, "an int >= 1"),
     (CircuitBreakerConfig, "success_threshold", None, "an int >= 1"),
@@ -84,7 +96,8 @@ def test_a_bad_value_is_refused_naming_field_value_and_what_is_allowed(
 
 def test_every_field_of_every_config_is_covered_by_a_bad_value() -> None:
     covered = {(config, field) for config, field, *_ in BAD_VALUES}
-    for config in (RetryConfig, CircuitBreakerConfig, DatabaseConfig, StatusConfig):
+    configs = (RetryConfig, RetryBudgetConfig, CircuitBreakerConfig, DatabaseConfig, StatusConfig)
+    for config in configs:
         for field in dataclasses.fields(config):
             assert (config, field.name) in covered, f"{config.__name__}.{field.name}"
 
@@ -135,6 +148,10 @@ def test_defaults_are_those_of_the_design() -> None:
         timeout=10000,
         retry_attempts=3,
         batch_size=500,
+    )
+    assert RetryConfig().budget is None  # no budget: retries as before, at no cost
+    assert RetryBudgetConfig() == RetryBudgetConfig(
+        ratio=0.1, minimum=10, window=10_000, when_refused="defer"
     )
     assert StatusConfig() == StatusConfig(
         broadcast_interval=250,
@@ -234,6 +251,11 @@ def test_camel_case_mappings_of_the_typescript_system_load_like_snake_case() -> 
                 "half_open_calls": 3,
             },
         ),
+        (
+            RetryBudgetConfig,
+            {"ratio": 0.2, "minimum": 1.5, "window": 5000, "whenRefused": "dead_letter"},
+            {"ratio": 0.2, "minimum": 1.5, "window": 5000, "when_refused": "dead_letter"},
+        ),
     ],
 )
 def test_every_config_accepts_both_spellings(
@@ -249,6 +271,26 @@ def test_an_unknown_key_is_refused_with_the_allowed_keys_listed() -> None:
     assert "'maxAttempt'" in message
     for allowed in ("max_attempts", "base_delay", "max_delay", "retryable_errors", "jitter"):
         assert allowed in message
+
+
+def test_a_budget_loads_nested_in_a_retry_config_from_camel_case() -> None:
+    config = RetryConfig.from_mapping({"maxAttempts": 4, "budget": {"ratio": 0.5, "minimum": 2}})
+    assert config.budget == RetryBudgetConfig(ratio=0.5, minimum=2)
+    assert config.as_dict()["budget"] == {
+        "ratio": 0.5,
+        "minimum": 2.0,
+        "window": 10_000,
+        "when_refused": "defer",
+    }
+    with pytest.raises(ConfigError, match="RetryBudgetConfig has no setting 'rate'"):
+        RetryConfig.from_mapping({"budget": {"rate": 0.5}})
+
+
+def test_the_budget_allows_ratio_times_successes_plus_minimum_times_seconds() -> None:
+    budget = RetryBudgetConfig(ratio=0.1, minimum=10, window=10_000)
+    assert budget.allowance(0) == 100
+    assert budget.allowance(2_000) == 300
+    assert budget.bucket == 1_000
 
 
 def test_an_unknown_key_of_a_nested_breaker_is_refused() -> None:
@@ -273,6 +315,10 @@ def test_from_env_reads_documented_variables() -> None:
         "DRAMATIQ_SHARED_RETRY_RETRYABLE_ERRORS": "TimeoutError, OSError",
         "DRAMATIQ_SHARED_RETRY_JITTER": "full",
         "DRAMATIQ_SHARED_BREAKER_FAILURE_THRESHOLD": "2",
+        "DRAMATIQ_SHARED_RETRY_BUDGET_RATIO": "0.25",
+        "DRAMATIQ_SHARED_RETRY_BUDGET_MINIMUM": "2.5",
+        "DRAMATIQ_SHARED_RETRY_BUDGET_WINDOW": "20000",
+        "DRAMATIQ_SHARED_RETRY_BUDGET_WHEN_REFUSED": "dead_letter",
         "DRAMATIQ_SHARED_STATUS_BROADCAST_INTERVAL": "0",
         "DATABASE_URL": "postgresql://u:pw@db:5432/app",
         "DRAMATIQ_SHARED_DB_BATCH_SIZE": "1000",
@@ -283,6 +329,9 @@ def test_from_env_reads_documented_variables() -> None:
         retryable_errors=["TimeoutError", "OSError"],
         jitter="full",
         circuit_breaker=CircuitBreakerConfig(failure_threshold=2),
+        budget=RetryBudgetConfig(
+            ratio=0.25, minimum=2.5, window=20_000, when_refused="dead_letter"
+        ),
     )
     assert StatusConfig.from_env(environ) == StatusConfig(broadcast_interval=0)
     database = DatabaseConfig.from_env(environ)
@@ -316,6 +365,14 @@ def test_from_env_with_nothing_set_gives_defaults() -> None:
         (
             {"DRAMATIQ_SHARED_RETRY_MAX_ATTEMPTS": "0"},
             "DRAMATIQ_SHARED_RETRY_MAX_ATTEMPTS: max_attempts must be an int >= 1, got 0",
+        ),
+        (
+            {"DRAMATIQ_SHARED_RETRY_BUDGET_RATIO": "ten percent"},
+            "DRAMATIQ_SHARED_RETRY_BUDGET_RATIO must be a number, got 'ten percent'",
+        ),
+        (
+            {"DRAMATIQ_SHARED_RETRY_BUDGET_WHEN_REFUSED": "drop"},
+            "DRAMATIQ_SHARED_RETRY_BUDGET_WHEN_REFUSED: when_refused must be 'defer' or",
         ),
         (
             {"DATABASE_URL": "redis://x"},
@@ -415,4 +472,5 @@ def test_as_dict_is_json_ready() -> None:
             "slow_call_rate_threshold": None,
             "half_open_calls": 1,
         },
+        "budget": None,
     }

@@ -43,6 +43,7 @@ def every_key(keys: Keys, name: str) -> dict[str, str]:
         "breaker trials": keys.breaker_trials(name),
         "breaker count window": keys.breaker_window(name, "count"),
         "breaker time window": keys.breaker_window(name, "time"),
+        "retry budget": keys.retry_budget(name),
     }
 
 

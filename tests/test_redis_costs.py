@@ -49,10 +49,12 @@ def added(
     import_ids: bool,
     max_deaths: int | None = None,
     breaker: dict[str, Any] | None = None,
+    retry: dict[str, Any] | None = None,
 ) -> float:
     """Commands the suite sent to its Redis per message, over MESSAGES no-op messages;
     DeathLimit's notes, a command a message, only with ``max_deaths``; ``breaker`` sets
-    the actor's breaker."""
+    the actor's breaker; ``retry`` the retry config (a mapping), Dramatiq's defaults
+    when None."""
     broker_server, suite_server = servers
     broker = RedisBroker(url=broker_server.url)
     setup_broker(
@@ -62,6 +64,7 @@ def added(
         status={"linger": 2_000},
         max_deaths=max_deaths,
         breakers={"svc": breaker or {}},
+        retry=retry,
     )
     done = threading.Semaphore(0)
 
@@ -114,6 +117,15 @@ def test_a_closed_breaker_counting_rates_adds_no_command_a_message(
     # Its successes go to the window in batches of 200, or once a second.
     rates = {"failureRateThreshold": 50, "slowCallDurationThreshold": 1_000, "minimumCalls": 20}
     assert added(servers, tmp_path, import_ids=False, breaker=rates) <= 0.05
+
+
+def test_a_retry_budget_adds_at_most_a_twentieth_of_a_command_a_healthy_message(
+    servers: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    # Each success is counted in the process and sent with a hundred others (or once a
+    # second): an EVALSHA and its HINCRBY, plus a PEXPIRE and an HDEL once a bucket.
+    budget = {"budget": {"ratio": 0.1, "minimum": 10, "window": 10_000}}
+    assert added(servers, tmp_path, import_ids=False, retry=budget) <= 0.05
 
 
 def test_lifecycle_events_with_import_ids_add_at_most_two_commands_a_message(

@@ -41,6 +41,7 @@ import pybreaker
 import redis
 from loguru import logger
 
+from .._checks import check_name
 from ..config import CircuitBreakerConfig
 from ..errors import ConfigError
 from ..keys import DEFAULT_NAMESPACE, Keys
@@ -195,10 +196,4 @@ def _config_of(name: str, config: CircuitBreakerConfig | Mapping[str, Any]) -> C
 
 def check_breaker_name(name: Any) -> str:
     """Return ``name`` if it can name a breaker: 1 to 100 printable characters, no spaces."""
-    if not (
-        isinstance(name, str) and 0 < len(name) <= 100 and name.isprintable() and " " not in name
-    ):
-        raise ConfigError.invalid(
-            "breaker", name, "a name of 1 to 100 printable characters, no spaces"
-        )
-    return name
+    return check_name("breaker", name)

@@ -44,9 +44,9 @@ import weakref
 
 import redis
 
-from .._redis import text
+from .._redis import RETRY_AFTER, text
 from ..keys import Keys
-from .redis_state import RETRY_AFTER, RedisState
+from .redis_state import RedisState
 from .state import Reply, Snapshot
 from .window import outcome
 

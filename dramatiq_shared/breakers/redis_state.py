@@ -27,16 +27,12 @@ a lost server does not cost each call a connect timeout (and the client's retrie
 
 from __future__ import annotations
 
-import threading
-import time
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import redis
-from loguru import logger
 
-from .._redis import text
+from .._redis import outage_of, text
 from ..config import CircuitBreakerConfig
 from ..keys import Keys
 from .state import Counts, Reply, Snapshot, StateUnavailableError
@@ -44,8 +40,6 @@ from .window import outcome
 
 __all__ = ["RedisState"]
 
-#: Seconds an unreachable Redis is left alone before it is asked again.
-RETRY_AFTER = 1.0
 #: Entries the events stream keeps, roughly.
 STREAM_LENGTH = 10_000
 
@@ -313,73 +307,6 @@ return {target, wait, moved}
 """
 
 
-class _Outage:
-    """Whether one client's Redis is reachable, with the outage logged once."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self._where = _address(client)
-        self._lock = threading.Lock()
-        self._down = False
-        self._retry_at = 0.0
-
-    def skip(self) -> bool:
-        """Whether to answer without asking Redis: it is down, and was asked lately.
-
-        The caller told False while Redis is down probes it for everyone: the others
-        skip until the next interval, so an outage blocks one caller at a time on the
-        client's timeouts, not all of them.
-        """
-        if not self._down:
-            return False
-        with self._lock:
-            now = time.monotonic()
-            if now < self._retry_at:
-                return True
-            self._retry_at = now + RETRY_AFTER
-            return False
-
-    def failed(self, error: redis.RedisError) -> None:
-        with self._lock:
-            self._retry_at = time.monotonic() + RETRY_AFTER
-            if self._down:
-                return
-            self._down = True
-        logger.warning(
-            "Circuit breakers cannot reach Redis at {} ({}: {}); they follow their fallback"
-            " until it answers",
-            self._where,
-            type(error).__name__,
-            error,
-        )
-
-    def answered(self) -> None:
-        if not self._down:
-            return
-        with self._lock:
-            was_down, self._down = self._down, False
-        if was_down:
-            logger.info("Circuit breakers reach Redis at {} again", self._where)
-
-
-_outages: weakref.WeakKeyDictionary[redis.Redis, _Outage] = weakref.WeakKeyDictionary()
-_outages_lock = threading.Lock()
-
-
-def _outage_of(client: redis.Redis) -> _Outage:
-    with _outages_lock:
-        outage = _outages.get(client)
-        if outage is None:
-            outage = _outages[client] = _Outage(client)
-        return outage
-
-
-def _address(client: redis.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
-    if "path" in kwargs:
-        return str(kwargs["path"])
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
-
-
 class RedisState:
     """One breaker's state in Redis (see the module's docstring).
 
@@ -422,7 +349,7 @@ class RedisState:
             _threshold(config.slow_call_rate_threshold),
             STREAM_LENGTH,
         ]
-        self._outage = _outage_of(client)
+        self._outage = outage_of(client, "Circuit breakers", "they follow their fallback")
         # register_script only hashes the source: no round trip until a script runs.
         self._scripts = {
             op: client.register_script(_PRELUDE + _WINDOW + body)

@@ -12,8 +12,8 @@ Three ways to build one:
   so its JSON configs carry over;
 * :meth:`from_env`, which reads the environment variables listed on each class.
 
-Each config lives in its own module (:mod:`.retry`, :mod:`.breaker`, :mod:`.database`,
-:mod:`.status`); import them from here.
+Each config lives in its own module (:mod:`.retry`, :mod:`.breaker`, :mod:`.budget`,
+:mod:`.database`, :mod:`.status`); import them from here.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ._base import MAX_DELAY as MAX_DELAY
 from ._base import _snake_case as _snake_case
 from ._error_specs import ErrorSpec, error_matches, resolve_error_specs
 from .breaker import CircuitBreakerConfig
+from .budget import WHEN_REFUSED, RetryBudgetConfig
 from .database import DatabaseConfig, redact_url
 from .retry import DRAMATIQ_DEFAULTS, JITTER_MODES, RetryConfig
 from .status import StatusConfig
@@ -34,9 +35,11 @@ from .status import StatusConfig
 __all__ = [
     "DRAMATIQ_DEFAULTS",
     "JITTER_MODES",
+    "WHEN_REFUSED",
     "CircuitBreakerConfig",
     "DatabaseConfig",
     "ErrorSpec",
+    "RetryBudgetConfig",
     "RetryConfig",
     "StatusConfig",
     "error_matches",

@@ -15,6 +15,7 @@ from ..errors import ConfigError, PermanentError, TransientError
 from ._base import ENV_PREFIX, MAX_DELAY, _Config, _env_fields, _parse_int, _parse_names
 from ._error_specs import ErrorSpec, error_matches, resolve_error_specs
 from .breaker import CircuitBreakerConfig
+from .budget import RetryBudgetConfig
 
 #: How retry delays are spread; ``True`` means ``"decorrelated"``, ``False`` ``"none"``.
 JITTER_MODES = ("decorrelated", "full", "equal", "none", "dramatiq")
@@ -36,7 +37,8 @@ class RetryConfig(_Config):
     Environment: ``DRAMATIQ_SHARED_RETRY_MAX_ATTEMPTS`` (an int or ``none``),
     ``..._BASE_DELAY``, ``..._MAX_DELAY``, ``..._RETRYABLE_ERRORS`` (comma-separated
     names), ``..._JITTER`` (a mode or true/false); a ``circuit_breaker`` is built from the
-    ``DRAMATIQ_SHARED_BREAKER_*`` variables when any of them is set.
+    ``DRAMATIQ_SHARED_BREAKER_*`` variables when any of them is set, a ``budget`` from the
+    ``DRAMATIQ_SHARED_RETRY_BUDGET_*`` ones likewise.
 
     Parameters:
       max_attempts: Executions in all, the first included; None retries for ever
@@ -51,6 +53,8 @@ class RetryConfig(_Config):
         ``Retries`` does. Default True.
       circuit_breaker: Default breaker settings, a :class:`CircuitBreakerConfig` or a
         mapping for :meth:`CircuitBreakerConfig.from_mapping`. Default None.
+      budget: A fleet-wide retry budget, a :class:`RetryBudgetConfig` or a mapping for
+        :meth:`RetryBudgetConfig.from_mapping`; None retries without one. Default None.
     """
 
     max_attempts: int | None = 3
@@ -59,6 +63,7 @@ class RetryConfig(_Config):
     retryable_errors: Sequence[ErrorSpec] | None = None
     jitter: bool | str = True
     circuit_breaker: CircuitBreakerConfig | None = None
+    budget: RetryBudgetConfig | None = None
 
     _env = _env_fields(
         "RETRY_",
@@ -84,24 +89,20 @@ class RetryConfig(_Config):
             specs = resolve_error_specs("retryable_errors", self.retryable_errors)
             object.__setattr__(self, "retryable_errors", specs)
         object.__setattr__(self, "jitter", _jitter_mode(self.jitter))
-        breaker: Any = self.circuit_breaker  # a mapping is accepted, then converted
-        if isinstance(breaker, Mapping):
-            try:
-                breaker = CircuitBreakerConfig.from_mapping(breaker)
-            except ConfigError as error:
-                # Name the nested field by its path, as the user wrote the mapping.
-                raise ConfigError(f"circuit_breaker.{error}", field="circuit_breaker") from None
-            object.__setattr__(self, "circuit_breaker", breaker)
-        elif breaker is not None and not isinstance(breaker, CircuitBreakerConfig):
-            raise ConfigError.invalid(
-                "circuit_breaker", breaker, "a CircuitBreakerConfig, a mapping or None"
-            )
+        for name, kind in (
+            ("circuit_breaker", CircuitBreakerConfig),
+            ("budget", RetryBudgetConfig),
+        ):
+            object.__setattr__(self, name, _nested(name, kind, getattr(self, name)))
 
     @classmethod
     def _env_extra(cls, environ: Mapping[str, str]) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
         if any(key.startswith(f"{ENV_PREFIX}BREAKER_") for key in environ):
-            return {"circuit_breaker": CircuitBreakerConfig.from_env(environ)}
-        return {}
+            extra["circuit_breaker"] = CircuitBreakerConfig.from_env(environ)
+        if any(key.startswith(f"{ENV_PREFIX}RETRY_BUDGET_") for key in environ):
+            extra["budget"] = RetryBudgetConfig.from_env(environ)
+        return extra
 
     def is_retryable(self, error: BaseException) -> bool:
         """Tell whether a failure with ``error`` may be retried under this config.
@@ -119,6 +120,19 @@ class RetryConfig(_Config):
         if self.retryable_errors is None:
             return isinstance(error, (Exception, TimeLimitExceeded))
         return error_matches(error, self.retryable_errors)
+
+
+def _nested(name: str, kind: type[_Config], value: Any) -> Any:
+    """``value`` as a ``kind`` config: a mapping converted, None kept, anything else refused."""
+    if value is None or isinstance(value, kind):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return kind.from_mapping(value)
+        except ConfigError as error:
+            # Name the nested field by its path, as the user wrote the mapping.
+            raise ConfigError(f"{name}.{error}", field=name) from None
+    raise ConfigError.invalid(name, value, f"a {kind.__name__}, a mapping or None")
 
 
 def _jitter_mode(value: Any) -> str:

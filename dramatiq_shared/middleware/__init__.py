@@ -7,6 +7,15 @@ from .death_limit import DeathLimit
 from .error_handling import ErrorHandling
 from .heartbeat import Heartbeat
 from .retry import Retry
+from .retry_budget import RetryBudget
 from .status import StatusBroadcast
 
-__all__ = ["CircuitBreaker", "DeathLimit", "ErrorHandling", "Heartbeat", "Retry", "StatusBroadcast"]
+__all__ = [
+    "CircuitBreaker",
+    "DeathLimit",
+    "ErrorHandling",
+    "Heartbeat",
+    "Retry",
+    "RetryBudget",
+    "StatusBroadcast",
+]

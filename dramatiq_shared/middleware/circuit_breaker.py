@@ -26,7 +26,6 @@ Actors may use the same breakers around single calls, sharing their state:
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +36,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 
 from .._checks import check_int
+from .._redis import state_client
 from ..breakers import Breakers, check_breaker_name
 from ..config import CircuitBreakerConfig
 from ..errors import CircuitOpenError, ConfigError
@@ -85,16 +85,8 @@ class CircuitBreaker(Middleware):
         broker_outage: int = BROKER_OUTAGE,
         local: bool = False,
     ) -> None:
-        if redis_client is None and not local:
-            url = redis_url or os.environ.get("REDIS_URL")
-            if not url:
-                raise ConfigError(
-                    "CircuitBreaker keeps its state in Redis: pass redis_client or redis_url,"
-                    " or set REDIS_URL (or local=True for one process without Redis)",
-                    field="redis_url",
-                )
-            # Short timeouts: an unreachable Redis must not stall every message.
-            redis_client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0)
+        if not local:
+            redis_client = state_client("CircuitBreaker", redis_client, redis_url)
         self.breakers = Breakers(
             redis_client, configs=breakers, default=default, namespace=namespace, fallback=fallback
         )

@@ -495,6 +495,8 @@ def _restore_globals(broker: dramatiq.Broker | None, broadcaster: Any) -> None:
 def _close_stack(stack: Stack) -> None:
     stack.broadcaster.close()
     stack.breakers.breakers.close()
+    if stack.retry_budget is not None:
+        stack.retry_budget.budgets.close()
     stack.broker.close()
     stack.database.close()
     if stack.redis is not None:

@@ -122,3 +122,18 @@ def test_hook_cost(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "import: hooks CPU a message, median: A " in out
     assert "the suite adds" in out
+
+
+def test_retry_budget(
+    bench_redis: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_benchmark(
+        "retry_budget.py",
+        *("--messages", "150", "--rate", "100", "--outage", "0.5", "--drain", "1"),
+        monkeypatch=monkeypatch,
+    )
+    out = capsys.readouterr().out
+    for label in ("A no budget", "B budget"):
+        assert f"{label} " in out
+    assert "B/A retries in the outage:" in out
+    assert "B retries within the bound:" in out
