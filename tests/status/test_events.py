@@ -161,5 +161,5 @@ def test_an_event_with_another_status_equals_one_built_in_full_and_checks_what_c
     assert started.status is NoteStatus.PROCESSING  # the first is left as it was
     with pytest.raises(ValidationError, match="metadata must be JSON-serialisable"):
         started.with_status(NoteStatus.FAILED, "x", {"error": object()})
-    with pytest.raises(ValidationError, match="^message must be a string"):
+    with pytest.raises(ValidationError, match=r"^message must be a string"):
         started.with_status(NoteStatus.FAILED, "x" * 2_001)
