@@ -32,6 +32,13 @@ def _parse_int(text: str) -> int:
         raise ValueError("an integer") from None
 
 
+def _parse_number(text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError("a number") from None
+
+
 def _parse_names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from .._checks import check_int
 from ..errors import ConfigError
-from ._base import MAX_DELAY, _Config, _env_fields, _parse_int, _parse_names
+from ._base import MAX_DELAY, _Config, _env_fields, _parse_int, _parse_names, _parse_number
 from ._error_specs import ErrorSpec, error_matches, resolve_error_specs
 
 #: The kinds of sliding window, and resilience4j's names for them.
@@ -17,13 +17,6 @@ WINDOWS = {"count": "count", "time": "time", "count_based": "count", "time_based
 MAX_WINDOW_CALLS = 10_000
 #: A time window is kept in this many buckets, so it spans 90-100% of its size.
 TIME_BUCKETS = 10
-
-
-def _parse_float(text: str) -> float:
-    try:
-        return float(text.strip())
-    except ValueError:
-        raise ValueError("a number") from None
 
 
 def _check_rate(name: str, value: Any) -> float | None:
@@ -114,10 +107,10 @@ class CircuitBreakerConfig(_Config):
             "max_reset_timeout": _parse_int,
             "window": str,
             "window_size": _parse_int,
-            "failure_rate_threshold": _parse_float,
+            "failure_rate_threshold": _parse_number,
             "minimum_calls": _parse_int,
             "slow_call_duration": _parse_int,
-            "slow_call_rate_threshold": _parse_float,
+            "slow_call_rate_threshold": _parse_number,
             "half_open_calls": _parse_int,
         },
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 from .._checks import check_int
 from ..errors import ConfigError
-from ._base import _Config, _env_fields, _parse_int
+from ._base import _Config, _env_fields, _parse_int, _parse_number
 
 #: What becomes of a retry the budget refuses.
 WHEN_REFUSED = ("defer", "dead_letter")
@@ -16,13 +16,6 @@ WHEN_REFUSED = ("defer", "dead_letter")
 MAX_WINDOW = 3_600_000
 #: Time buckets a window is counted in.
 BUCKETS = 10
-
-
-def _parse_number(text: str) -> float:
-    try:
-        return float(text.strip())
-    except ValueError:
-        raise ValueError("a number") from None
 
 
 def _check_number(name: str, value: Any) -> float:

@@ -40,8 +40,8 @@ from .._redis import state_client
 from ..breakers import Breakers, check_breaker_name
 from ..config import CircuitBreakerConfig
 from ..errors import CircuitOpenError, ConfigError
-from .delivery import Action, BreakerCall, delivery
-from .messages import BROKER_OUTAGE, qualified_name, requeue
+from .delivery import BreakerCall, defer, delivery
+from .messages import BROKER_OUTAGE
 
 __all__ = ["CircuitBreaker"]
 
@@ -156,18 +156,12 @@ class CircuitBreaker(Middleware):
         self, broker: dramatiq.Broker, message: MessageProxy, error: CircuitOpenError
     ) -> None:
         delay = self.deferral_delay(error.remaining)
-        options = message.options
-        options["breaker_deferrals"] = options.get("breaker_deferrals", 0) + 1
-        enqueued = requeue(
-            broker, message, delay, attempts=self.enqueue_attempts, outage=self.broker_outage
-        )
-        if enqueued:
-            # Dramatiq's Results stores None for a skipped message, as if it had run:
-            # its copy will run, and store the result, so this delivery stores none.
-            options["store_results"] = False
-        delivery(message).decide(
-            Action.DEFERRED if enqueued else Action.ENQUEUE_FAILED,
-            delay=delay,
-            reason=str(error),
-            error_type=qualified_name(CircuitOpenError),
+        defer(
+            broker,
+            message,
+            delay,
+            error,
+            counter="breaker_deferrals",
+            attempts=self.enqueue_attempts,
+            outage=self.broker_outage,
         )

@@ -10,7 +10,8 @@ delivery of the same message id. Who writes what:
 field                  written by                   read by
 =====================  ===========================  ===============================
 ``attempt``            whoever asks first           all
-``decision``           Retry, CircuitBreaker        StatusBroadcast, ErrorHandling
+``decision``           Retry, CircuitBreaker,       StatusBroadcast, ErrorHandling
+                       RetryBudget (``defer``)
 ``breaker``            CircuitBreaker               Retry (the verdict after a
                                                     failure)
 ``log_scope``,         ErrorHandling                ErrorHandling
@@ -44,7 +45,7 @@ from dramatiq.middleware import SkipMessage
 
 from ..errors import CircuitOpenError, Defer
 from ..logging import carried_all
-from .messages import proxied, record_failure
+from .messages import BROKER_OUTAGE, proxied, qualified_name, record_failure, requeue
 
 if TYPE_CHECKING:
     from ..status.events import StatusEvent
@@ -54,6 +55,7 @@ __all__ = [
     "BreakerCall",
     "Decision",
     "Delivery",
+    "defer",
     "delivery",
     "is_deferral",
     "refusal",
@@ -228,6 +230,36 @@ def delivery(message: MessageProxy) -> Delivery:
     if found is None:
         found = message.__dict__[_ATTRIBUTE] = Delivery(proxied(message))
     return found
+
+
+def defer(
+    broker: dramatiq.Broker,
+    message: MessageProxy,
+    delay: int,
+    error: BaseException,
+    *,
+    counter: str,
+    attempts: int = 3,
+    outage: int = BROKER_OUTAGE,
+) -> None:
+    """Hold ``message`` back for ``delay`` ms without using an attempt, for ``error``
+    (an open breaker, a spent retry budget): enqueue its copy, count the deferral in
+    ``options[counter]``, and decide DEFERRED, or ENQUEUE_FAILED (the message failed,
+    so dead-lettered) when the copy could not be enqueued (see
+    :func:`~dramatiq_shared.middleware.messages.requeue`)."""
+    options = message.options
+    options[counter] = options.get(counter, 0) + 1
+    enqueued = requeue(broker, message, delay, attempts=attempts, outage=outage)
+    if enqueued:
+        # Dramatiq's Results stores None for a skipped message, as if it had run: its
+        # copy will run, and store the result, so this delivery stores none.
+        options["store_results"] = False
+    delivery(message).decide(
+        Action.DEFERRED if enqueued else Action.ENQUEUE_FAILED,
+        delay=delay,
+        reason=str(error),
+        error_type=qualified_name(type(error)),
+    )
 
 
 def seen(message: MessageProxy) -> bool:

@@ -50,8 +50,8 @@ from ..config import RetryBudgetConfig
 from ..errors import ConfigError, RetryBudgetExhaustedError
 from ..keys import DEFAULT_NAMESPACE
 from ..metrics import RETRY_BUDGET_REFUSED
-from .delivery import Action, delivery
-from .messages import BROKER_OUTAGE, proxied, qualified_name, requeue
+from .delivery import Action, defer, delivery
+from .messages import BROKER_OUTAGE, proxied, qualified_name
 
 __all__ = ["RetryBudget"]
 
@@ -189,18 +189,12 @@ class RetryBudget(Middleware):
         reply: BudgetReply,
     ) -> None:
         delay = reply.wait + random.randint(0, self.jitter)
-        options = message.options
-        options["retry_budget_deferrals"] = options.get("retry_budget_deferrals", 0) + 1
-        enqueued = requeue(
-            broker, message, delay, attempts=self.enqueue_attempts, outage=self.broker_outage
-        )
-        if enqueued:
-            # Dramatiq's Results stores None for a skipped message, as if it had run:
-            # its copy will run, and store the result, so this delivery stores none.
-            options["store_results"] = False
-        delivery(message).decide(
-            Action.DEFERRED if enqueued else Action.ENQUEUE_FAILED,
-            delay=delay,
-            reason=str(error),
-            error_type=_ERROR_TYPE,
+        defer(
+            broker,
+            message,
+            delay,
+            error,
+            counter="retry_budget_deferrals",
+            attempts=self.enqueue_attempts,
+            outage=self.broker_outage,
         )
