@@ -196,7 +196,7 @@ def test_health_lists_breakers_and_status_reads_any_import_id(
 ) -> None:
     keys = Keys(DEFAULT_NAMESPACE)
     redis_client.hset(keys.breaker("usda-api"), mapping={"state": "open"})
-    redis_client.set(keys.breaker_trial("usda-api"), "lease")  # a lease, not a breaker
+    redis_client.zadd(keys.breaker_trials("usda-api"), {"lease": 1})  # a lease, not a breaker
     redis_client.hset(keys.breaker("db"), mapping={"failures": 1})
     main(["health", "--redis-url", redis_url, "--database", "postgresql://u@127.0.0.1:1/x"])
     breakers = [line for line in capsys.readouterr().out.splitlines() if "breaker" in line]

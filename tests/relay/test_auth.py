@@ -235,7 +235,7 @@ def test_health_reports_redis_and_breaker_states(
 ) -> None:
     keys = Keys()
     redis_client.hset(keys.breaker("usda-api"), mapping={"state": "open"})
-    redis_client.set(keys.breaker_trial("usda-api"), "lease", px=5_000)  # not a breaker
+    redis_client.zadd(keys.breaker_trials("usda-api"), {"lease": 1})  # not a breaker
     redis_client.set(keys.worker("host", 42), '{"host": "host", "pid": 42}', px=5_000)
 
     async def scenario() -> tuple[int, dict[str, Any]]:
