@@ -8,6 +8,9 @@ Routes:
 ``GET /imports/{id}/events``        an import's events after ``?after=`` (at most
                                     ``?limit=``, 1000), with a token for it as
                                     ``Authorization: Bearer`` or ``?token=``
+``GET /imports/{id}/snapshot``      an import's state as of its newest event (see
+                                    :mod:`.snapshot`): subscribe from its
+                                    ``last_event_id``; a token for it, as above
 ``GET /imports``                    the recent imports and their progress (admin token)
 ``GET /health``                     Redis, database, breaker states and live workers;
                                     503 when Redis or the database is down
@@ -35,6 +38,7 @@ from ..keys import DEFAULT_NAMESPACE, Keys
 from ..metrics import RELAY_REFUSALS, render
 from .auth import ADMIN, verify
 from .connections import Connection, Hub
+from .snapshot import Snapshots
 from .sources import EventSource
 
 __all__ = ["HUB", "SECRET", "create_app"]
@@ -105,6 +109,7 @@ def create_app(
     app.router.add_get("/ws", relay.websocket)
     app.router.add_get("/imports", relay.imports)
     app.router.add_get("/imports/{import_id}/events", relay.events)
+    app.router.add_get("/imports/{import_id}/snapshot", relay.snapshot)
     app.router.add_get("/health", relay.health)
     app.router.add_get("/metrics", relay.metrics)
     return app
@@ -130,6 +135,7 @@ class _Relay:
         self.breaker_client = breaker_client
         self.keys = Keys(namespace)
         self.hub = Hub()
+        self.snapshots = Snapshots(source)
 
     async def feed(self, app: web.Application) -> AsyncIterator[None]:
         # The position is taken before the relay answers, so a client that connects
@@ -190,8 +196,13 @@ class _Relay:
         if after < 0 or limit < 1:
             raise web.HTTPBadRequest(text="after must be >= 0 and limit >= 1")
         found = await self.source.history(import_id, after, limit)
-        body = "[" + ",".join(json.dumps(json.loads(e.frame)["event"]) for e in found) + "]"
+        body = "[" + ",".join(json.dumps(e.data()) for e in found) + "]"
         return web.Response(text=body, content_type="application/json")
+
+    async def snapshot(self, request: web.Request) -> web.Response:
+        import_id = request.match_info["import_id"]
+        _authorize(request, self.secret, import_id)
+        return web.json_response(await self.snapshots.get(import_id))
 
     async def imports(self, request: web.Request) -> web.Response:
         _authorize(request, self.secret, ADMIN)
