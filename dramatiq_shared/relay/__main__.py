@@ -2,7 +2,10 @@
 
 It reads Redis from ``--redis-url`` (default ``REDIS_URL``), the event history from
 ``--database`` (default ``DRAMATIQ_SHARED_DB_URL`` or ``DATABASE_URL``; without one, only
-what the streams keep is replayed) and the token secret from ``DRAMATIQ_SHARED_SECRET``.
+what the streams keep is replayed, and breakers cannot be forced: the audit table is
+there) and the token secret from ``DRAMATIQ_SHARED_SECRET``. A breaker forced open
+stays open for the ``reset_timeout`` of the breaker settings in the environment
+(``CircuitBreakerConfig.from_env()``), as the workers read them.
 SIGINT or SIGTERM closes every websocket with 1001 (going away) before it exits.
 """
 
@@ -13,13 +16,16 @@ import os
 import sys
 from collections.abc import Sequence
 
+import redis
 import redis.asyncio as aioredis
 from aiohttp import web
 
 from .. import servers
-from ..config import DatabaseConfig
+from ..breakers import Breakers
+from ..config import CircuitBreakerConfig, DatabaseConfig
 from ..errors import ConfigError, DramatiqSharedError
 from ..logging import configure_logging
+from ..stores.audit import AuditLog
 from ..stores.connection import open_database
 from ..stores.status_history import StatusHistory
 from .app import SECRET, create_app
@@ -44,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ORIGIN",
         help="another origin whose pages may connect (repeatable)",
     )
+    parser.add_argument(
+        "--broker-namespace",
+        default="dramatiq",
+        metavar="NS",
+        help="the RedisBroker's namespace, for queue depths (dramatiq); 'none' on RabbitMQ",
+    )
     parser.add_argument("--log-level", default="INFO", help="lowest level logged (INFO)")
     parser.add_argument("--json-logs", action="store_true", help="log one JSON object a line")
     parser.add_argument(
@@ -67,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     if database_setting is not None:
         url_given = args.database or config.url
         database = servers.database_config(url_given, setting=database_setting, base=config)
-    history = StatusHistory(open_database(database)) if database is not None else None
+    opened = open_database(database) if database is not None else None
+    history = StatusHistory(opened) if opened is not None else None
+    audit = AuditLog(opened) if opened is not None else None
     # Blocking: a burst of clients catching up waits for a connection instead of failing.
     client = aioredis.Redis(
         connection_pool=aioredis.BlockingConnectionPool.from_url(
@@ -80,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         demo=args.demo,
         allowed_origins=args.origin,
         breaker_client=client,
+        breakers=Breakers(redis.Redis.from_url(url), default=CircuitBreakerConfig.from_env()),
+        audit=audit,
+        broker_namespace=None if args.broker_namespace == "none" else args.broker_namespace,
     )
     # Once its settings are good, the servers must answer: else one line, not a relay
     # that starts and fails every client.

@@ -9,14 +9,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import redis
+import redis.asyncio as aioredis
 from aiohttp import web
+from dramatiq.brokers.stub import StubBroker
 
-from dramatiq_shared import MemoryTransport, NoteStatus, RedisTransport, StatusEvent
-from dramatiq_shared.relay import MemorySource, create_app
+from dramatiq_shared import DatabaseConfig, MemoryTransport, NoteStatus, RedisTransport, StatusEvent
+from dramatiq_shared.breakers import Breakers
+from dramatiq_shared.db import create_tables, init_database
+from dramatiq_shared.middleware import CircuitBreaker
+from dramatiq_shared.relay import MemorySource, RedisSource, create_app
 from dramatiq_shared.relay.auth import sign
+from dramatiq_shared.stores import AuditLog
 
-from ..conftest import service_missing
+from ..conftest import service_missing, wait_until
+from ..middleware.conftest import install
 from .conftest import SECRET, RelayProcess, RunningRelay, an_import, publish_all
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -225,3 +233,94 @@ def test_a_late_joiner_sees_the_final_state_of_a_12000_line_import_within_a_seco
     assert last_id == len(events) + 2
     assert n3 is None or n3 == "COMPLETED"
     assert 2 <= len(sockets) <= 6  # reconnected with backoff, no 1006 loop
+
+
+def guarded_actor(
+    redis_url: str,
+) -> tuple[StubBroker, Any, threading.Event, list[dict[str, Any]]]:
+    """A StubBroker whose actor is guarded by the breaker ``usda-api``: the broker, the
+    actor, an event set when it runs, and the delay and options of each enqueue."""
+    broker = StubBroker()
+    broker.add_middleware(CircuitBreaker(redis_url=redis_url, breakers={"usda-api": {}}))
+    install(broker)
+    ran = threading.Event()
+    deferrals: list[dict[str, Any]] = []
+
+    class Enqueued(dramatiq.Middleware):
+        """The delay and options of every message enqueued."""
+
+        def before_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
+            deferrals.append({"delay": delay, **message.options})
+
+    broker.add_middleware(Enqueued())
+
+    @dramatiq.actor(broker=broker, breaker="usda-api")
+    def call_usda() -> None:
+        ran.set()
+
+    return broker, call_usda, ran, deferrals
+
+
+def test_a_breaker_forced_open_from_the_page_defers_the_workers_messages_and_is_audited(
+    redis_client: redis.Redis,
+    redis_url: str,
+    sqlite_url: str,
+    tmp_path: Path,
+) -> None:
+    sync_playwright = playwright_or_missing()
+    database = init_database(DatabaseConfig(url=sqlite_url))
+    create_tables(database)
+    audit = AuditLog(database)
+    relay_breakers = Breakers(redis_client)
+    relay_breakers["usda-api"].close()  # a breaker the workers know, closed
+    broker, call_usda, ran, deferrals = guarded_actor(redis_url)
+
+    def make() -> web.Application:
+        client = aioredis.from_url(redis_url)
+        return create_app(
+            RedisSource(client),
+            secret=SECRET,
+            breaker_client=client,
+            breakers=relay_breakers,
+            audit=audit,
+        )
+
+    admin = sign("*", SECRET, subject="ops-alice")
+    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=1)
+    with RunningRelay(make) as relay, sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"{relay.url}/?view=breakers&token={admin}")
+            row = page.locator('#breakers tr[data-breaker="usda-api"]')
+            row.wait_for()
+            assert row.get_attribute("data-state") == "closed"
+            row.locator('button[data-action="open"]').click()
+            page.locator('#breakers tr[data-breaker="usda-api"][data-state="open"]').wait_for()
+            page.screenshot(path=str(tmp_path / "breakers.png"), full_page=True)
+            worker.start()
+            call_usda.send()
+            deferred = wait_until(lambda: len(deferrals) > 1, time.monotonic() + 10)
+            time.sleep(0.3)  # it would have run by now
+            page.goto(f"{relay.url}/?view=audit&token={admin}")
+            entry = page.locator('#audit tr[data-action="breaker.open"][data-target="usda-api"]')
+            entry.wait_for()
+            entry_text = entry.inner_text()
+            page.screenshot(path=str(tmp_path / "audit.png"), full_page=True)
+            page.goto(f"{relay.url}/?view=workers&token={admin}")
+            page.locator("#queues").wait_for()
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.screenshot(path=str(tmp_path / "workers-phone.png"), full_page=True)
+        finally:
+            worker.stop()
+            browser.close()
+            relay_breakers.close()
+    print(f"screenshots: {tmp_path}/breakers.png, audit.png, workers-phone.png")
+    assert deferred  # the open breaker sent the message back, to run once it closes...
+    assert deferrals[1]["breaker_deferrals"] == 1
+    assert deferrals[1]["delay"] > 50_000  # the breaker's 60 s, less what has passed
+    assert not ran.is_set()  # ...without running it
+    assert "ops-alice" in entry_text
+    assert [(e.who, e.action, e.target) for e in audit.list()] == [
+        ("ops-alice", "breaker.open", "usda-api")
+    ]
