@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import redis
 import redis.asyncio as aioredis
 from aiohttp import web
+from dramatiq.brokers.redis import RedisBroker
 
 from .. import servers
 from ..breakers import Breakers
@@ -27,6 +28,7 @@ from ..errors import ConfigError, DramatiqSharedError
 from ..logging import configure_logging
 from ..stores.audit import AuditLog
 from ..stores.connection import open_database
+from ..stores.dead_letters import DeadLetterStore
 from ..stores.status_history import StatusHistory
 from .app import SECRET, create_app
 from .auth import ADMIN, sign
@@ -97,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         breakers=Breakers(redis.Redis.from_url(url), default=CircuitBreakerConfig.from_env()),
         audit=audit,
         broker_namespace=None if args.broker_namespace == "none" else args.broker_namespace,
+        dead_letters=DeadLetterStore(opened) if opened is not None else None,
+        broker=RedisBroker(url=url) if opened is not None else None,  # type: ignore[no-untyped-call]
     )
     # Once its settings are good, the servers must answer: else one line, not a relay
     # that starts and fails every client.

@@ -23,6 +23,14 @@ Routes:
 ``GET /ops/workers``                live workers, and each RedisBroker queue's
                                     waiting, delayed and dead-lettered messages
                                     (admin token)
+``GET /ops/dead-letters``           dead letters matching ``?actor=&queue=&error_type=
+                                    &import_id=&since=&until=&text=`` (``&retried=1``
+                                    too those retried), newest first, and their count
+                                    (admin token)
+``GET /ops/dead-letters/{id}``      one, its full error history and message (admin)
+``POST /ops/dead-letters/replay``   ``{"ids": [...]}`` or ``{"filter": {...}}``, with
+                                    ``"dry_run"`` (count only) and ``"rate"`` (a
+                                    second, default 10); audited (admin token)
 ``GET /ops/audit``                  the newest audited actions (admin token)
 ==================================  ================================================
 """
@@ -37,6 +45,7 @@ from collections.abc import AsyncIterator, Iterable
 from importlib import resources
 from typing import Any
 
+import dramatiq
 import redis.asyncio as aioredis
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -46,6 +55,7 @@ from ..errors import ConfigError
 from ..keys import DEFAULT_NAMESPACE, Keys
 from ..metrics import RELAY_REFUSALS, render
 from ..stores.audit import AuditLog
+from ..stores.dead_letters import DeadLetterStore
 from .auth import ADMIN, authorize_request
 from .connections import Connection, Hub
 from .operations import Operations, breaker_states, live_workers
@@ -75,6 +85,8 @@ def create_app(
     breakers: Breakers | None = None,
     audit: AuditLog | None = None,
     broker_namespace: str | None = "dramatiq",
+    dead_letters: DeadLetterStore | None = None,
+    broker: dramatiq.Broker | None = None,
 ) -> web.Application:
     """Build the relay's aiohttp application.
 
@@ -97,6 +109,8 @@ def create_app(
       broker_namespace: The RedisBroker's namespace, for queue depths; None on
         RabbitMQ. Default ``"dramatiq"``. The operations routes need
         ``breaker_client``.
+      dead_letters: The dead-letters table, for ``/ops/dead-letters``; default none.
+      broker: Where replayed dead letters are enqueued; default none (no replay).
 
     Raises:
       ConfigError: Without a secret outside demo mode, or with a short one.
@@ -140,6 +154,8 @@ def create_app(
             breakers=breakers,
             audit=audit,
             broker_namespace=broker_namespace,
+            dead_letters=dead_letters,
+            broker=broker,
         ).add_routes(app)
     return app
 

@@ -21,7 +21,7 @@ from dramatiq_shared.db import create_tables, init_database
 from dramatiq_shared.middleware import CircuitBreaker
 from dramatiq_shared.relay import MemorySource, RedisSource, create_app
 from dramatiq_shared.relay.auth import sign
-from dramatiq_shared.stores import AuditLog
+from dramatiq_shared.stores import AuditLog, DeadLetterStore
 
 from ..conftest import service_missing, wait_until
 from ..middleware.conftest import install
@@ -324,3 +324,87 @@ def test_a_breaker_forced_open_from_the_page_defers_the_workers_messages_and_is_
     assert [(e.who, e.action, e.target) for e in audit.list()] == [
         ("ops-alice", "breaker.open", "usda-api")
     ]
+
+
+def test_a_dead_letter_replayed_from_the_page_runs_again_and_leaves_the_list(
+    redis_client: redis.Redis, redis_url: str, sqlite_url: str, tmp_path: Path
+) -> None:
+    sync_playwright = playwright_or_missing()
+    database = init_database(DatabaseConfig(url=sqlite_url))
+    create_tables(database)
+    store = DeadLetterStore(database)
+    audit = AuditLog(database)
+    broker = StubBroker()
+    install(broker)
+    ran: list[str] = []
+
+    @dramatiq.actor(broker=broker)
+    def parse_note(note_id: str) -> None:
+        ran.append(note_id)
+
+    for note in ("n-1", "n-2"):
+        store.record(
+            parse_note.message(note).asdict()
+            | {"options": {"error_history": [{"attempt": 1, "error_type": "builtins.KeyError"}]}},
+            error_type="builtins.KeyError",
+            error_message=f"no title in {note}",
+            reason="exhausted",
+        )
+
+    def make() -> web.Application:
+        client = aioredis.from_url(redis_url)
+        return create_app(
+            RedisSource(client),
+            secret=SECRET,
+            breaker_client=client,
+            audit=audit,
+            dead_letters=store,
+            broker=broker,
+        )
+
+    admin = sign("*", SECRET, subject="ops-bob")
+    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=1)
+    worker.start()
+    with RunningRelay(make) as relay, sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"{relay.url}/?view=dead-letters&token={admin}")
+            page.locator("#dead-letters tr[data-id]").nth(1).wait_for()
+            page.fill("#dl-text", "n-2")
+            page.click("#dl-form button[type=submit]")
+            page.wait_for_function(
+                "document.querySelectorAll('#dead-letters tr[data-id]').length === 1"
+            )
+            page.locator("#dead-letters tr[data-id] button.link").click()
+            page.locator("#dl-history tr td").first.wait_for()
+            history = page.locator("#dl-history").inner_text()
+            page.screenshot(path=str(tmp_path / "dead-letters.png"), full_page=True)
+            page.fill("#dl-text", "")
+            page.click("#dl-form button[type=submit]")
+            page.wait_for_function(
+                "document.querySelectorAll('#dead-letters tr[data-id]').length === 2"
+            )
+            page.locator('#dead-letters tr[data-id] input[aria-label$=" 2"]').check()
+            page.click("#dl-replay-selected")
+            page.wait_for_function(
+                "document.querySelectorAll('#dead-letters tr[data-id]').length === 1"
+            )
+            left = page.locator("#dead-letters tr[data-id]").inner_text()
+            note = page.locator("#ops-note").inner_text()
+            assert wait_until(lambda: ran, time.monotonic() + 10)
+        finally:
+            worker.stop()
+            browser.close()
+    print(f"screenshot: {tmp_path / 'dead-letters.png'}")
+    assert "builtins.KeyError" in history
+    assert ran == ["n-2"]  # it ran again...
+    assert "no title in n-1" in left  # ...and left the list, the other one stays
+    assert "1 of 1 enqueued again" in note
+    (entry,) = audit.list()
+    assert (entry.who, entry.action, entry.target, entry.count) == (
+        "ops-bob",
+        "dead_letters.retry",
+        "ids=[2]",
+        1,
+    )
