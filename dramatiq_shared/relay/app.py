@@ -12,6 +12,9 @@ Routes:
                                     :mod:`.snapshot`): subscribe from its
                                     ``last_event_id``; a token for it, as above
 ``GET /imports``                    the recent imports and their progress (admin token)
+``GET /imports/overview``           the 32 most recent imports from their snapshots:
+                                    state, counts (done, failed, retrying), elapsed
+                                    seconds, notes finished a second (admin token)
 ``GET /health``                     Redis, database, breaker states and live workers;
                                     503 when Redis or the database is down
 ``GET /metrics``                    Prometheus metrics (see :mod:`dramatiq_shared.metrics`)
@@ -41,6 +44,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterable
 from importlib import resources
 from typing import Any
@@ -59,7 +63,7 @@ from ..stores.dead_letters import DeadLetterStore
 from .auth import ADMIN, authorize_request
 from .connections import Connection, Hub
 from .operations import Operations, breaker_states, live_workers
-from .snapshot import Snapshots
+from .snapshot import KEPT, Snapshots, progress
 from .sources import EventSource
 
 __all__ = ["HUB", "SECRET", "create_app"]
@@ -142,6 +146,7 @@ def create_app(
     app.router.add_get("/", relay.dashboard)
     app.router.add_get("/ws", relay.websocket)
     app.router.add_get("/imports", relay.imports)
+    app.router.add_get("/imports/overview", relay.overview)
     app.router.add_get("/imports/{import_id}/events", relay.events)
     app.router.add_get("/imports/{import_id}/snapshot", relay.snapshot)
     app.router.add_get("/health", relay.health)
@@ -252,6 +257,16 @@ class _Relay:
     async def imports(self, request: web.Request) -> web.Response:
         authorize_request(request, self.secret, ADMIN)
         return web.json_response(await self.source.imports())
+
+    async def overview(self, request: web.Request) -> web.Response:
+        authorize_request(request, self.secret, ADMIN)
+        # As many as the relay keeps snapshots of: each is folded once, then kept fresh.
+        recent = await self.source.imports(limit=KEPT)
+        now_ms = int(time.time() * 1000)
+        lines = [
+            progress(await self.snapshots.get(item["import_id"]), now_ms=now_ms) for item in recent
+        ]
+        return web.json_response(lines)
 
     async def health(self, request: web.Request) -> web.Response:
         checks: dict[str, Any] = await self.source.check()

@@ -28,7 +28,7 @@ from typing import Any
 
 from .sources import EventSource
 
-__all__ = ["ImportState", "NoteSnapshot", "Snapshots"]
+__all__ = ["ImportState", "NoteSnapshot", "Snapshots", "progress"]
 
 TERMINAL = frozenset(("COMPLETED", "FAILED"))
 #: Messages a snapshot carries, newest last.
@@ -157,6 +157,34 @@ class ImportState:
             "notes": {note_id: note.as_dict() for note_id, note in self.notes.items()},
             "recent": list(self.recent),
         }
+
+
+def progress(snapshot: dict[str, Any], *, now_ms: int) -> dict[str, Any]:
+    """An import's line in the imports view, from its snapshot: its state, counts, how
+    long it has run (to its end, once it ended) and how many notes a second it finished."""
+    counts = snapshot["counts"]
+    finished = counts["COMPLETED"] + counts["FAILED"]
+    started, updated = snapshot["started"], snapshot["updated"]
+    ended = snapshot["status"] in TERMINAL
+    elapsed = None
+    if started is not None:
+        elapsed = ((updated if ended else max(now_ms, updated or 0)) - started) / 1000
+    return {
+        "import_id": snapshot["import_id"],
+        "status": snapshot["status"],
+        "message": snapshot["message"],
+        "current_count": snapshot["current_count"],
+        "total_count": snapshot["total_count"],
+        "done": counts["COMPLETED"],
+        "failed": counts["FAILED"],
+        "retrying": counts["RETRYING"],
+        "processing": counts["PROCESSING"],
+        "notes": len(snapshot["notes"]),
+        "started": started,
+        "elapsed": elapsed,
+        "rate": round(finished / elapsed, 2) if elapsed else None,
+        "last_event_id": snapshot["last_event_id"],
+    }
 
 
 class Snapshots:

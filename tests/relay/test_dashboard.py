@@ -408,3 +408,58 @@ def test_a_dead_letter_replayed_from_the_page_runs_again_and_leaves_the_list(
         "ids=[2]",
         1,
     )
+
+
+def test_the_imports_view_and_a_status_filter_that_shows_exactly_the_failed_notes(
+    redis_relay: RunningRelay, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    sync_playwright = playwright_or_missing()
+    failing = frozenset({7, 300, 512})
+    publish_all(
+        RedisTransport(redis_client), an_import("imp-f", notes=600, lines=3, failing=failing)
+    )
+    publish_all(RedisTransport(redis_client), an_import("imp-ok", notes=5, lines=1))
+    admin = sign("*", SECRET)
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"{redis_relay.url}/?token={admin}")
+            page.locator('#imports tr[data-import="imp-f"]').wait_for()
+            overview = {
+                key: page.locator(f'#imports tr[data-import="{key}"]').inner_text()
+                for key in ("imp-f", "imp-ok")
+            }
+            statuses = page.evaluate(
+                "Object.fromEntries([...document.querySelectorAll('#imports tr[data-import]')]"
+                ".map(r => [r.dataset.import, r.dataset.status]))"
+            )
+            page.screenshot(path=str(tmp_path / "imports.png"), full_page=True)
+            page.click('#imports tr[data-import="imp-f"] a')
+            page.wait_for_function(
+                "document.querySelector('#counts [data-status=FAILED]')?.dataset.count === '3'"
+            )
+            page.select_option("#status-filter", "FAILED")
+            page.wait_for_function("document.querySelectorAll('#rows tr').length === 3")
+            shown = page.evaluate(
+                "[...document.querySelectorAll('#rows tr')]"
+                ".map(r => [r.dataset.key, r.dataset.status])"
+            )
+            page.click('#rows tr[data-key="note n-300"]')
+            message = page.locator("#note-message").inner_text()
+            page.screenshot(path=str(tmp_path / "import-failed-only.png"), full_page=True)
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.screenshot(path=str(tmp_path / "import-failed-only-phone.png"), full_page=True)
+        finally:
+            browser.close()
+    print(f"screenshots: {tmp_path}/imports.png, import-failed-only.png, -phone.png")
+    assert statuses == {"imp-f": "FAILED", "imp-ok": "COMPLETED"}
+    assert "\t597\t3\t0\t" in overview["imp-f"]  # done, failed, retrying
+    assert "600 of 600" in overview["imp-f"]
+    assert "\t5\t0\t0\t" in overview["imp-ok"]
+    assert sorted(shown) == [
+        ["note n-300", "FAILED"],
+        ["note n-512", "FAILED"],
+        ["note n-7", "FAILED"],
+    ]
+    assert message == "ParseError: no ingredients found"

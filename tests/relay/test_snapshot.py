@@ -177,3 +177,41 @@ def test_the_snapshot_checks_tokens(redis_relay: RunningRelay, redis_client: red
         return found
 
     assert asyncio.run(scenario()) == [401, 403, 200]
+
+
+def test_the_imports_overview_gives_each_imports_counts_elapsed_time_and_rate(
+    redis_relay: RunningRelay, redis_client: redis.Redis
+) -> None:
+    transport = RedisTransport(redis_client)
+    started = int(time.time() * 1000) - 10_000
+    ended = an_import("imp-ended", notes=20, lines=2, failing=frozenset({4, 9}))
+    transport.append(ended[:1], started)  # its first event ten seconds ago...
+    transport.append(ended[1:], started + 8_000)  # ...its last eight seconds later
+    running = an_import("imp-running", notes=10, lines=2)[:-12]
+    transport.append(running, int(time.time() * 1000))
+
+    async def scenario() -> tuple[Any, ...]:
+        return (
+            await call_json(redis_relay.url, "/imports/overview", sign("*", SECRET)),
+            await call_json(redis_relay.url, "/imports/overview", sign("imp-ended", SECRET)),
+        )
+
+    (status, lines), (refused, _) = asyncio.run(scenario())
+    assert (status, refused) == (200, 403)
+    by_id = {line["import_id"]: line for line in lines}
+    ended_line = by_id["imp-ended"]
+    assert (ended_line["status"], ended_line["done"], ended_line["failed"]) == ("FAILED", 18, 2)
+    assert ended_line["elapsed"] == 8.0
+    assert ended_line["rate"] == 2.5  # 20 notes in 8 s
+    running_line = by_id["imp-running"]
+    assert running_line["status"] == "PROCESSING"
+    assert (running_line["done"], running_line["processing"]) == (7, 1)
+    assert running_line["current_count"] == 7
+
+
+async def call_json(url: str, path: str, token: str) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}{path}", headers={"Authorization": f"Bearer {token}"}) as response,
+    ):
+        return response.status, await response.json()
