@@ -90,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
             url, max_connections=32, timeout=30
         )
     )
+    broker_namespace = None if args.broker_namespace == "none" else args.broker_namespace
+    broker = None
+    if opened is not None and broker_namespace is not None:
+        broker = RedisBroker(url=url, namespace=broker_namespace)  # type: ignore[no-untyped-call]
     app = create_app(
         RedisSource(client, history),
         secret=os.environ.get("DRAMATIQ_SHARED_SECRET"),
@@ -98,9 +102,10 @@ def run(args: argparse.Namespace) -> int:
         breaker_client=client,
         breakers=Breakers(redis.Redis.from_url(url), default=CircuitBreakerConfig.from_env()),
         audit=audit,
-        broker_namespace=None if args.broker_namespace == "none" else args.broker_namespace,
+        broker_namespace=broker_namespace,
         dead_letters=DeadLetterStore(opened) if opened is not None else None,
-        broker=RedisBroker(url=url) if opened is not None else None,  # type: ignore[no-untyped-call]
+        # Replays go to the RedisBroker; on RabbitMQ the relay replays none (503).
+        broker=broker,
     )
     # Once its settings are good, the servers must answer: else one line, not a relay
     # that starts and fails every client.
