@@ -218,7 +218,7 @@ def _token(args: argparse.Namespace) -> int:
     secret = os.environ.get("DRAMATIQ_SHARED_SECRET")
     if not secret:
         raise ConfigError("minting a token needs the relay's secret: set DRAMATIQ_SHARED_SECRET")
-    print(sign(args.import_id, secret, ttl=args.ttl))
+    print(sign(args.import_id, secret, ttl=args.ttl, subject=args.subject))
     return 0
 
 
@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("import_id", metavar="IMPORT_ID")
     token.add_argument("--ttl", type=positive, default=3600, help="seconds it is valid (3600)")
+    token.add_argument(
+        "--subject", metavar="WHO", help="who it is for: the audit of forced actions names it"
+    )
     token.set_defaults(run=_token)
 
     dead_letters.add_parser(commands, database, redis)

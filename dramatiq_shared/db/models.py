@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import peewee
 
 from ..config import DatabaseConfig
+from ..stores.audit import AuditRecord
 from ..stores.completions import Completion, CompletionItem
 from ..stores.connection import database_config, open_database
 from ..stores.dead_letters import DeadLetter
@@ -200,6 +201,7 @@ MODELS: tuple[type[peewee.Model], ...] = (
     Completion,
     CompletionItem,
     DeadLetter,
+    AuditRecord,
 )
 
 

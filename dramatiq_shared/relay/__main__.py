@@ -2,7 +2,10 @@
 
 It reads Redis from ``--redis-url`` (default ``REDIS_URL``), the event history from
 ``--database`` (default ``DRAMATIQ_SHARED_DB_URL`` or ``DATABASE_URL``; without one, only
-what the streams keep is replayed) and the token secret from ``DRAMATIQ_SHARED_SECRET``.
+what the streams keep is replayed, and breakers cannot be forced: the audit table is
+there) and the token secret from ``DRAMATIQ_SHARED_SECRET``. A breaker forced open
+stays open for the ``reset_timeout`` of the breaker settings in the environment
+(``CircuitBreakerConfig.from_env()``), as the workers read them.
 SIGINT or SIGTERM closes every websocket with 1001 (going away) before it exits.
 """
 
@@ -13,14 +16,19 @@ import os
 import sys
 from collections.abc import Sequence
 
+import redis
 import redis.asyncio as aioredis
 from aiohttp import web
+from dramatiq.brokers.redis import RedisBroker
 
 from .. import servers
-from ..config import DatabaseConfig
+from ..breakers import Breakers
+from ..config import CircuitBreakerConfig, DatabaseConfig
 from ..errors import ConfigError, DramatiqSharedError
 from ..logging import configure_logging
+from ..stores.audit import AuditLog
 from ..stores.connection import open_database
+from ..stores.dead_letters import DeadLetterStore
 from ..stores.status_history import StatusHistory
 from .app import SECRET, create_app
 from .auth import ADMIN, sign
@@ -43,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ORIGIN",
         help="another origin whose pages may connect (repeatable)",
+    )
+    parser.add_argument(
+        "--broker-namespace",
+        default="dramatiq",
+        metavar="NS",
+        help="the RedisBroker's namespace, for queue depths (dramatiq); 'none' on RabbitMQ",
     )
     parser.add_argument("--log-level", default="INFO", help="lowest level logged (INFO)")
     parser.add_argument("--json-logs", action="store_true", help="log one JSON object a line")
@@ -67,19 +81,31 @@ def run(args: argparse.Namespace) -> int:
     if database_setting is not None:
         url_given = args.database or config.url
         database = servers.database_config(url_given, setting=database_setting, base=config)
-    history = StatusHistory(open_database(database)) if database is not None else None
+    opened = open_database(database) if database is not None else None
+    history = StatusHistory(opened) if opened is not None else None
+    audit = AuditLog(opened) if opened is not None else None
     # Blocking: a burst of clients catching up waits for a connection instead of failing.
     client = aioredis.Redis(
         connection_pool=aioredis.BlockingConnectionPool.from_url(
             url, max_connections=32, timeout=30
         )
     )
+    broker_namespace = None if args.broker_namespace == "none" else args.broker_namespace
+    broker = None
+    if opened is not None and broker_namespace is not None:
+        broker = RedisBroker(url=url, namespace=broker_namespace)  # type: ignore[no-untyped-call]
     app = create_app(
         RedisSource(client, history),
         secret=os.environ.get("DRAMATIQ_SHARED_SECRET"),
         demo=args.demo,
         allowed_origins=args.origin,
         breaker_client=client,
+        breakers=Breakers(redis.Redis.from_url(url), default=CircuitBreakerConfig.from_env()),
+        audit=audit,
+        broker_namespace=broker_namespace,
+        dead_letters=DeadLetterStore(opened) if opened is not None else None,
+        # Replays go to the RedisBroker; on RabbitMQ the relay replays none (503).
+        broker=broker,
     )
     # Once its settings are good, the servers must answer: else one line, not a relay
     # that starts and fails every client.

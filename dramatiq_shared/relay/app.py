@@ -8,10 +8,33 @@ Routes:
 ``GET /imports/{id}/events``        an import's events after ``?after=`` (at most
                                     ``?limit=``, 1000), with a token for it as
                                     ``Authorization: Bearer`` or ``?token=``
+``GET /imports/{id}/snapshot``      an import's state as of its newest event (see
+                                    :mod:`.snapshot`): subscribe from its
+                                    ``last_event_id``; a token for it, as above
 ``GET /imports``                    the recent imports and their progress (admin token)
+``GET /imports/overview``           the 32 most recent imports from their snapshots:
+                                    state, counts (done, failed, retrying), elapsed
+                                    seconds, notes finished a second (admin token)
 ``GET /health``                     Redis, database, breaker states and live workers;
                                     503 when Redis or the database is down
 ``GET /metrics``                    Prometheus metrics (see :mod:`dramatiq_shared.metrics`)
+``GET /ops/breakers``               every breaker's state hash, its last transition,
+                                    the last 50 transitions (admin token)
+``POST /ops/breakers/{name}/{a}``   force a breaker: ``a`` is ``open``, ``close``
+                                    (its counts reset) or ``half-open``; audited
+                                    (admin token; see :mod:`.operations`)
+``GET /ops/workers``                live workers, and each RedisBroker queue's
+                                    waiting, delayed and dead-lettered messages
+                                    (admin token)
+``GET /ops/dead-letters``           dead letters matching ``?actor=&queue=&error_type=
+                                    &import_id=&since=&until=&text=`` (``&retried=1``
+                                    too those retried), newest first, and their count
+                                    (admin token)
+``GET /ops/dead-letters/{id}``      one, its full error history and message (admin)
+``POST /ops/dead-letters/replay``   ``{"ids": [...]}`` or ``{"filter": {...}}``, with
+                                    ``"dry_run"`` (count only) and ``"rate"`` (a
+                                    second, default 10); audited (admin token)
+``GET /ops/audit``                  the newest audited actions (admin token)
 ==================================  ================================================
 """
 
@@ -21,20 +44,26 @@ import asyncio
 import contextlib
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterable
 from importlib import resources
 from typing import Any
 
+import dramatiq
 import redis.asyncio as aioredis
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .._checks import check_int
-from .._redis import text
-from ..errors import AuthError, ConfigError
+from ..breakers import Breakers
+from ..errors import ConfigError
 from ..keys import DEFAULT_NAMESPACE, Keys
 from ..metrics import RELAY_REFUSALS, render
-from .auth import ADMIN, verify
+from ..stores.audit import AuditLog
+from ..stores.dead_letters import DeadLetterStore
+from .auth import ADMIN, authorize_request
 from .connections import Connection, Hub
+from .operations import Operations, breaker_states, live_workers
+from .snapshot import KEPT, Snapshots, progress
 from .sources import EventSource
 
 __all__ = ["HUB", "SECRET", "create_app"]
@@ -57,6 +86,11 @@ def create_app(
     max_queue: int = 2_000,
     breaker_client: aioredis.Redis | None = None,
     namespace: str = DEFAULT_NAMESPACE,
+    breakers: Breakers | None = None,
+    audit: AuditLog | None = None,
+    broker_namespace: str | None = "dramatiq",
+    dead_letters: DeadLetterStore | None = None,
+    broker: dramatiq.Broker | None = None,
 ) -> web.Application:
     """Build the relay's aiohttp application.
 
@@ -73,6 +107,14 @@ def create_app(
       breaker_client: Redis to read circuit breaker states from, for ``/health``.
       namespace: Prefix of the Redis keys (see :mod:`dramatiq_shared.keys`). Default
         ``"dramatiq_shared"``.
+      breakers: The breakers admin tokens may force (``/ops/breakers``), configured as
+        the workers' are; default none (forcing answers 503).
+      audit: Where forced actions are recorded; default none (forcing answers 503).
+      broker_namespace: The RedisBroker's namespace, for queue depths; None on
+        RabbitMQ. Default ``"dramatiq"``. The operations routes need
+        ``breaker_client``.
+      dead_letters: The dead-letters table, for ``/ops/dead-letters``; default none.
+      broker: Where replayed dead letters are enqueued; default none (no replay).
 
     Raises:
       ConfigError: Without a secret outside demo mode, or with a short one.
@@ -104,9 +146,22 @@ def create_app(
     app.router.add_get("/", relay.dashboard)
     app.router.add_get("/ws", relay.websocket)
     app.router.add_get("/imports", relay.imports)
+    app.router.add_get("/imports/overview", relay.overview)
     app.router.add_get("/imports/{import_id}/events", relay.events)
+    app.router.add_get("/imports/{import_id}/snapshot", relay.snapshot)
     app.router.add_get("/health", relay.health)
     app.router.add_get("/metrics", relay.metrics)
+    if breaker_client is not None:
+        Operations(
+            secret,
+            breaker_client,
+            Keys(namespace),
+            breakers=breakers,
+            audit=audit,
+            broker_namespace=broker_namespace,
+            dead_letters=dead_letters,
+            broker=broker,
+        ).add_routes(app)
     return app
 
 
@@ -130,6 +185,7 @@ class _Relay:
         self.breaker_client = breaker_client
         self.keys = Keys(namespace)
         self.hub = Hub()
+        self.snapshots = Snapshots(source)
 
     async def feed(self, app: web.Application) -> AsyncIterator[None]:
         # The position is taken before the relay answers, so a client that connects
@@ -181,7 +237,7 @@ class _Relay:
 
     async def events(self, request: web.Request) -> web.Response:
         import_id = request.match_info["import_id"]
-        _authorize(request, self.secret, import_id)
+        authorize_request(request, self.secret, import_id)
         try:
             after = int(request.query.get("after", "0"))
             limit = min(int(request.query.get("limit", "1000")), 1_000)
@@ -190,18 +246,33 @@ class _Relay:
         if after < 0 or limit < 1:
             raise web.HTTPBadRequest(text="after must be >= 0 and limit >= 1")
         found = await self.source.history(import_id, after, limit)
-        body = "[" + ",".join(json.dumps(json.loads(e.frame)["event"]) for e in found) + "]"
+        body = "[" + ",".join(json.dumps(e.data()) for e in found) + "]"
         return web.Response(text=body, content_type="application/json")
 
+    async def snapshot(self, request: web.Request) -> web.Response:
+        import_id = request.match_info["import_id"]
+        authorize_request(request, self.secret, import_id)
+        return web.json_response(await self.snapshots.get(import_id))
+
     async def imports(self, request: web.Request) -> web.Response:
-        _authorize(request, self.secret, ADMIN)
+        authorize_request(request, self.secret, ADMIN)
         return web.json_response(await self.source.imports())
+
+    async def overview(self, request: web.Request) -> web.Response:
+        authorize_request(request, self.secret, ADMIN)
+        # As many as the relay keeps snapshots of: each is folded once, then kept fresh.
+        recent = await self.source.imports(limit=KEPT)
+        now_ms = int(time.time() * 1000)
+        lines = [
+            progress(await self.snapshots.get(item["import_id"]), now_ms=now_ms) for item in recent
+        ]
+        return web.json_response(lines)
 
     async def health(self, request: web.Request) -> web.Response:
         checks: dict[str, Any] = await self.source.check()
         if self.breaker_client is not None:
-            checks["breakers"] = await _breaker_states(self.breaker_client, self.keys)
-            checks["workers"] = await _live_workers(self.breaker_client, self.keys)
+            checks["breakers"] = await breaker_states(self.breaker_client, self.keys)
+            checks["workers"] = await live_workers(self.breaker_client, self.keys)
         down = any(isinstance(v, str) and v.startswith("down") for v in checks.values())
         checks["status"] = "down" if down else "ok"
         checks["clients"] = len(self.hub.connections)
@@ -214,35 +285,3 @@ class _Relay:
     async def dashboard(self, request: web.Request) -> web.Response:
         page = resources.files("dramatiq_shared.relay").joinpath("static/dashboard.html")
         return web.Response(text=page.read_text(encoding="utf-8"), content_type="text/html")
-
-
-def _authorize(request: web.Request, secret: str, import_id: str) -> None:
-    header = request.headers.get("Authorization", "")
-    token = header[7:] if header.startswith("Bearer ") else request.query.get("token")
-    try:
-        verify(token, secret, import_id=import_id)
-    except AuthError as error:
-        RELAY_REFUSALS.labels(error.code).inc()
-        status = web.HTTPForbidden if error.code == "forbidden" else web.HTTPUnauthorized
-        raise status(
-            text=json.dumps({"code": error.code, "message": str(error)}),
-            content_type="application/json",
-        ) from None
-
-
-async def _breaker_states(client: aioredis.Redis, keys: Keys) -> dict[str, str]:
-    states = {}
-    async for key in client.scan_iter(match=keys.breaker_pattern(), count=100):
-        state = await client.hget(key, "state")
-        states[keys.breaker_name(text(key))] = text(state) if state else "closed"
-    return states
-
-
-async def _live_workers(client: aioredis.Redis, keys: Keys) -> list[dict[str, Any]]:
-    """The workers whose heartbeat has not expired (see :mod:`..middleware.heartbeat`)."""
-    workers = []
-    async for key in client.scan_iter(match=keys.worker_pattern(), count=100):
-        raw = await client.get(key)
-        if raw:
-            workers.append(json.loads(raw))
-    return sorted(workers, key=lambda w: (w["host"], w["pid"]))

@@ -1,10 +1,11 @@
 """Signed stream tokens: who may watch which import.
 
 A token is ``<payload>.<signature>``, both base64url without padding: the payload is
-the JSON ``{"imp": import_id, "exp": unix seconds}`` and the signature its HMAC-SHA256
-under the relay's secret (``DRAMATIQ_SHARED_SECRET``). A token for the import ``"*"``
-is an admin token: it may watch every import. Tokens are checked in constant time and
-carry nothing secret; they only expire.
+the JSON ``{"imp": import_id, "exp": unix seconds}`` (and ``"sub"``, who it was
+minted for, when given) and the signature its HMAC-SHA256 under the relay's secret
+(``DRAMATIQ_SHARED_SECRET``). A token for the import ``"*"`` is an admin token: it may
+watch every import and use the operations views; its subject is who the audit names.
+Tokens are checked in constant time and carry nothing secret; they only expire.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import json
 import time
 from dataclasses import dataclass
 
+from aiohttp import web
+
 from .._checks import check_id, check_int
 from ..errors import AuthError, ConfigError
+from ..metrics import RELAY_REFUSALS
 
-__all__ = ["ADMIN", "Claims", "sign", "verify"]
+__all__ = ["ADMIN", "Claims", "authorize_request", "sign", "verify"]
 
 #: The import id of an admin token: every import.
 ADMIN = "*"
@@ -33,6 +37,7 @@ class Claims:
 
     import_id: str
     expires: int
+    subject: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -58,8 +63,16 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def sign(import_id: str, secret: str | bytes, ttl: int = 3_600, *, now: float | None = None) -> str:
-    """A token to watch ``import_id`` (``"*"`` for all) for ``ttl`` seconds.
+def sign(
+    import_id: str,
+    secret: str | bytes,
+    ttl: int = 3_600,
+    *,
+    subject: str | None = None,
+    now: float | None = None,
+) -> str:
+    """A token to watch ``import_id`` (``"*"`` for all) for ``ttl`` seconds, minted for
+    ``subject`` (a person or a service, 1 to 128 characters) when given.
 
     Raises:
       ValidationError: When ``import_id`` or ``ttl`` is invalid.
@@ -69,7 +82,11 @@ def sign(import_id: str, secret: str | bytes, ttl: int = 3_600, *, now: float | 
         check_id("import_id", import_id)
     check_int("ttl", ttl, minimum=1)
     expires = int((time.time() if now is None else now) + ttl)
-    payload = _b64(json.dumps({"imp": import_id, "exp": expires}, separators=(",", ":")).encode())
+    claims: dict[str, object] = {"imp": import_id, "exp": expires}
+    if subject is not None:
+        check_id("subject", subject)
+        claims["sub"] = subject
+    payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
     signature = hmac.new(_key(secret), payload.encode(), hashlib.sha256).digest()
     return f"{payload}.{_b64(signature)}"
 
@@ -100,11 +117,33 @@ def verify(
         or not isinstance(claims, dict)
         or not isinstance(claims.get("imp"), str)
         or not isinstance(claims.get("exp"), int)
+        or not isinstance(claims.get("sub", ""), str)
     ):
         raise AuthError("unauthorized", "the token is not valid")
     if claims["exp"] <= (time.time() if now is None else now):
         raise AuthError("expired", "the token has expired")
-    granted = Claims(claims["imp"], claims["exp"])
+    granted = Claims(claims["imp"], claims["exp"], claims.get("sub"))
     if import_id is not None and not granted.allows(import_id):
         raise AuthError("forbidden", f"the token does not allow import {import_id!r}")
     return granted
+
+
+def authorize_request(request: web.Request, secret: str, import_id: str) -> Claims:
+    """The claims of a request's token (``Authorization: Bearer`` or ``?token=``), when
+    they allow ``import_id`` (``ADMIN``: an admin token).
+
+    Raises:
+      web.HTTPUnauthorized: Without a valid token (JSON ``{"code", "message"}``).
+      web.HTTPForbidden: When the token does not allow ``import_id``.
+    """
+    header = request.headers.get("Authorization", "")
+    token = header[7:] if header.startswith("Bearer ") else request.query.get("token")
+    try:
+        return verify(token, secret, import_id=import_id)
+    except AuthError as error:
+        RELAY_REFUSALS.labels(error.code).inc()
+        status = web.HTTPForbidden if error.code == "forbidden" else web.HTTPUnauthorized
+        raise status(
+            text=json.dumps({"code": error.code, "message": str(error)}),
+            content_type="application/json",
+        ) from None

@@ -41,6 +41,10 @@ class Event:
     id: int
     frame: str
 
+    def data(self) -> dict[str, Any]:
+        """The event itself, in wire form with its id."""
+        return cast("dict[str, Any]", json.loads(self.frame)["event"])
+
 
 def frame(import_id: str, event_id: int, event_json: str) -> Event:
     """Render the ``event`` frame ``{"type", "id", "import_id", "event"}`` around the JSON.

@@ -1,4 +1,5 @@
-"""The infrastructure's tables: dead letters, status event history, completion counts.
+"""The infrastructure's tables: dead letters, status event history, completion counts,
+the audit of operators' actions.
 
 Apart from the recipe-import domain (:mod:`dramatiq_shared.db`), and below both it and
 :mod:`dramatiq_shared.status`: nothing here imports either. Every store is bound to
@@ -7,6 +8,7 @@ the database it is given and to no other (:func:`bound_model`).
 
 from __future__ import annotations
 
+from .audit import AuditEntry, AuditLog
 from .completions import CompletionCounts
 from .connection import database_config, open_database
 from .dead_letters import DeadLetterRecord, DeadLetterStore, fresh_message
@@ -24,6 +26,8 @@ __all__ = [
     "is_transient",
     "open_database",
     # The stores.
+    "AuditEntry",
+    "AuditLog",
     "CompletionCounts",
     "DeadLetterRecord",
     "DeadLetterStore",

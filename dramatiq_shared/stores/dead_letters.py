@@ -8,10 +8,12 @@ written again, or late, changes nothing a newer failure wrote), and the
 
 from __future__ import annotations
 
+import builtins
 import functools
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
@@ -20,11 +22,20 @@ from dramatiq.common import q_name
 
 from .._checks import check_int
 from ..errors import ConfigError, ValidationError
+from .audit import AuditLog
 from .bulk import insert_rows, upsert_clause
 from .runner import RunsOperations
 from .tables import JSONField, Table, bound_model, utcnow
 
-__all__ = ["DeadLetter", "DeadLetterRecord", "DeadLetterStore", "fresh_message"]
+__all__ = [
+    "FILTER_KEYS",
+    "DeadLetter",
+    "DeadLetterFilter",
+    "DeadLetterRecord",
+    "DeadLetterStore",
+    "Replay",
+    "fresh_message",
+]
 
 #: Options a retried dead letter starts without: the counters of its earlier attempts
 #: and the broker's bookkeeping. Its error history is kept.
@@ -91,6 +102,82 @@ class DeadLetterRecord:
     reason: str
     failed_at: datetime
     retried_at: datetime | None
+
+
+#: The keys of a filter, as ``--filter KEY=VALUE`` and the relay's query take them.
+FILTER_KEYS = ("actor", "queue", "error_type", "import_id", "since", "until", "text")
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters: every given field must match (none given: all of them).
+
+    Parameters:
+      actor: The actor's name, exactly.
+      queue: The queue's name, exactly.
+      error_type: The last error's qualified name, exactly (``builtins.ValueError``),
+        or its last part (``ValueError``).
+      import_id: An import id the message carries: its JSON holds it as a string
+        (matched ignoring case).
+      since: Failed at or after (naive UTC).
+      until: Failed before (naive UTC).
+      text: Words in the error message or the message, case-insensitively on
+        PostgreSQL (SQLite: ASCII letters only).
+      include_retried: Those retried already too. Default False.
+    """
+
+    actor: str | None = None
+    queue: str | None = None
+    error_type: str | None = None
+    import_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    text: str | None = None
+    include_retried: bool = False
+
+    @classmethod
+    def parse(cls, pairs: Mapping[str, str], *, include_retried: bool = False) -> DeadLetterFilter:
+        """A filter from text values by :data:`FILTER_KEYS` (times ISO 8601, UTC).
+
+        Raises:
+          ValidationError: Naming an unknown key or a time that is not ISO 8601.
+        """
+        values: dict[str, Any] = {}
+        for key, value in pairs.items():
+            if key not in FILTER_KEYS:
+                raise ValidationError(
+                    f"filter: no key {key!r}; allowed: {', '.join(FILTER_KEYS)}", field=key
+                )
+            if value == "":
+                continue
+            if key in ("since", "until"):
+                try:
+                    moment = datetime.fromisoformat(value.removesuffix("Z"))
+                except ValueError:
+                    raise ValidationError.invalid(key, value, "an ISO 8601 time") from None
+                values[key] = moment.replace(tzinfo=None)
+            else:
+                values[key] = value
+        return cls(**values, include_retried=include_retried)
+
+    def described(self) -> dict[str, Any]:
+        """The fields given, JSON-ready (for the audit and for answers)."""
+        given = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+        return {
+            k: f"{v:%Y-%m-%dT%H:%M:%S}Z" if isinstance(v, datetime) else v for k, v in given.items()
+        }
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What a replay did: how many matched, how many it enqueued (0 on a dry run)."""
+
+    matched: int
+    enqueued: int
+    dry_run: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def fresh_message(stored: Mapping[str, Any]) -> dramatiq.Message[Any]:
@@ -251,29 +338,168 @@ class DeadLetterStore(RunsOperations):
 
         return self._runner.run(claim_and_enqueue)
 
+    def _where(self, matching: DeadLetterFilter) -> Any:
+        """The condition of ``matching`` on the table (True for an empty filter)."""
+        table = self._table
+        conditions: list[Any] = []
+        if not matching.include_retried:
+            conditions.append(table.retried_at.is_null())
+        if matching.actor:
+            conditions.append(table.actor_name == matching.actor)
+        if matching.queue:
+            conditions.append(table.queue_name == q_name(matching.queue))
+        if matching.error_type:
+            conditions.append(
+                (table.error_type == matching.error_type)
+                | table.error_type.endswith(f".{matching.error_type}")
+            )
+        if matching.import_id:
+            # The JSON of the message, written without spaces, holds it as a string.
+            conditions.append(_like(table.message, f'%"{matching.import_id}"%'))
+        if matching.since:
+            conditions.append(table.failed_at >= matching.since)
+        if matching.until:
+            conditions.append(table.failed_at < matching.until)
+        if matching.text:
+            words = f"%{matching.text}%"
+            conditions.append(_like(table.error_message, words) | _like(table.message, words))
+        return functools.reduce(lambda a, b: a & b, conditions, peewee.Value(1) == 1)
+
+    def search(
+        self, matching: DeadLetterFilter, *, limit: int = 100, offset: int = 0
+    ) -> builtins.list[DeadLetterRecord]:
+        """The dead letters ``matching``, newest first: at most ``limit``, after ``offset``."""
+        check_int("limit", limit, minimum=1)
+        check_int("offset", offset, minimum=0)
+        table = self._table
+        query = (
+            table.select()
+            .where(self._where(matching))
+            .order_by(table.failed_at.desc(), table.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return self._runner.run(lambda: [_record(row) for row in query])
+
+    def count(self, matching: DeadLetterFilter) -> int:
+        """How many dead letters match."""
+        table = self._table
+        return int(self._runner.run(table.select().where(self._where(matching)).count))
+
+    def replay(
+        self,
+        broker: dramatiq.Broker | None,
+        *,
+        ids: Sequence[int] = (),
+        matching: DeadLetterFilter | None = None,
+        rate: float | None = None,
+        dry_run: bool = False,
+        audit: AuditLog | None = None,
+        who: str = "",
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Replay:
+        """Retry dead letters by id or by filter, each once (see :meth:`retry`), at most
+        ``rate`` a second; a dry run only counts those it would retry. What the
+        ``dramatiq-shared dead-letters retry`` command and the relay both call.
+
+        Parameters:
+          broker: Where their messages are enqueued; None for a dry run only.
+          ids: These dead letters (not yet retried ones only)...
+          matching: ...or those matching the filter (not both).
+          rate: Messages a second at most; default unlimited.
+          dry_run: Count, enqueue nothing.
+          audit: Where a replay (not a dry run) is recorded, before its first enqueue:
+            ``who``, the filter or the ids, the rate, and how many matched.
+          who: Who replays, for the audit.
+          sleep: How to wait between messages (for tests).
+
+        Raises:
+          ValidationError: Without ids or a filter, with both, or with a rate <= 0.
+        """
+        if bool(ids) == (matching is not None):
+            raise ValidationError("replay needs ids or a filter, not both", field="ids")
+        if rate is not None and not rate > 0:
+            raise ValidationError.invalid("rate", rate, "a number of messages a second > 0")
+        if broker is None and not dry_run:
+            raise ValidationError("replay needs a broker to enqueue on", field="broker")
+        table = self._table
+        if ids:
+            for n, dead_letter_id in enumerate(ids):
+                check_int(f"ids[{n}]", dead_letter_id, minimum=1)
+            where = (table.id.in_(list(ids))) & table.retried_at.is_null()
+        else:
+            assert matching is not None
+            where = self._where(matching)
+        query = table.select(table.id).where(where).order_by(table.id)
+        chosen = self._runner.run(lambda: [row.id for row in query])
+        if dry_run:
+            return Replay(len(chosen), 0, dry_run=True)
+        if audit is not None:
+            described = matching.described() if matching is not None else {"ids": list(ids)}
+            audit.record(
+                who=who,
+                action="dead_letters.retry",
+                target=", ".join(f"{k}={v}" for k, v in described.items()) or "every dead letter",
+                details={"filter": described, "rate": rate},
+                count=len(chosen),
+            )
+        assert broker is not None
+        enqueued = 0
+        started = time.monotonic()
+        for n, dead_letter_id in enumerate(chosen):
+            if rate is not None:
+                # Paced from the start, so a slow enqueue does not slow the rate further.
+                wait = started + n / rate - time.monotonic()
+                if wait > 0:
+                    sleep(wait)
+            enqueued += self.retry(dead_letter_id, broker)
+        return Replay(len(chosen), enqueued, dry_run=False)
+
     def purge(
-        self, *, ids: Sequence[int] = (), retried: bool = False, everything: bool = False
+        self,
+        *,
+        ids: Sequence[int] = (),
+        retried: bool = False,
+        everything: bool = False,
+        matching: DeadLetterFilter | None = None,
+        older_than: timedelta | None = None,
     ) -> int:
-        """Delete dead letters: by id, those already retried, or all of them.
+        """Delete dead letters: by id, those already retried, those matching a filter
+        (``older_than``: and failed longer ago than that), or all of them.
 
         Returns:
           How many rows were deleted.
 
         Raises:
-          ValidationError: When none of ``ids``, ``retried`` and ``everything`` is given.
+          ValidationError: When none of ``ids``, ``retried``, ``matching``,
+            ``older_than`` and ``everything`` is given.
         """
         for n, dead_letter_id in enumerate(ids):
             check_int(f"ids[{n}]", dead_letter_id, minimum=1)
-        if not (ids or retried or everything):
-            raise ValidationError("purge needs ids, retried=True or everything=True", field="ids")
+        if not (ids or retried or everything or matching or older_than):
+            raise ValidationError(
+                "purge needs ids, retried=True, a filter, an age or everything=True", field="ids"
+            )
         table = self._table
         query = table.delete()
         if not everything:
             condition = table.id.in_(list(ids))
             if retried:
                 condition |= table.retried_at.is_null(False)
+            if matching is not None or older_than is not None:
+                chosen = self._where(matching or DeadLetterFilter(include_retried=True))
+                if older_than is not None:
+                    chosen &= table.failed_at < utcnow() - older_than
+                condition |= chosen
             query = query.where(condition)
         return int(self._runner.run(query.execute))
+
+
+def _like(column: Any, pattern: str) -> Any:
+    """``column ILIKE pattern`` (SQLite: LIKE; peewee's LIKE there is GLOB) on the
+    column's text as stored: the pattern skips the column's conversion, which would
+    quote it as JSON."""
+    return peewee.Expression(column, peewee.OP.ILIKE, peewee.Value(pattern, converter=False))
 
 
 def _record(row: DeadLetter) -> DeadLetterRecord:

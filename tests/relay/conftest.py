@@ -20,6 +20,7 @@ import redis
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent
 from dramatiq_shared.relay import RedisSource, create_app
 
 from ..conftest import free_port
@@ -133,3 +134,97 @@ def relay_process(redis_client: redis.Redis, redis_url: str) -> Iterator[RelayPr
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def an_import(
+    import_id: str, *, notes: int, lines: int, failing: frozenset[int] = frozenset()
+) -> list[StatusEvent]:
+    """The events of an import of ``notes`` notes of ``lines`` lines each, as the recipe
+    example publishes them: a note's PROCESSING, one event a line, its COMPLETED (FAILED
+    for the notes in ``failing``), the import's count; every third note then gets a late
+    line event after its end (its two last lines finished at once), and the import ends."""
+    events: list[StatusEvent] = []
+    for n in range(1, notes + 1):
+        note = f"n-{n}"
+        events.append(
+            StatusEvent(
+                import_id,
+                NoteStatus.PROCESSING,
+                note_id=note,
+                context="note",
+                indent_level=1,
+                message=f"recipe {n}: {lines} lines",
+                current_count=0,
+                total_count=lines,
+            )
+        )
+        events.extend(
+            StatusEvent(
+                import_id,
+                NoteStatus.PROCESSING,
+                note_id=note,
+                context="line",
+                indent_level=2,
+                message=f"CORRECT: line {line} of recipe {n}",
+                current_count=line,
+                total_count=lines,
+            )
+            for line in range(1, lines)
+        )
+        failed = n in failing
+        events.append(
+            StatusEvent(
+                import_id,
+                NoteStatus.FAILED if failed else NoteStatus.COMPLETED,
+                note_id=note,
+                context="note",
+                indent_level=1,
+                message="ParseError: no ingredients found" if failed else f"{lines} lines",
+                current_count=lines,
+                total_count=lines,
+            )
+        )
+        if n % 3 == 0:
+            events.append(
+                StatusEvent(
+                    import_id,
+                    NoteStatus.PROCESSING,
+                    note_id=note,
+                    context="line",
+                    indent_level=2,
+                    message=f"CORRECT: line {lines} of recipe {n}",
+                    current_count=lines,
+                    total_count=lines,
+                )
+            )
+        events.append(
+            StatusEvent(
+                import_id,
+                NoteStatus.PROCESSING,
+                context="import",
+                current_count=n,
+                total_count=notes,
+                message=f"{n} of {notes} done",
+            )
+        )
+    events.append(
+        StatusEvent(
+            import_id,
+            NoteStatus.FAILED if failing else NoteStatus.COMPLETED,
+            context="import",
+            current_count=notes,
+            total_count=notes,
+            message=f"{len(failing)} of {notes} failed" if failing else "all done",
+        )
+    )
+    return events
+
+
+def publish_all(
+    transport: RedisTransport, events: list[StatusEvent], *, batch: int = 200
+) -> list[int]:
+    """Publish ``events`` in batches as a broadcaster would; the ids they got."""
+    ids: list[int] = []
+    for start in range(0, len(events), batch):
+        ids += transport.append(events[start : start + batch], int(time.time() * 1000))
+    return ids

@@ -40,6 +40,8 @@ def test_tokens_sign_and_verify() -> None:
         verify(token, SECRET, import_id="imp-2", now=1_030)
     assert other.value.code == "forbidden"
     assert verify(sign("*", SECRET), SECRET, import_id="anything").is_admin
+    assert verify(sign("*", SECRET, subject="alice"), SECRET).subject == "alice"
+    assert verify(token, SECRET, now=1_030).subject is None
 
 
 def publish(redis_client: redis.Redis, import_id: str, count: int) -> None:

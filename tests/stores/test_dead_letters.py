@@ -17,8 +17,8 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq_shared import ConfigError, RetryConfig, ValidationError, close_workers, create_worker
 from dramatiq_shared.cli import main
 from dramatiq_shared.middleware import ErrorHandling
-from dramatiq_shared.stores import DeadLetterStore, bound_model
-from dramatiq_shared.stores.dead_letters import DeadLetter
+from dramatiq_shared.stores import AuditLog, DeadLetterStore, bound_model
+from dramatiq_shared.stores.dead_letters import DeadLetter, DeadLetterFilter, Replay
 from tests.conftest import wait_until
 from tests.middleware.conftest import install
 
@@ -194,8 +194,8 @@ def test_the_dead_letters_command_against_postgres_and_redis(
         assert main([*retry, "--redis-url", redis_url]) == 0
         assert main([*retry, "--redis-url", redis_url]) == 0
         assert capsys.readouterr().out.splitlines() == [
-            f"{dead_id}: enqueued again with a fresh attempt count",
-            f"{dead_id}: already retried, not enqueued again",
+            "1 enqueued again with a fresh attempt count",
+            "0 enqueued again with a fresh attempt count; 1 already retried, not enqueued again",
         ]
         redis_broker.join("default", timeout=10_000)
         worker.join()
@@ -218,8 +218,138 @@ def test_the_dead_letters_command_refuses_mistakes_in_one_line(
     cases = [
         (["show", "7"], "id: no dead letter 7"),
         (["retry", "7"], "retrying needs the broker: pass --redis-url or set REDIS_URL"),
-        (["purge"], "purge what? give ids, --retried or --all"),
+        (["purge"], "purge what? give ids, --retried, --filter, --older-than or --all"),
+        (["retry"], "retry what? give ids or --filter KEY=VALUE (not both)"),
+        (
+            ["retry", "--filter", "colour=red", "--dry-run"],
+            "filter: no key 'colour'; allowed: actor, queue, error_type, import_id, since,"
+            " until, text",
+        ),
     ]
     for args, expected in cases:
         assert main(["dead-letters", *args, "--database", sqlite_url]) == 2
         assert capsys.readouterr().err == f"dramatiq-shared: error: {expected}\n"
+
+
+def some_dead_letters(store: DeadLetterStore) -> dict[str, int]:
+    """Five dead letters of two actors, two queues, three errors and two imports, failed a
+    day apart; their ids by message id."""
+    day = datetime(2026, 11, 20, 12, 0)
+    cases = [
+        ("m-1", "parse_note", "default", "builtins.KeyError", "no title", "imp-1"),
+        ("m-2", "parse_note", "default", "builtins.ValueError", "bad amount 2 cups", "imp-1"),
+        ("m-3", "parse_note", "slow", "builtins.ValueError", "bad unit", "imp-2"),
+        ("m-4", "enrich", "default", "requests.HTTPError", "503 from usda", "imp-2"),
+        ("m-5", "enrich", "default", "requests.HTTPError", "timeout from usda", "imp-10"),
+    ]
+    for n, (message_id, actor, queue, error_type, text, import_id) in enumerate(cases):
+        body = dramatiq.Message(
+            queue_name=queue,
+            actor_name=actor,
+            args=(),
+            kwargs={"import_id": import_id},
+            options={"error_history": [{"attempt": 1, "error_type": error_type}]},
+            message_id=message_id,
+        ).asdict()
+        store.record(
+            body,
+            error_type=error_type,
+            error_message=text,
+            reason="exhausted",
+            failed_at=day + timedelta(days=n),
+        )
+    return {row.message_id: row.id for row in store.list()}
+
+
+def test_dead_letters_are_found_by_each_filter(database: peewee.Database) -> None:
+    store = DeadLetterStore(database)
+    ids = some_dead_letters(store)
+
+    def found(**given: str) -> list[str]:
+        matching = DeadLetterFilter.parse(given)
+        by_id = {v: k for k, v in ids.items()}
+        rows = store.search(matching)
+        assert store.count(matching) == len(rows)
+        return sorted(by_id[row.id] for row in rows)
+
+    assert found() == ["m-1", "m-2", "m-3", "m-4", "m-5"]
+    assert found(actor="enrich") == ["m-4", "m-5"]
+    assert found(queue="slow") == ["m-3"]
+    assert found(error_type="ValueError") == ["m-2", "m-3"]
+    assert found(error_type="requests.HTTPError") == ["m-4", "m-5"]
+    assert found(import_id="imp-1") == ["m-1", "m-2"]  # not imp-10
+    assert found(since="2026-11-22T00:00", until="2026-11-24T00:00Z") == ["m-3", "m-4"]
+    assert found(text="usda") == ["m-4", "m-5"]
+    assert found(text="2 cups") == ["m-2"]
+    assert found(actor="parse_note", error_type="ValueError", queue="default") == ["m-2"]
+    with pytest.raises(ValidationError, match="since"):
+        DeadLetterFilter.parse({"since": "yesterday"})
+
+
+def test_a_filtered_replay_counts_first_keeps_its_rate_is_audited_and_runs_once(
+    database: peewee.Database, stub_broker: StubBroker
+) -> None:
+    store = DeadLetterStore(database)
+    audit = AuditLog(database)
+    some_dead_letters(store)
+    usda = DeadLetterFilter.parse({"text": "usda"})
+    assert store.replay(None, matching=usda, dry_run=True) == Replay(2, 0, dry_run=True)
+    assert "enrich" not in stub_broker.queues
+    waits: list[float] = []
+    done = store.replay(
+        stub_broker, matching=usda, rate=4, audit=audit, who="alice", sleep=waits.append
+    )
+    assert done == Replay(2, 2, dry_run=False)
+    assert stub_broker.queues["default"].qsize() == 2
+    assert len(waits) == 1
+    assert 0.2 < waits[0] <= 0.25  # the second a quarter second after the first
+    assert store.replay(stub_broker, matching=usda) == Replay(0, 0, dry_run=False)  # once
+    (entry,) = audit.list()
+    assert (entry.who, entry.action, entry.target, entry.count) == (
+        "alice",
+        "dead_letters.retry",
+        "text=usda",
+        2,
+    )
+    assert entry.details == {"filter": {"text": "usda"}, "rate": 4}
+    with pytest.raises(ValidationError, match="needs a broker"):
+        store.replay(None, matching=usda)
+    with pytest.raises(ValidationError, match="not both"):
+        store.replay(stub_broker, ids=[1], matching=usda)
+
+
+def test_purge_takes_a_filter_and_an_age(database: peewee.Database) -> None:
+    store = DeadLetterStore(database)
+    some_dead_letters(store)
+    parse_note = DeadLetterFilter.parse({"actor": "parse_note"})
+    assert store.purge(matching=parse_note, older_than=timedelta(days=10_000)) == 0
+    assert store.purge(matching=parse_note, older_than=timedelta(days=1)) == 3
+    assert sorted(row.message_id for row in store.list()) == ["m-4", "m-5"]
+    assert store.purge(older_than=timedelta(days=1)) == 2
+
+
+def test_the_retry_command_takes_filters_a_dry_run_and_a_rate(
+    sqlite_url: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["init-db", "--database", sqlite_url]) == 0
+    store = DeadLetterStore(sqlite_url)
+    some_dead_letters(store)
+    capsys.readouterr()
+    command = ["dead-letters", "retry", "--database", sqlite_url, "--filter", "actor=enrich"]
+    assert main([*command, "--filter", "import_id=imp-2", "--dry-run"]) == 0
+    assert capsys.readouterr().out == "1 dead letter would be retried\n"
+    started = time.monotonic()
+    assert main([*command, "--rate", "5", "--redis-url", redis_url]) == 0
+    took = time.monotonic() - started
+    assert capsys.readouterr().out == "2 enqueued again with a fresh attempt count\n"
+    assert took >= 0.2  # two at 5 a second
+    assert redis_client.llen("dramatiq:default") == 2
+    (entry,) = AuditLog(sqlite_url).list()
+    assert (entry.action, entry.target, entry.count) == ("dead_letters.retry", "actor=enrich", 2)
+    assert entry.who.startswith("cli:")
+    purge = ["dead-letters", "purge", "--database", sqlite_url, "--filter", "queue=slow"]
+    assert main([*purge, "--older-than", "1d"]) == 0
+    assert capsys.readouterr().out == "purged 1 dead letter\n"

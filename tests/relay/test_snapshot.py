@@ -1,0 +1,217 @@
+"""Late joiners: an import's snapshot, then only the events after it, never a step back."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+import aiohttp
+import peewee
+import redis
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent
+from dramatiq_shared.relay import RedisSource, create_app
+from dramatiq_shared.relay.auth import sign
+from dramatiq_shared.relay.snapshot import TERMINAL, ImportState
+from dramatiq_shared.stores import StatusHistory
+
+from .conftest import SECRET, RunningRelay, an_import, collect, publish_all
+
+
+async def get_snapshot(url: str, import_id: str, token: str | None = None) -> dict[str, Any]:
+    token = sign(import_id, SECRET) if token is None else token
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/imports/{import_id}/snapshot?token={token}") as response,
+    ):
+        assert response.status == 200, await response.text()
+        return dict(await response.json())
+
+
+def steps_back(events: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """Each (note, from, to) where folding ``events`` took a note from an end back."""
+    state = ImportState("check")
+    back = []
+    for event in events:
+        note = event.get("noteId")
+        before = state.notes[note].status if note in state.notes else None
+        state.apply(event)
+        after = state.notes[note].status if note is not None else None
+        if before in TERMINAL and after not in TERMINAL:
+            back.append((note, before, str(after)))
+    return back
+
+
+def test_a_late_joiner_gets_the_snapshot_then_only_newer_events(
+    redis_relay: RunningRelay, redis_client: redis.Redis
+) -> None:
+    transport = RedisTransport(redis_client)
+    published = publish_all(
+        transport, an_import("imp-s", notes=60, lines=4, failing=frozenset({7, 30}))
+    )
+    later = [
+        StatusEvent("imp-s", NoteStatus.PROCESSING, note_id="n-61", context="note"),
+        # A redelivered note's PROCESSING after its COMPLETED: not a step back.
+        StatusEvent("imp-s", NoteStatus.PROCESSING, note_id="n-4", context="note"),
+        StatusEvent("imp-s", NoteStatus.COMPLETED, note_id="n-61", context="note"),
+    ]
+
+    async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+        snapshot = await get_snapshot(redis_relay.url, "imp-s")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"{redis_relay.url}/ws") as ws,
+        ):
+            await ws.send_json(
+                {
+                    "type": "subscribe",
+                    "import_id": "imp-s",
+                    "token": sign("imp-s", SECRET),
+                    "last_event_id": snapshot["last_event_id"],
+                }
+            )
+            await collect(ws, until=lambda got: any(f["type"] == "subscribed" for f in got))
+            await asyncio.to_thread(transport.append, later, int(time.time() * 1000))
+            tail = await collect(ws, until=lambda got: len(got) >= len(later))
+        return snapshot, tail, await get_snapshot(redis_relay.url, "imp-s")
+
+    snapshot, tail, after = asyncio.run(scenario())
+    assert snapshot["last_event_id"] == published[-1] == len(published)
+    assert snapshot["counts"] == {
+        "PENDING": 0,
+        "PROCESSING": 0,
+        "RETRYING": 0,
+        "COMPLETED": 58,
+        "FAILED": 2,
+    }
+    # n-3's last event is a line's PROCESSING, after its COMPLETED: it stays COMPLETED.
+    assert snapshot["notes"]["n-3"] == {
+        "status": "COMPLETED",
+        "message": "4 lines",
+        "lines_done": 4,
+        "lines_total": 4,
+        "updated": snapshot["notes"]["n-3"]["updated"],
+    }
+    assert snapshot["notes"]["n-7"]["message"] == "ParseError: no ingredients found"
+    assert (snapshot["status"], snapshot["message"]) == ("FAILED", "2 of 60 failed")
+    assert (snapshot["current_count"], snapshot["total_count"]) == (60, 60)
+    assert len(snapshot["recent"]) == 100
+    assert snapshot["recent"][-1]["id"] == len(published)
+    # Only what came after the snapshot, in order, and no step back for n-4.
+    events = [f["event"] for f in tail if f["type"] == "event"]
+    assert [e["id"] for e in events] == [len(published) + n for n in (1, 2, 3)]
+    assert after["last_event_id"] == len(published) + 3
+    assert after["notes"]["n-4"]["status"] == "COMPLETED"
+    assert after["notes"]["n-61"]["status"] == "COMPLETED"
+    assert after["counts"]["COMPLETED"] == 59
+
+
+def test_folding_never_takes_a_note_back_from_its_end() -> None:
+    events = an_import("imp-f", notes=30, lines=3, failing=frozenset({5}))
+    wire = [{**e.to_wire(), "id": n} for n, e in enumerate(events, start=1)]
+    raw_back = [
+        (w["noteId"], w["status"])
+        for before, w in itertools.pairwise(wire)
+        if w.get("noteId") and w["noteId"] == before.get("noteId") and before["status"] in TERMINAL
+    ]
+    assert raw_back  # the import does hold PROCESSING events after a note's end...
+    assert steps_back(wire) == []  # ...and the fold never shows one
+
+
+def test_the_snapshot_reads_what_the_stream_trimmed_from_the_database(
+    redis_client: redis.Redis, redis_url: str, database: peewee.Database
+) -> None:
+    history = StatusHistory(database)
+    transport = RedisTransport(redis_client, maxlen=100)
+    events = an_import("imp-d", notes=40, lines=5, failing=frozenset({12}))
+    for start in range(0, len(events), 100):
+        batch = events[start : start + 100]
+        ids = transport.append(batch, 1_000)
+        history.write([(i, 1_000, e) for i, e in zip(ids, batch, strict=True)], batch_size=100)
+    assert redis_client.xlen(transport.keys.status("imp-d")) < len(events)  # trimmed
+
+    def make() -> web.Application:
+        return create_app(RedisSource(aioredis.from_url(redis_url), history), secret=SECRET)
+
+    with RunningRelay(make) as relay:
+        snapshot = asyncio.run(get_snapshot(relay.url, "imp-d"))
+    assert snapshot["last_event_id"] == len(events)
+    assert snapshot["counts"]["COMPLETED"] == 39
+    assert snapshot["counts"]["FAILED"] == 1
+    assert snapshot["notes"]["n-1"]["lines_total"] == 5  # n-1 lives only in the database
+
+
+def test_a_late_joiner_to_an_import_of_12000_lines_has_its_snapshot_within_a_second(
+    redis_relay: RunningRelay, redis_client: redis.Redis
+) -> None:
+    events = an_import("imp-big", notes=1_000, lines=12)
+    publish_all(RedisTransport(redis_client, maxlen=100_000), events, batch=500)
+    started = time.perf_counter()
+    snapshot = asyncio.run(get_snapshot(redis_relay.url, "imp-big"))
+    cold = time.perf_counter() - started
+    started = time.perf_counter()
+    again = asyncio.run(get_snapshot(redis_relay.url, "imp-big"))
+    warm = time.perf_counter() - started
+    print(f"snapshot of {len(events)} events: {cold * 1000:.0f} ms cold, {warm * 1000:.0f} ms kept")
+    assert snapshot["counts"]["COMPLETED"] == 1_000
+    assert snapshot["status"] == "COMPLETED"
+    assert again == snapshot
+    assert cold < 1.0
+    assert warm < cold
+
+
+def test_the_snapshot_checks_tokens(redis_relay: RunningRelay, redis_client: redis.Redis) -> None:
+    publish_all(RedisTransport(redis_client), an_import("imp-1", notes=2, lines=1))
+
+    async def scenario() -> list[int]:
+        found = []
+        async with aiohttp.ClientSession() as session:
+            for token in ["", sign("imp-2", SECRET), sign("*", SECRET)]:
+                path = f"/imports/imp-1/snapshot?token={token}"
+                async with session.get(f"{redis_relay.url}{path}") as response:
+                    found.append(response.status)
+        return found
+
+    assert asyncio.run(scenario()) == [401, 403, 200]
+
+
+def test_the_imports_overview_gives_each_imports_counts_elapsed_time_and_rate(
+    redis_relay: RunningRelay, redis_client: redis.Redis
+) -> None:
+    transport = RedisTransport(redis_client)
+    started = int(time.time() * 1000) - 10_000
+    ended = an_import("imp-ended", notes=20, lines=2, failing=frozenset({4, 9}))
+    transport.append(ended[:1], started)  # its first event ten seconds ago...
+    transport.append(ended[1:], started + 8_000)  # ...its last eight seconds later
+    running = an_import("imp-running", notes=10, lines=2)[:-12]
+    transport.append(running, int(time.time() * 1000))
+
+    async def scenario() -> tuple[Any, ...]:
+        return (
+            await call_json(redis_relay.url, "/imports/overview", sign("*", SECRET)),
+            await call_json(redis_relay.url, "/imports/overview", sign("imp-ended", SECRET)),
+        )
+
+    (status, lines), (refused, _) = asyncio.run(scenario())
+    assert (status, refused) == (200, 403)
+    by_id = {line["import_id"]: line for line in lines}
+    ended_line = by_id["imp-ended"]
+    assert (ended_line["status"], ended_line["done"], ended_line["failed"]) == ("FAILED", 18, 2)
+    assert ended_line["elapsed"] == 8.0
+    assert ended_line["rate"] == 2.5  # 20 notes in 8 s
+    running_line = by_id["imp-running"]
+    assert running_line["status"] == "PROCESSING"
+    assert (running_line["done"], running_line["processing"]) == (7, 1)
+    assert running_line["current_count"] == 7
+
+
+async def call_json(url: str, path: str, token: str) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}{path}", headers={"Authorization": f"Bearer {token}"}) as response,
+    ):
+        return response.status, await response.json()
