@@ -106,9 +106,10 @@ class LocalState:
     def read(self) -> Snapshot:
         with self._lock:
             wait = self._remaining() if self._state == "open" else 0
-            calls, failures, slow = self._window.counts(_now()) if self._rates else (0, 0, 0)
-            if not self._rates:
-                failures = self._failures
+            if self._rates:
+                calls, failures, slow = self._window.counts(_now())
+            else:
+                calls, failures, slow = 0, self._failures, 0
             return Snapshot(self._state, failures, self._successes, wait, calls, slow)
 
     def force(self, state: str) -> Reply:
