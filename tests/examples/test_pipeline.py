@@ -194,7 +194,9 @@ def test_the_nutrition_service_failing_mid_run_opens_the_breaker_and_loses_nothi
 
 def test_the_dashboard_serves_the_import_live_until_interrupted(tmp_path: Path) -> None:
     port = free_port()
-    env = environment(DATABASE_URL=f"sqlite:///{tmp_path / 'import.db'}")
+    # Seen once in CI: the job did not end within 30 s of Ctrl-C. Should it hang again,
+    # SIGABRT makes it print every thread's stack (faulthandler) for the failure.
+    env = environment(DATABASE_URL=f"sqlite:///{tmp_path / 'import.db'}", PYTHONFAULTHANDLER="1")
     job = subprocess.Popen(
         [
             sys.executable,
@@ -230,7 +232,14 @@ def test_the_dashboard_serves_the_import_live_until_interrupted(tmp_path: Path) 
         assert len(endings) == 1
         assert [e["id"] for e in events] == list(range(1, len(events) + 1))
         job.send_signal(signal.SIGINT)
-        assert job.wait(30) == 0
+        try:
+            assert job.wait(30) == 0
+        except subprocess.TimeoutExpired:
+            job.send_signal(signal.SIGABRT)
+            job.wait(10)
+            raise AssertionError(
+                "the job did not end within 30 s of Ctrl-C; its threads:\n" + job.stderr.read()
+            ) from None
     finally:
         if job.poll() is None:
             job.kill()
