@@ -194,24 +194,31 @@ def test_the_nutrition_service_failing_mid_run_opens_the_breaker_and_loses_nothi
 
 def test_the_dashboard_serves_the_import_live_until_interrupted(tmp_path: Path) -> None:
     port = free_port()
-    # Seen in CI: the job did not end within 30 s of Ctrl-C. Should it hang again,
-    # SIGABRT makes it print every thread's stack (faulthandler) for the failure.
+    # Should the job hang at Ctrl-C, SIGABRT makes it print every thread's stack
+    # (faulthandler) for the failure.
     env = environment(DATABASE_URL=f"sqlite:///{tmp_path / 'import.db'}", PYTHONFAULTHANDLER="1")
-    job = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "examples.recipe_import",
-            "--dashboard",
-            "--dashboard-port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # Ctrl-C as a terminal sends it: a test run that is a shell's background job (as
+    # CI's is) ignores SIGINT, and a child inherits an ignored signal, so the job would
+    # sleep through it. A handled one is reset to the default when the child starts.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        job = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "examples.recipe_import",
+                "--dashboard",
+                "--dashboard-port",
+                str(port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         assert job.stderr is not None
         assert job.stdout is not None
