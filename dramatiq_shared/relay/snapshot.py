@@ -26,11 +26,11 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..status.events import TERMINAL
 from .sources import EventSource
 
 __all__ = ["ImportState", "NoteSnapshot", "Snapshots", "progress"]
 
-TERMINAL = frozenset(("COMPLETED", "FAILED"))
 #: Messages a snapshot carries, newest last.
 RECENT = 100
 #: Events read from the source at a time while folding; the fold yields to the event
