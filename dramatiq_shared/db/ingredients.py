@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import peewee
@@ -11,6 +11,7 @@ from .._checks import check_id, check_int, check_text
 from ..errors import ValidationError
 from ..stores.bulk import chunks, existing, insert_rows
 from ..stores.runner import integrity_violation
+from ..stores.statements import slot
 from .data import (
     MAX_INGREDIENT_NAME,
     MAX_REFERENCE,
@@ -20,7 +21,7 @@ from .data import (
     normalize_ingredient_name,
     refuse_duplicates,
 )
-from .models import DomainOperations
+from .models import DomainOperations, utcnow
 
 __all__ = ["IngredientOperations"]
 
@@ -85,22 +86,44 @@ class IngredientOperations(DomainOperations):
         def write() -> None:
             with self._runner.transaction():
                 for ids in chunks(line_ids, self.config.batch_size):
-                    locked = m.IngredientLine.select(m.IngredientLine.id).where(
-                        m.IngredientLine.id.in_(ids)
-                    )
-                    if not self._runner.is_sqlite:  # SQLite's IMMEDIATE already excludes writers
-                        locked = locked.order_by(m.IngredientLine.id).for_update()
-                    found = {line.id for line in locked}
+                    found = self._lock_lines(ids)
                     missing = [line_id for line_id in ids if line_id not in found]
                     if missing:
                         raise ValidationError(
                             f"line_id: no parsed ingredient line {missing[0]!r}", field="line_id"
                         )
-                    m.Segment.delete().where(m.Segment.line.in_(ids)).execute()
+                    if len(ids) == 1:
+                        delete_one.execute(line=ids[0])
+                    else:
+                        m.Segment.delete().where(m.Segment.line.in_(ids)).execute()
                 insert_rows(m.Segment, _SEGMENT_FIELDS, rows, batch_size=self.config.batch_size)
+
+        delete_one = self._statement(
+            lambda m: m.Segment.delete().where(m.Segment.line == slot("line"))
+        )
 
         self._runner.run(write)
         return counts
+
+    def _lock_lines(self, ids: Sequence[str]) -> set[str]:
+        """Which of the lines ``ids`` exist, locked against other writers until commit."""
+        m = self._models
+        if len(ids) == 1:  # a line's own message: the statement built once
+            if self._runner.is_sqlite:  # SQLite's IMMEDIATE already excludes writers
+                lock = self._line_found
+            else:
+                lock = self._statement(
+                    lambda m: (
+                        m.IngredientLine.select(m.IngredientLine.id)
+                        .where(m.IngredientLine.id == slot("id"))
+                        .for_update()
+                    )
+                )
+            return {row[0] for row in lock.rows(id=ids[0])}
+        locked = m.IngredientLine.select(m.IngredientLine.id).where(m.IngredientLine.id.in_(ids))
+        if not self._runner.is_sqlite:
+            locked = locked.order_by(m.IngredientLine.id).for_update()
+        return {line.id for line in locked}
 
     # --- ingredients -------------------------------------------------------------
 
@@ -154,6 +177,13 @@ class IngredientOperations(DomainOperations):
         def write() -> tuple[set[str], dict[str, int]]:
             created: set[str] = set()
             ids: dict[str, int] = {}
+            if len(names) == 1:  # a line's own ingredient: statements built once
+                (name,) = names
+                row = insert_one.first(name=name, reference=wanted[name], now=utcnow())
+                if row:
+                    created.add(name)
+                (ids[name],) = row or find_one.first(name=name) or ()
+                return created, ids
             for chunk in chunks(names, self.config.batch_size):
                 inserted = (
                     m.Ingredient.insert_many([{"name": n, "reference": wanted[n]} for n in chunk])
@@ -169,6 +199,18 @@ class IngredientOperations(DomainOperations):
                 ids.update((row.name, row.id) for row in query)
             return created, ids
 
+        insert_one = self._statement(
+            lambda m: (
+                m.Ingredient.insert(
+                    name=slot("name"), reference=slot("reference"), created_at=slot("now")
+                )
+                .on_conflict_ignore()
+                .returning(m.Ingredient.id)
+            )
+        )
+        find_one = self._statement(
+            lambda m: m.Ingredient.select(m.Ingredient.id).where(m.Ingredient.name == slot("name"))
+        )
         created, ids = self._runner.run(write)
         refs = []
         for name in order:
@@ -189,15 +231,17 @@ class IngredientOperations(DomainOperations):
         )
         if not ids:
             return
-        # A row count, not the RETURNING peewee would add on SQLite: a cursor left
-        # unread there would keep a savepoint of the caller's unit of work from closing.
-        query = (
-            m.LineIngredient.insert_many([{"line": line_id, "ingredient": i} for i in ids])
-            .on_conflict_ignore()
-            .as_rowcount()
-        )
+        rows = [(line_id, i) for i in ids]
         try:
-            self._runner.run(query.execute)
+            self._runner.run(
+                lambda: insert_rows(
+                    m.LineIngredient,
+                    ("line", "ingredient"),
+                    rows,
+                    batch_size=self.config.batch_size,
+                    suffix=" ON CONFLICT DO NOTHING",
+                )
+            )
         except peewee.IntegrityError as error:
             if integrity_violation(error) != "foreign_key":
                 raise

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import CodeType
 
 import peewee
 
@@ -41,6 +42,7 @@ from ..stores.completions import Completion, CompletionItem
 from ..stores.connection import database_config, open_database
 from ..stores.dead_letters import DeadLetter
 from ..stores.runner import RunsOperations
+from ..stores.statements import Statement, slot
 from ..stores.status_history import StatusEventRecord
 from ..stores.tables import JSONField, NoteState, Table, bound_model, utcnow
 
@@ -246,6 +248,40 @@ class DomainOperations(RunsOperations):
     @functools.cached_property
     def _models(self) -> DomainModels:
         return domain_models(self.database)
+
+    @functools.cached_property
+    def _statements(self) -> dict[CodeType, Statement]:
+        return {}
+
+    def _statement(self, build: Callable[[DomainModels], peewee.BaseQuery]) -> Statement:
+        """The :class:`Statement` of the query ``build`` makes from the models; built once.
+
+        One statement per place in the code (``build``'s code object), so ``build``
+        must take everything it uses from the models and :func:`slot`: a value it
+        closed over would be frozen into the SQL at its first call.
+
+        Raises:
+          ValueError: When ``build`` closes over a variable.
+        """
+        code = build.__code__
+        found = self._statements.get(code)
+        if found is None:
+            if build.__closure__:
+                raise ValueError(
+                    f"{build.__qualname__}: a statement's query may use only the models"
+                    f" and slot(), not {', '.join(code.co_freevars)}"
+                )
+            found = self._statements[code] = Statement(build(self._models))
+        return found
+
+    @property
+    def _line_found(self) -> Statement:
+        """The id of a parsed line, when it exists: what both halves of the operations ask."""
+        return self._statement(
+            lambda m: m.IngredientLine.select(m.IngredientLine.id).where(
+                m.IngredientLine.id == slot("id")
+            )
+        )
 
 
 def init_database(config: DatabaseConfig | str) -> peewee.Database:

@@ -11,6 +11,7 @@ from .._checks import INT32_MAX, check_id, check_int
 from ..errors import ValidationError
 from ..stores.bulk import existing, insert_rows, upsert_clause
 from ..stores.runner import integrity_violation
+from ..stores.statements import Statement, slot
 from .data import NoteData, ParsedIngredientLineData, checked_status, coerce, refuse_duplicates
 from .models import DomainOperations, NoteState, ParseStatus, utcnow
 
@@ -88,9 +89,15 @@ class NoteOperations(DomainOperations):
         Raises:
           ValidationError: When ``note_id`` or ``status`` is invalid.
         """
-        m = self._models
         check_id("note_id", note_id)
-        return self._set_status(m.Note.status, note_id, checked_status("status", status, NoteState))
+        status = checked_status("status", status, NoteState)
+        update = self._statement(
+            lambda m: m.Note.update(status=slot("status"), updated_at=slot("now")).where(
+                (m.Note.id == slot("id")) & (m.Note.status != slot("status"))
+            )
+        )
+        found = self._statement(lambda m: m.Note.select(m.Note.id).where(m.Note.id == slot("id")))
+        return self._set_status(update, found, note_id, status)
 
     def set_line_status(self, line_id: str, status: ParseStatus | str) -> bool:
         """Set a parsed line's status, leaving the rest of it as it is; setting the status
@@ -102,19 +109,43 @@ class NoteOperations(DomainOperations):
         Raises:
           ValidationError: When ``line_id`` or ``status`` is invalid.
         """
-        m = self._models
         check_id("line_id", line_id)
         status = checked_status("status", status, ParseStatus)
-        return self._set_status(m.IngredientLine.parse_status, line_id, status)
-
-    def _set_status(self, column: peewee.Field, key: str, status: NoteState | ParseStatus) -> bool:
-        model = column.model
-        query = model.update({column: status.value, model.updated_at: utcnow()}).where(
-            (model.id == key) & (column != status.value)
+        update = self._statement(
+            lambda m: m.IngredientLine.update(
+                parse_status=slot("status"), updated_at=slot("now")
+            ).where(
+                (m.IngredientLine.id == slot("id"))
+                & (m.IngredientLine.parse_status != slot("status"))
+            )
         )
-        if self._runner.run(query.execute):
+        return self._set_status(update, self._line_found, line_id, status)
+
+    def _set_status(
+        self, update: Statement, found: Statement, key: str, status: NoteState | ParseStatus
+    ) -> bool:
+        if self._runner.run(lambda: update.count(id=key, status=status.value, now=utcnow())):
             return True
-        return bool(self._runner.run(lambda: list(existing(model, model.id, [key]))))
+        return self._runner.run(lambda: found.first(id=key)) is not None
+
+    def parsed_ingredient_line(self, line_id: str) -> ParsedIngredientLineData | None:
+        """The parsed line ``line_id`` as it is stored, or None when there is none.
+
+        Raises:
+          ValidationError: When ``line_id`` is invalid.
+        """
+        check_id("line_id", line_id)
+        read = self._statement(
+            lambda m: m.IngredientLine.select(
+                m.IngredientLine.block_index,
+                m.IngredientLine.line_index,
+                m.IngredientLine.reference,
+                m.IngredientLine.note,
+                m.IngredientLine.parse_status,
+            ).where(m.IngredientLine.id == slot("id"))
+        )
+        row = self._runner.run(lambda: read.first(id=line_id))
+        return None if row is None else ParsedIngredientLineData(*row)
 
     def line_counts(self, note_id: str) -> dict[ParseStatus, int]:
         """How many lines of a note have each parse status (every status, 0 included).
@@ -122,20 +153,18 @@ class NoteOperations(DomainOperations):
         Raises:
           ValidationError: When ``note_id`` is invalid.
         """
-        m = self._models
         check_id("note_id", note_id)
-        query = (
-            m.IngredientLine.select(
-                m.IngredientLine.parse_status, peewee.fn.COUNT(m.IngredientLine.id)
+        query = self._statement(
+            lambda m: (
+                m.IngredientLine.select(
+                    m.IngredientLine.parse_status, peewee.fn.COUNT(m.IngredientLine.id)
+                )
+                .where(m.IngredientLine.note == slot("note"))
+                .group_by(m.IngredientLine.parse_status)
             )
-            .where(m.IngredientLine.note == note_id)
-            .group_by(m.IngredientLine.parse_status)
-            .tuples()
         )
         counts = dict.fromkeys(ParseStatus, 0)
-        # peewee's stubs type tuples() rows as models; they are (status, count) tuples.
-        rows = cast("list[tuple[str, int]]", self._runner.run(lambda: list(query)))
-        for status, count in rows:
+        for status, count in self._runner.run(lambda: query.rows(note=note_id)):
             counts[ParseStatus(status)] = count
         return counts
 

@@ -13,10 +13,11 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from .._checks import check_id, check_text
 from ..errors import ValidationError
+from ..stores.statements import slot
+from ..stores.tables import JSONField
 from .models import DomainOperations, utcnow
 
 __all__ = ["PatternRef", "PatternTracker"]
@@ -68,42 +69,55 @@ class PatternTracker(DomainOperations):
         line_id = check_id("example_line_id", example_line_id)
         encoded = json.dumps(names, separators=(",", ":"), ensure_ascii=False)
         key = hashlib.sha256(encoded.encode()).hexdigest()
-        m = self._models
+        stored = JSONField().db_value(names)
+        now = utcnow()
+        insert_pattern = self._statement(
+            lambda m: (
+                m.LinePattern.insert(
+                    key=slot("key"),
+                    rules=slot("rules"),
+                    example_line_id=slot("line"),
+                    occurrences=0,
+                    first_seen=slot("now"),
+                    last_seen=slot("now"),
+                )
+                .on_conflict_ignore()
+                .returning(m.LinePattern.id)
+            )
+        )
+        find_pattern = self._statement(
+            lambda m: m.LinePattern.select(m.LinePattern.id).where(m.LinePattern.key == slot("key"))
+        )
+        insert_pair = self._statement(
+            lambda m: (
+                m.PatternLine.insert(pattern=slot("pattern"), line_id=slot("line"))
+                .on_conflict_ignore()
+                .returning(m.PatternLine.id)
+            )
+        )
+        add_one = self._statement(
+            lambda m: (
+                m.LinePattern.update(
+                    occurrences=m.LinePattern.occurrences + 1, last_seen=slot("now")
+                )
+                .where(m.LinePattern.id == slot("pattern"))
+                .returning(m.LinePattern.occurrences)
+            )
+        )
+        read_count = self._statement(
+            lambda m: m.LinePattern.select(m.LinePattern.occurrences).where(
+                m.LinePattern.id == slot("pattern")
+            )
+        )
 
         def write() -> PatternRef:
             with self._runner.transaction():
-                created = _inserted(
-                    m.LinePattern.insert(key=key, rules=names, example_line_id=line_id)
-                    .on_conflict_ignore()
-                    .returning(m.LinePattern.id)
-                )
-                pattern_id = created or m.LinePattern.get(m.LinePattern.key == key).id
-                counted = _inserted(
-                    m.PatternLine.insert(pattern=pattern_id, line_id=line_id)
-                    .on_conflict_ignore()
-                    .returning(m.PatternLine.id)
-                )
-                if counted:
-                    (occurrences,) = _returned(
-                        m.LinePattern.update(
-                            occurrences=m.LinePattern.occurrences + 1, last_seen=utcnow()
-                        )
-                        .where(m.LinePattern.id == pattern_id)
-                        .returning(m.LinePattern.occurrences)
-                    )
+                created = insert_pattern.first(key=key, rules=stored, line=line_id, now=now)
+                (pattern_id,) = created or find_pattern.first(key=key) or ()
+                if insert_pair.first(pattern=pattern_id, line=line_id):
+                    (occurrences,) = add_one.first(pattern=pattern_id, now=now) or ()
                 else:
-                    occurrences = m.LinePattern.get_by_id(pattern_id).occurrences
+                    (occurrences,) = read_count.first(pattern=pattern_id) or ()
             return PatternRef(id=pattern_id, occurrences=occurrences, is_new=created is not None)
 
         return self._runner.run(write)
-
-
-def _returned(query: Any) -> tuple[Any, ...]:
-    """The first row a RETURNING query gave, or an empty tuple when it touched none."""
-    return next(iter(query.tuples().execute()), ())
-
-
-def _inserted(query: Any) -> int | None:
-    """The id an INSERT ... RETURNING id gave, or None when it inserted nothing."""
-    row = _returned(query)
-    return row[0] if row else None

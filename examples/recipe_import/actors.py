@@ -231,7 +231,9 @@ def parse_ingredient_line(import_id: str, note_id: str, line_id: str) -> None:
     message that died half-way does the rest. (Lifecycle events are off for this actor:
     one a line would drown the note's; its progress goes out coalesced instead.)
     """
-    line = _get(models.IngredientLine, line_id, "line_id")
+    line = operations.parsed_ingredient_line(line_id)
+    if line is None:
+        raise ValidationError(f"line_id: no parsed ingredient line {line_id!r}", field="line_id")
     parsed = parse_line(line.reference)
     # Five writes, not one unit_of_work: measured on SQLite (benchmarks/README.rst), a
     # transaction held across them kept the other threads polling for the write lock.

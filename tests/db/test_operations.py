@@ -107,6 +107,15 @@ def test_a_line_status_is_set_idempotently_and_nothing_else_changes(
         ops.set_line_status("l-1", "DONE")
 
 
+def test_a_line_is_read_back_as_it_was_written(ops: DatabaseOperations) -> None:
+    written = line(2, 3, reference="1 cup rice", parse_status="CORRECT")
+    ops.create_or_update_parsed_ingredient_line("l-1", written)
+    assert ops.parsed_ingredient_line("l-1") == written
+    assert ops.parsed_ingredient_line("l-9") is None
+    with pytest.raises(ValidationError, match="line_id"):
+        ops.parsed_ingredient_line("")
+
+
 def test_line_counts_count_each_parse_status(ops: DatabaseOperations) -> None:
     assert ops.line_counts("note-1") == dict.fromkeys(ParseStatus, 0)
     ops.create_or_update_parsed_ingredient_lines(
