@@ -13,6 +13,7 @@ from .completions import CompletionCounts
 from .connection import database_config, open_database
 from .dead_letters import DeadLetterRecord, DeadLetterStore, fresh_message
 from .runner import OperationRunner, RunsOperations, integrity_violation, is_transient
+from .statements import Statement, slot
 from .status_history import StatusHistory
 from .tables import NoteState, bound_model
 
@@ -20,11 +21,13 @@ __all__ = [
     # Opening a database and running operations on it.
     "OperationRunner",
     "RunsOperations",
+    "Statement",
     "bound_model",
     "database_config",
     "integrity_violation",
     "is_transient",
     "open_database",
+    "slot",
     # The stores.
     "AuditEntry",
     "AuditLog",

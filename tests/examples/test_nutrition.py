@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from examples.recipe_import.nutrition import NutritionServer, figures
+
+from ..conftest import free_port
+from .conftest import ROOT, environment
 
 
 def call(url: str, body: Any = None) -> tuple[int, Any]:
@@ -58,3 +64,39 @@ def test_a_bad_control_request_is_refused(
 ) -> None:
     assert call(f"{nutrition.url}/control", body) == (400, {"error": reason})
     assert call(f"{nutrition.url}/stats")[1]["fail"] is False
+
+
+# Run in a process of its own: importing the actors sets up a broker, as an app would.
+_KEPT_CONNECTION = """
+import os, sys
+from examples.recipe_import import actors
+from examples.recipe_import.nutrition import NutritionServer, figures
+
+port = int(sys.argv[1])
+first = NutritionServer(port=port).start()
+os.environ["NUTRITION_URL"] = first.url
+assert actors.fetch_nutrition("salt") == figures("salt")
+kept = actors._KEPT.by_base[first.url]
+assert actors.fetch_nutrition("sugar") == figures("sugar")
+assert actors._KEPT.by_base[first.url] is kept, "a second call opened a new connection"
+first.stop()  # closes the kept connection from the server's side
+second = NutritionServer(port=port).start()
+assert actors.fetch_nutrition("salt") == figures("salt")
+print(first.state.requests, second.state.requests)
+"""
+
+
+def test_the_client_keeps_its_connection_and_reconnects_once_it_was_closed(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _KEPT_CONNECTION, str(free_port())],
+        cwd=ROOT,
+        env=environment(DATABASE_URL=f"sqlite:///{tmp_path / 'n.db'}"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "1"]
