@@ -254,8 +254,8 @@ def parse_ingredient_line(import_id: str, note_id: str, line_id: str) -> None:
     if line is None:
         raise ValidationError(f"line_id: no parsed ingredient line {line_id!r}", field="line_id")
     parsed = parse_line(line.reference)
-    # Five writes, not one unit_of_work: measured on SQLite (benchmarks/README.rst), a
-    # transaction held across them kept the other threads polling for the write lock.
+    # Five writes, not one unit_of_work: measured on SQLite (benchmarks/README.rst), one
+    # transaction for them was slower, then level once statements were built once.
     operations.replace_parsed_segments(
         line_id, [ParsedSegment(s.index, s.rule, s.type, s.value) for s in parsed.segments]
     )

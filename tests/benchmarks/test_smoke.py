@@ -137,3 +137,15 @@ def test_retry_budget(
         assert f"{label} " in out
     assert "B/A retries in the outage:" in out
     assert "B retries within the bound:" in out
+
+
+def test_main_job(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    recipes = shared_data("recipes.jsonl")
+    run_benchmark(
+        "main_job.py",
+        *(str(recipes), "--against", "HEAD", "--limit", "3", "--rounds", "1"),
+        monkeypatch=monkeypatch,
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("3 recipes, ")
+    assert "this/baseline elapsed: median " in out
