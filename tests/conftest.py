@@ -34,7 +34,7 @@ from dramatiq_shared.db import create_tables, init_database
 from .faults.proxy import Proxy
 
 # The kit this library gives its users (opt-in, as theirs), and pytester to run it as they do.
-pytest_plugins = ["dramatiq_shared.testing", "pytester"]
+pytest_plugins = ["pytester"]  # the kit comes by its entry point, as for a user
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.environ.get(
