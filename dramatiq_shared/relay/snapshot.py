@@ -7,6 +7,8 @@ messages), then subscribes from that id: it never replays the whole history.
 The fold's rules (the dashboard applies the same ones to the live events):
 
 * an event without a note is the import's: its status and its counts;
+* a note's title is the last ``title`` its events' metadata gave (the recipe example
+  gives it with the note's PROCESSING);
 * an event of a note with ``context == "line"`` is one of its lines: it moves the
   note's line counts (never backwards) and makes a PENDING note PROCESSING;
 * any other event of a note sets the note's status and message, except that a
@@ -45,14 +47,38 @@ class NoteSnapshot:
     """What a snapshot says of one note."""
 
     status: str = "PENDING"
+    title: str = ""
     message: str = ""
     lines_done: int = 0
     lines_total: int | None = None
     updated: int = 0  # the id of the event that last changed it
 
+    def apply(self, status: str, event: dict[str, Any]) -> None:
+        """Fold one of the note's events (see the module's rules)."""
+        title = (event.get("metadata") or {}).get("title")
+        if isinstance(title, str) and title:
+            self.title = title
+        current, total = event.get("currentCount"), event.get("totalCount")
+        if event.get("context") == "line" or status not in TERMINAL:
+            if current is not None:
+                self.lines_done = max(self.lines_done, current)
+            if total is not None:
+                self.lines_total = total
+        elif total is not None:  # the note's end: its counts are final
+            self.lines_done, self.lines_total = current or 0, total
+        if event.get("context") == "line":
+            if self.status == "PENDING":
+                self.status = "PROCESSING"
+            return
+        if self.status in TERMINAL and status not in TERMINAL:
+            return
+        self.status = status
+        self.message = event.get("message") or ""
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "status": self.status,
+            "title": self.title,
             "message": self.message,
             "lines_done": self.lines_done,
             "lines_total": self.lines_total,
@@ -106,22 +132,7 @@ class ImportState:
         if note is None:
             note = self.notes[note_id] = NoteSnapshot()
         note.updated = event_id
-        current, total = event.get("currentCount"), event.get("totalCount")
-        if event.get("context") == "line" or status not in TERMINAL:
-            if current is not None:
-                note.lines_done = max(note.lines_done, current)
-            if total is not None:
-                note.lines_total = total
-        elif total is not None:  # the note's end: its counts are final
-            note.lines_done, note.lines_total = current or 0, total
-        if event.get("context") == "line":
-            if note.status == "PENDING":
-                note.status = "PROCESSING"
-            return
-        if note.status in TERMINAL and status not in TERMINAL:
-            return
-        note.status = status
-        note.message = event.get("message") or ""
+        note.apply(status, event)
 
     def _apply_to_import(self, status: str, event: dict[str, Any]) -> None:
         current, total = event.get("currentCount"), event.get("totalCount")

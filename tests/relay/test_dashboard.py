@@ -57,6 +57,7 @@ def publish_an_import(transport: MemoryTransport, stop: threading.Event) -> None
                     indent_level=1,
                     message=f"parsing note {n}",
                     context="parse_note",
+                    metadata={"title": f"Soup {n}"},
                 ),
                 StatusEvent(
                     "imp-b",
@@ -133,6 +134,7 @@ def test_the_page_shows_progress_advancing_and_a_failed_note_in_its_colour() -> 
                 publisher.join()
     assert 0 < early < late == 100  # the bar advanced as events came in
     assert colour == "rgb(198, 40, 40)"  # FAILED's red
+    assert "Soup 7" in note_text  # its title, from the live event's metadata
     assert "note n-7" in note_text
     assert "no ingredients found" in note_text
     assert rows == NOTES
@@ -445,6 +447,10 @@ def test_the_imports_view_and_a_status_filter_that_shows_exactly_the_failed_note
                 "[...document.querySelectorAll('#rows tr')]"
                 ".map(r => [r.dataset.key, r.dataset.status])"
             )
+            names = page.evaluate(
+                "[...document.querySelectorAll('#rows tr')].map(r => [r.cells[0].innerText,"
+                " r.querySelector('.lines [role=progressbar]')?.getAttribute('aria-valuenow')])"
+            )
             page.click('#rows tr[data-key="note n-300"]')
             message = page.locator("#note-message").inner_text()
             page.screenshot(path=str(tmp_path / "import-failed-only.png"), full_page=True)
@@ -463,3 +469,9 @@ def test_the_imports_view_and_a_status_filter_that_shows_exactly_the_failed_note
         ["note n-7", "FAILED"],
     ]
     assert message == "ParseError: no ingredients found"
+    # Each note by its title (from its events' metadata), with its lines' progress.
+    assert sorted(names) == [
+        ["Recipe 300 note n-300", "100"],
+        ["Recipe 512 note n-512", "100"],
+        ["Recipe 7 note n-7", "100"],
+    ]

@@ -91,6 +91,7 @@ def test_a_late_joiner_gets_the_snapshot_then_only_newer_events(
     # n-3's last event is a line's PROCESSING, after its COMPLETED: it stays COMPLETED.
     assert snapshot["notes"]["n-3"] == {
         "status": "COMPLETED",
+        "title": "Recipe 3",
         "message": "4 lines",
         "lines_done": 4,
         "lines_total": 4,
@@ -120,6 +121,22 @@ def test_folding_never_takes_a_note_back_from_its_end() -> None:
     ]
     assert raw_back  # the import does hold PROCESSING events after a note's end...
     assert steps_back(wire) == []  # ...and the fold never shows one
+
+
+def test_a_notes_title_comes_from_its_events_metadata_and_stays() -> None:
+    state = ImportState("imp-t")
+    titled = {"title": "Weeknight Tomato Soup"}
+    events = [
+        {"id": 1, "status": "PROCESSING", "noteId": "n-1", "context": "note", "metadata": titled},
+        {"id": 2, "status": "PROCESSING", "noteId": "n-1", "context": "line", "currentCount": 1},
+        {"id": 3, "status": "COMPLETED", "noteId": "n-1", "context": "note", "metadata": {}},
+        {"id": 4, "status": "PROCESSING", "noteId": "n-2", "context": "note"},
+    ]
+    for event in events:
+        state.apply(event)
+    notes = state.as_dict()["notes"]
+    assert notes["n-1"]["title"] == "Weeknight Tomato Soup"  # kept past events without one
+    assert notes["n-2"]["title"] == ""
 
 
 def test_the_snapshot_reads_what_the_stream_trimmed_from_the_database(
