@@ -170,30 +170,56 @@ class ImportState:
         }
 
 
-def progress(snapshot: dict[str, Any], *, now_ms: int) -> dict[str, Any]:
-    """An import's line in the imports view, from its snapshot: its state, counts, how
-    long it has run (to its end, once it ended) and how many notes a second it finished."""
+def progress(
+    snapshot: dict[str, Any], *, now_ms: int, dead_lettered: int | None = None
+) -> dict[str, Any]:
+    """An import's line in the imports view, from its snapshot.
+
+    Parameters:
+      snapshot: The import's snapshot (:meth:`ImportState.as_dict`).
+      now_ms: The time now, ms since the epoch: a running import's elapsed time runs to
+        it (an ended one's to its last event).
+      dead_lettered: How many of the import's messages are dead letters not replayed
+        yet, when the relay has the dead-letters table; None otherwise.
+
+    Returns:
+      Its state and counts, how long it has run, how many notes and lines a second it
+      finished, and, while it runs, the seconds left at that rate (``eta``; None until
+      a note finished, or without the import's total).
+    """
     counts = snapshot["counts"]
     finished = counts["COMPLETED"] + counts["FAILED"]
     started, updated = snapshot["started"], snapshot["updated"]
     ended = snapshot["status"] in TERMINAL
+    total = snapshot["total_count"]
+    lines_done = sum(note["lines_done"] for note in snapshot["notes"].values())
     elapsed = None
     if started is not None:
         elapsed = ((updated if ended else max(now_ms, updated or 0)) - started) / 1000
+    rate = finished / elapsed if elapsed else None
+    eta = None
+    if ended:
+        eta = 0.0
+    elif rate and total is not None:
+        eta = round(max(total - finished, 0) / rate, 1)
     return {
         "import_id": snapshot["import_id"],
         "status": snapshot["status"],
         "message": snapshot["message"],
         "current_count": snapshot["current_count"],
-        "total_count": snapshot["total_count"],
+        "total_count": total,
         "done": counts["COMPLETED"],
         "failed": counts["FAILED"],
         "retrying": counts["RETRYING"],
         "processing": counts["PROCESSING"],
+        "dead_lettered": dead_lettered,
         "notes": len(snapshot["notes"]),
+        "lines_done": lines_done,
         "started": started,
         "elapsed": elapsed,
-        "rate": round(finished / elapsed, 2) if elapsed else None,
+        "rate": round(rate, 2) if rate is not None else None,
+        "lines_rate": round(lines_done / elapsed, 2) if elapsed else None,
+        "eta": eta,
         "last_event_id": snapshot["last_event_id"],
     }
 

@@ -432,6 +432,9 @@ def test_the_imports_view_and_a_status_filter_that_shows_exactly_the_failed_note
                 key: page.locator(f'#imports tr[data-import="{key}"]').inner_text()
                 for key in ("imp-f", "imp-ok")
             }
+            headings = page.evaluate(
+                "[...document.querySelectorAll('#imports th')].map(th => th.textContent)"
+            )
             statuses = page.evaluate(
                 "Object.fromEntries([...document.querySelectorAll('#imports tr[data-import]')]"
                 ".map(r => [r.dataset.import, r.dataset.status]))"
@@ -462,6 +465,9 @@ def test_the_imports_view_and_a_status_filter_that_shows_exactly_the_failed_note
     assert statuses == {"imp-f": "FAILED", "imp-ok": "COMPLETED"}
     assert "\t597\t3\t0\t" in overview["imp-f"]  # done, failed, retrying
     assert "600 of 600" in overview["imp-f"]
+    assert headings[5:] == ["Retrying", "Dead letters", "Elapsed", "Rate", "ETA"]
+    assert "notes/s · " in overview["imp-f"]
+    assert " lines/s" in overview["imp-f"]
     assert "\t5\t0\t0\t" in overview["imp-ok"]
     assert sorted(shown) == [
         ["note n-300", "FAILED"],
