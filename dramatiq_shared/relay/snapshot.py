@@ -16,6 +16,10 @@ The fold's rules (the dashboard applies the same ones to the live events):
   late PROCESSING of a finished note (two last lines finishing at once, a
   redelivery) changes its counts only.
 
+A snapshot also counts the notes that ended in each second of the import's last
+:data:`THROUGHPUT_SECONDS` (by their ending event's timestamp), for the page's
+throughput chart.
+
 The relay keeps the snapshots of the imports asked for last (:class:`Snapshots`)
 and folds only the events published since, so a late joiner costs one read of what
 is new.
@@ -40,6 +44,8 @@ RECENT = 100
 FOLD_PAGE = 2_000
 #: Imports whose snapshot the relay keeps.
 KEPT = 32
+#: Seconds of notes ended a second a snapshot keeps, up to its newest event.
+THROUGHPUT_SECONDS = 300
 
 
 @dataclass
@@ -53,8 +59,12 @@ class NoteSnapshot:
     lines_total: int | None = None
     updated: int = 0  # the id of the event that last changed it
 
-    def apply(self, status: str, event: dict[str, Any]) -> None:
-        """Fold one of the note's events (see the module's rules)."""
+    def apply(self, status: str, event: dict[str, Any]) -> bool:
+        """Fold one of the note's events (see the module's rules).
+
+        Returns:
+          Whether the note ended with it (reached COMPLETED or FAILED for the first time).
+        """
         title = (event.get("metadata") or {}).get("title")
         if isinstance(title, str) and title:
             self.title = title
@@ -69,11 +79,13 @@ class NoteSnapshot:
         if event.get("context") == "line":
             if self.status == "PENDING":
                 self.status = "PROCESSING"
-            return
+            return False
         if self.status in TERMINAL and status not in TERMINAL:
-            return
+            return False
+        ended = status in TERMINAL and self.status not in TERMINAL
         self.status = status
         self.message = event.get("message") or ""
+        return ended
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +111,7 @@ class ImportState:
     started: int | None = None  # the first event's timestamp, ms
     updated: int | None = None  # the last event's timestamp, ms
     notes: dict[str, NoteSnapshot] = field(default_factory=dict)
+    ended_by_second: dict[int, int] = field(default_factory=dict)  # epoch second -> notes
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT))
 
     def apply(self, event: dict[str, Any]) -> None:
@@ -132,7 +145,21 @@ class ImportState:
         if note is None:
             note = self.notes[note_id] = NoteSnapshot()
         note.updated = event_id
-        note.apply(status, event)
+        if note.apply(status, event) and stamp is not None:
+            self._count_ended(stamp // 1000)
+
+    def _count_ended(self, second: int) -> None:
+        self.ended_by_second[second] = self.ended_by_second.get(second, 0) + 1
+        if len(self.ended_by_second) > 2 * THROUGHPUT_SECONDS:  # now and then, not each note
+            self.ended_by_second = dict(self._last_seconds())
+
+    def _last_seconds(self) -> list[tuple[int, int]]:
+        """The seconds of :attr:`ended_by_second` in the newest's last
+        :data:`THROUGHPUT_SECONDS`, in order, with their counts."""
+        if not self.ended_by_second:
+            return []
+        oldest = max(self.ended_by_second) - THROUGHPUT_SECONDS
+        return sorted((s, n) for s, n in self.ended_by_second.items() if s > oldest)
 
     def _apply_to_import(self, status: str, event: dict[str, Any]) -> None:
         current, total = event.get("currentCount"), event.get("totalCount")
@@ -166,6 +193,7 @@ class ImportState:
             "updated": self.updated,
             "counts": self.counts(),
             "notes": {note_id: note.as_dict() for note_id, note in self.notes.items()},
+            "ended_by_second": self._last_seconds(),
             "recent": list(self.recent),
         }
 
@@ -184,8 +212,8 @@ def progress(
 
     Returns:
       Its state and counts, how long it has run, how many notes and lines a second it
-      finished, and, while it runs, the seconds left at that rate (``eta``; None until
-      a note finished, or without the import's total).
+      finished, while it runs the seconds left at that rate (``eta``; None until a
+      note finished, or without the import's total), and its notes ended a second.
     """
     counts = snapshot["counts"]
     finished = counts["COMPLETED"] + counts["FAILED"]
@@ -220,6 +248,7 @@ def progress(
         "rate": round(rate, 2) if rate is not None else None,
         "lines_rate": round(lines_done / elapsed, 2) if elapsed else None,
         "eta": eta,
+        "ended_by_second": snapshot["ended_by_second"],
         "last_event_id": snapshot["last_event_id"],
     }
 

@@ -126,6 +126,7 @@ def test_the_page_shows_progress_advancing_and_a_failed_note_in_its_colour() -> 
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
             rows = page.locator("#rows tr").count()
+            charted = page.locator("#throughput svg").get_attribute("data-total")
             note_text = page.locator('tr[data-status="FAILED"]').inner_text()
         finally:
             stop.set()
@@ -138,6 +139,7 @@ def test_the_page_shows_progress_advancing_and_a_failed_note_in_its_colour() -> 
     assert "note n-7" in note_text
     assert "no ingredients found" in note_text
     assert rows == NOTES
+    assert charted == str(NOTES)  # the throughput chart counted each note's end, live
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
 
 
@@ -432,6 +434,10 @@ def test_the_imports_view_and_a_status_filter_that_shows_exactly_the_failed_note
                 key: page.locator(f'#imports tr[data-import="{key}"]').inner_text()
                 for key in ("imp-f", "imp-ok")
             }
+            sparks = page.evaluate(
+                "Object.fromEntries([...document.querySelectorAll('#imports tr[data-import]')]"
+                ".map(r => [r.dataset.import, r.querySelector('svg.spark')?.dataset.total]))"
+            )
             headings = page.evaluate(
                 "[...document.querySelectorAll('#imports th')].map(th => th.textContent)"
             )
@@ -444,6 +450,7 @@ def test_the_imports_view_and_a_status_filter_that_shows_exactly_the_failed_note
             page.wait_for_function(
                 "document.querySelector('#counts [data-status=FAILED]')?.dataset.count === '3'"
             )
+            charted = page.locator("#throughput svg").get_attribute("data-total")
             page.select_option("#status-filter", "FAILED")
             page.wait_for_function("document.querySelectorAll('#rows tr').length === 3")
             shown = page.evaluate(
@@ -465,7 +472,10 @@ def test_the_imports_view_and_a_status_filter_that_shows_exactly_the_failed_note
     assert statuses == {"imp-f": "FAILED", "imp-ok": "COMPLETED"}
     assert "\t597\t3\t0\t" in overview["imp-f"]  # done, failed, retrying
     assert "600 of 600" in overview["imp-f"]
-    assert headings[5:] == ["Retrying", "Dead letters", "Elapsed", "Rate", "ETA"]
+    assert headings[5:] == ["Retrying", "Dead letters", "Elapsed", "Rate", "ETA", "Throughput"]
+    # The notes ended a second, from the snapshots: the overview's and the import's chart.
+    assert sparks == {"imp-f": "600", "imp-ok": "5"}
+    assert charted == "600"
     assert "notes/s · " in overview["imp-f"]
     assert " lines/s" in overview["imp-f"]
     assert "\t5\t0\t0\t" in overview["imp-ok"]

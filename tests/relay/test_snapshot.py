@@ -261,6 +261,34 @@ def test_an_imports_eta_is_what_is_left_at_the_rate_so_far() -> None:
     assert progress(no_total, now_ms=1_000_000 + 8_000)["eta"] is None
 
 
+def test_a_snapshot_counts_the_notes_ended_each_second_of_its_last_five_minutes() -> None:
+    state = ImportState("imp-chart")
+    start = 1_700_000_000_000
+    ends = [
+        ("n-1", "COMPLETED", start + 100),
+        ("n-2", "FAILED", start + 900),
+        ("n-1", "COMPLETED", start + 1_500),  # a redelivery: n-1 ended once
+        ("n-3", "COMPLETED", start + 2_000),
+    ]
+    for n, (note, status, stamp) in enumerate(ends, 1):
+        state.apply({"id": n, "status": status, "noteId": note, "timestamp": stamp})
+    second = start // 1000
+    assert state.as_dict()["ended_by_second"] == [(second, 2), (second + 2, 1)]
+    # Ten minutes later, one a second for 700 s: only the last 300 s are kept.
+    for n in range(700):
+        state.apply(
+            {
+                "id": 10 + n,
+                "status": "COMPLETED",
+                "noteId": f"m-{n}",
+                "timestamp": start + 600_000 + 1_000 * n,
+            }
+        )
+    kept = state.as_dict()["ended_by_second"]
+    assert kept == [(second + 600 + n, 1) for n in range(400, 700)]
+    assert progress(state.as_dict(), now_ms=start)["ended_by_second"] == kept
+
+
 def test_the_overview_counts_each_imports_dead_letters_not_replayed_yet(
     redis_client: redis.Redis, redis_url: str, sqlite_url: str
 ) -> None:
