@@ -491,3 +491,72 @@ def test_the_imports_view_and_a_status_filter_that_shows_exactly_the_failed_note
         ["Recipe 512 note n-512", "100"],
         ["Recipe 7 note n-7", "100"],
     ]
+
+
+# The WCAG contrast ratio of each shown element of SHOWN_TEXT: its colour against the
+# first background behind it that is not transparent (the page's white at the end).
+CONTRASTS = """selector => {
+  const rgb = (c) => c.match(/[\\d.]+/g).map(Number);
+  const channel = (v) => (v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  const luminance = ([r, g, b]) => 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+  const behind = (e) => {
+    for (; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length < 4 || c[3] > 0) return c;
+    }
+    return [255, 255, 255];
+  };
+  const shown = [...document.querySelectorAll(selector)].filter((e) => e.getClientRects().length);
+  return shown.map((e) => {
+    const [a, b] = [luminance(rgb(getComputedStyle(e).color)), luminance(behind(e))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    return [`${e.className || e.id}: ${e.textContent.trim().slice(0, 30)}`, ratio];
+  });
+}"""
+# The status labels, and the grey text beside them.
+SHOWN_TEXT = ".status, .hint, .note-id, #progress-text"
+OVERFLOW = "document.documentElement.scrollWidth - window.innerWidth"
+
+
+def test_the_imports_view_fits_a_desktop_and_a_phone_and_its_labels_are_readable(
+    redis_relay: RunningRelay, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    sync_playwright = playwright_or_missing()
+    transport = RedisTransport(redis_client)
+    publish_all(transport, an_import("imp-wide", notes=40, lines=3, failing=frozenset({7})))
+    publish_all(transport, an_import("imp-run", notes=10, lines=2)[:-14])  # still running
+    admin = sign("*", SECRET)
+    found: dict[str, Any] = {}
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            for width, height in ((1280, 800), (390, 844)):
+                page = browser.new_page(viewport={"width": width, "height": height})
+                page.goto(f"{redis_relay.url}/?token={admin}")
+                page.locator('#imports tr[data-import="imp-run"] svg.spark').wait_for()
+                found[f"imports-{width}"] = (
+                    page.evaluate(OVERFLOW),
+                    page.evaluate(CONTRASTS, SHOWN_TEXT),
+                )
+                page.screenshot(path=str(tmp_path / f"imports-{width}.png"), full_page=True)
+                page.goto(f"{redis_relay.url}/?import=imp-wide&token={sign('imp-wide', SECRET)}")
+                page.wait_for_function("document.querySelectorAll('#rows tr').length === 40")
+                page.click('#rows tr[data-key="note n-7"]')
+                page.locator("#note-detail").wait_for()
+                found[f"import-{width}"] = (
+                    page.evaluate(OVERFLOW),
+                    page.evaluate(CONTRASTS, SHOWN_TEXT),
+                )
+                page.screenshot(path=str(tmp_path / f"import-{width}.png"), full_page=True)
+                page.close()
+        finally:
+            browser.close()
+    print(f"screenshots: {sorted(p.name for p in tmp_path.glob('*.png'))} in {tmp_path}")
+    for view, (overflow, contrasts) in found.items():
+        assert overflow <= 0, f"{view}: {overflow} px wider than the window"
+        labels = [name for name, _ in contrasts if name.startswith("status ")]
+        # Every status's label on the import's page (its counts), two on the overview.
+        assert len(labels) >= (5 if view.startswith("import-") else 2), (view, labels)
+        low = [(name, round(ratio, 2)) for name, ratio in contrasts if ratio < 4.5]
+        assert not low, f"{view}: below WCAG AA's 4.5:1: {low}"
+    assert len(list(tmp_path.glob("*.png"))) == 4
