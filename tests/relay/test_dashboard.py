@@ -516,6 +516,7 @@ CONTRASTS = """selector => {
 # The status labels, and the grey text beside them.
 SHOWN_TEXT = ".status, .hint, .note-id, #progress-text"
 OVERFLOW = "document.documentElement.scrollWidth - window.innerWidth"
+TABLE_BOX = "document.querySelector('#overview .scroll')"
 
 
 def test_the_imports_view_fits_a_desktop_and_a_phone_and_its_labels_are_readable(
@@ -527,6 +528,7 @@ def test_the_imports_view_fits_a_desktop_and_a_phone_and_its_labels_are_readable
     publish_all(transport, an_import("imp-run", notes=10, lines=2)[:-14])  # still running
     admin = sign("*", SECRET)
     found: dict[str, Any] = {}
+    hidden: dict[int, int] = {}
     with sync_playwright() as playwright:
         browser = launch(playwright)
         try:
@@ -538,6 +540,8 @@ def test_the_imports_view_fits_a_desktop_and_a_phone_and_its_labels_are_readable
                     page.evaluate(OVERFLOW),
                     page.evaluate(CONTRASTS, SHOWN_TEXT),
                 )
+                # Every column in sight, none behind the table's own scrolling.
+                hidden[width] = page.evaluate(f"(e => e.scrollWidth - e.clientWidth)({TABLE_BOX})")
                 page.screenshot(path=str(tmp_path / f"imports-{width}.png"), full_page=True)
                 page.goto(f"{redis_relay.url}/?import=imp-wide&token={sign('imp-wide', SECRET)}")
                 page.wait_for_function("document.querySelectorAll('#rows tr').length === 40")
@@ -552,6 +556,7 @@ def test_the_imports_view_fits_a_desktop_and_a_phone_and_its_labels_are_readable
         finally:
             browser.close()
     print(f"screenshots: {sorted(p.name for p in tmp_path.glob('*.png'))} in {tmp_path}")
+    assert hidden == {1280: 0, 390: 0}  # on a phone, an import a card
     for view, (overflow, contrasts) in found.items():
         assert overflow <= 0, f"{view}: {overflow} px wider than the window"
         labels = [name for name, _ in contrasts if name.startswith("status ")]
