@@ -13,8 +13,10 @@ Routes:
                                     ``last_event_id``; a token for it, as above
 ``GET /imports``                    the recent imports and their progress (admin token)
 ``GET /imports/overview``           the 32 most recent imports from their snapshots:
-                                    state, counts (done, failed, retrying), elapsed
-                                    seconds, notes finished a second (admin token)
+                                    state, counts (done, failed, retrying, dead
+                                    letters when the relay has their table), elapsed
+                                    seconds, notes and lines finished a second, the
+                                    seconds left at that rate (admin token)
 ``GET /health``                     Redis, database, breaker states and live workers;
                                     503 when Redis or the database is down
 ``GET /metrics``                    Prometheus metrics (see :mod:`dramatiq_shared.metrics`)
@@ -59,7 +61,7 @@ from ..errors import ConfigError
 from ..keys import DEFAULT_NAMESPACE, Keys
 from ..metrics import RELAY_REFUSALS, render
 from ..stores.audit import AuditLog
-from ..stores.dead_letters import DeadLetterStore
+from ..stores.dead_letters import DeadLetterFilter, DeadLetterStore
 from .auth import ADMIN, authorize_request
 from .connections import Connection, Hub
 from .operations import Operations, breaker_states, live_workers
@@ -137,6 +139,7 @@ def create_app(
         max_queue=max_queue,
         breaker_client=breaker_client,
         namespace=namespace,
+        dead_letters=dead_letters,
     )
     app = web.Application()
     app[SECRET] = secret
@@ -177,6 +180,7 @@ class _Relay:
         max_queue: int,
         breaker_client: aioredis.Redis | None,
         namespace: str,
+        dead_letters: DeadLetterStore | None,
     ) -> None:
         self.source = source
         self.secret = secret
@@ -186,6 +190,7 @@ class _Relay:
         self.keys = Keys(namespace)
         self.hub = Hub()
         self.snapshots = Snapshots(source)
+        self.dead_letters = dead_letters
 
     async def feed(self, app: web.Application) -> AsyncIterator[None]:
         # The position is taken before the relay answers, so a client that connects
@@ -264,9 +269,23 @@ class _Relay:
         recent = await self.source.imports(limit=KEPT)
         now_ms = int(time.time() * 1000)
         lines = [
-            progress(await self.snapshots.get(item["import_id"]), now_ms=now_ms) for item in recent
+            progress(
+                await self.snapshots.get(item["import_id"]),
+                now_ms=now_ms,
+                dead_lettered=await self._dead_lettered(item["import_id"]),
+            )
+            for item in recent
         ]
         return web.json_response(lines)
+
+    async def _dead_lettered(self, import_id: str) -> int | None:
+        """How many of the import's messages are dead letters not replayed yet; None
+        without the dead-letters table."""
+        store = self.dead_letters
+        if store is None:
+            return None
+        matching = DeadLetterFilter(import_id=import_id)
+        return await asyncio.get_running_loop().run_in_executor(None, store.count, matching)
 
     async def health(self, request: web.Request) -> web.Response:
         checks: dict[str, Any] = await self.source.check()

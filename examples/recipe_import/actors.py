@@ -235,6 +235,8 @@ def parse_note(import_id: str, note_id: str) -> None:
         f" in {plural(len(blocks), 'block')}",
         current_count=0,
         total_count=len(lines),
+        # The dashboard lists notes by title; the relay knows only what events carry.
+        metadata={"title": recipe.title[:MAX_NOTE_TITLE]} if recipe.title else None,
     )
     if not lines:
         _finish_note_if_done(import_id, note_id)

@@ -243,6 +243,12 @@ def test_the_dashboard_serves_the_import_live_until_interrupted(tmp_path: Path) 
         endings = [e for e in events if e["context"] == "import" and e["status"] == "COMPLETED"]
         assert len(endings) == 1
         assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+        with urllib.request.urlopen(events_url.replace("/events?", "/snapshot?")) as answer:
+            notes = json.load(answer)["notes"]
+        with DEFAULT_RECIPES.open(encoding="utf-8") as lines:
+            titles = sorted(json.loads(line)["title"] for line in lines if line.strip())
+        # Each note's title came with its PROCESSING event, for the page to list it by.
+        assert sorted(note["title"] for note in notes.values()) == titles
         job.send_signal(signal.SIGINT)
         try:
             assert job.wait(30) == 0

@@ -156,6 +156,7 @@ def an_import(
                 message=f"recipe {n}: {lines} lines",
                 current_count=0,
                 total_count=lines,
+                metadata={"title": f"Recipe {n}"},
             )
         )
         events.extend(

@@ -57,6 +57,7 @@ def publish_an_import(transport: MemoryTransport, stop: threading.Event) -> None
                     indent_level=1,
                     message=f"parsing note {n}",
                     context="parse_note",
+                    metadata={"title": f"Soup {n}"},
                 ),
                 StatusEvent(
                     "imp-b",
@@ -125,6 +126,7 @@ def test_the_page_shows_progress_advancing_and_a_failed_note_in_its_colour() -> 
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
             rows = page.locator("#rows tr").count()
+            charted = page.locator("#throughput svg").get_attribute("data-total")
             note_text = page.locator('tr[data-status="FAILED"]').inner_text()
         finally:
             stop.set()
@@ -133,9 +135,11 @@ def test_the_page_shows_progress_advancing_and_a_failed_note_in_its_colour() -> 
                 publisher.join()
     assert 0 < early < late == 100  # the bar advanced as events came in
     assert colour == "rgb(198, 40, 40)"  # FAILED's red
+    assert "Soup 7" in note_text  # its title, from the live event's metadata
     assert "note n-7" in note_text
     assert "no ingredients found" in note_text
     assert rows == NOTES
+    assert charted == str(NOTES)  # the throughput chart counted each note's end, live
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
 
 
@@ -430,6 +434,13 @@ def test_the_imports_view_and_a_status_filter_that_shows_exactly_the_failed_note
                 key: page.locator(f'#imports tr[data-import="{key}"]').inner_text()
                 for key in ("imp-f", "imp-ok")
             }
+            sparks = page.evaluate(
+                "Object.fromEntries([...document.querySelectorAll('#imports tr[data-import]')]"
+                ".map(r => [r.dataset.import, r.querySelector('svg.spark')?.dataset.total]))"
+            )
+            headings = page.evaluate(
+                "[...document.querySelectorAll('#imports th')].map(th => th.textContent)"
+            )
             statuses = page.evaluate(
                 "Object.fromEntries([...document.querySelectorAll('#imports tr[data-import]')]"
                 ".map(r => [r.dataset.import, r.dataset.status]))"
@@ -439,11 +450,16 @@ def test_the_imports_view_and_a_status_filter_that_shows_exactly_the_failed_note
             page.wait_for_function(
                 "document.querySelector('#counts [data-status=FAILED]')?.dataset.count === '3'"
             )
+            charted = page.locator("#throughput svg").get_attribute("data-total")
             page.select_option("#status-filter", "FAILED")
             page.wait_for_function("document.querySelectorAll('#rows tr').length === 3")
             shown = page.evaluate(
                 "[...document.querySelectorAll('#rows tr')]"
                 ".map(r => [r.dataset.key, r.dataset.status])"
+            )
+            names = page.evaluate(
+                "[...document.querySelectorAll('#rows tr')].map(r => [r.cells[0].innerText,"
+                " r.querySelector('.lines [role=progressbar]')?.getAttribute('aria-valuenow')])"
             )
             page.click('#rows tr[data-key="note n-300"]')
             message = page.locator("#note-message").inner_text()
@@ -456,6 +472,12 @@ def test_the_imports_view_and_a_status_filter_that_shows_exactly_the_failed_note
     assert statuses == {"imp-f": "FAILED", "imp-ok": "COMPLETED"}
     assert "\t597\t3\t0\t" in overview["imp-f"]  # done, failed, retrying
     assert "600 of 600" in overview["imp-f"]
+    assert headings[5:] == ["Retrying", "Dead letters", "Elapsed", "Rate", "ETA", "Throughput"]
+    # The notes ended a second, from the snapshots: the overview's and the import's chart.
+    assert sparks == {"imp-f": "600", "imp-ok": "5"}
+    assert charted == "600"
+    assert "notes/s · " in overview["imp-f"]
+    assert " lines/s" in overview["imp-f"]
     assert "\t5\t0\t0\t" in overview["imp-ok"]
     assert sorted(shown) == [
         ["note n-300", "FAILED"],
@@ -463,3 +485,83 @@ def test_the_imports_view_and_a_status_filter_that_shows_exactly_the_failed_note
         ["note n-7", "FAILED"],
     ]
     assert message == "ParseError: no ingredients found"
+    # Each note by its title (from its events' metadata), with its lines' progress.
+    assert sorted(names) == [
+        ["Recipe 300 note n-300", "100"],
+        ["Recipe 512 note n-512", "100"],
+        ["Recipe 7 note n-7", "100"],
+    ]
+
+
+# The WCAG contrast ratio of each shown element of SHOWN_TEXT: its colour against the
+# first background behind it that is not transparent (the page's white at the end).
+CONTRASTS = """selector => {
+  const rgb = (c) => c.match(/[\\d.]+/g).map(Number);
+  const channel = (v) => (v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  const luminance = ([r, g, b]) => 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+  const behind = (e) => {
+    for (; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length < 4 || c[3] > 0) return c;
+    }
+    return [255, 255, 255];
+  };
+  const shown = [...document.querySelectorAll(selector)].filter((e) => e.getClientRects().length);
+  return shown.map((e) => {
+    const [a, b] = [luminance(rgb(getComputedStyle(e).color)), luminance(behind(e))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    return [`${e.className || e.id}: ${e.textContent.trim().slice(0, 30)}`, ratio];
+  });
+}"""
+# The status labels, and the grey text beside them.
+SHOWN_TEXT = ".status, .hint, .note-id, #progress-text"
+OVERFLOW = "document.documentElement.scrollWidth - window.innerWidth"
+TABLE_BOX = "document.querySelector('#overview .scroll')"
+
+
+def test_the_imports_view_fits_a_desktop_and_a_phone_and_its_labels_are_readable(
+    redis_relay: RunningRelay, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    sync_playwright = playwright_or_missing()
+    transport = RedisTransport(redis_client)
+    publish_all(transport, an_import("imp-wide", notes=40, lines=3, failing=frozenset({7})))
+    publish_all(transport, an_import("imp-run", notes=10, lines=2)[:-14])  # still running
+    admin = sign("*", SECRET)
+    found: dict[str, Any] = {}
+    hidden: dict[int, int] = {}
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            for width, height in ((1280, 800), (390, 844)):
+                page = browser.new_page(viewport={"width": width, "height": height})
+                page.goto(f"{redis_relay.url}/?token={admin}")
+                page.locator('#imports tr[data-import="imp-run"] svg.spark').wait_for()
+                found[f"imports-{width}"] = (
+                    page.evaluate(OVERFLOW),
+                    page.evaluate(CONTRASTS, SHOWN_TEXT),
+                )
+                # Every column in sight, none behind the table's own scrolling.
+                hidden[width] = page.evaluate(f"(e => e.scrollWidth - e.clientWidth)({TABLE_BOX})")
+                page.screenshot(path=str(tmp_path / f"imports-{width}.png"), full_page=True)
+                page.goto(f"{redis_relay.url}/?import=imp-wide&token={sign('imp-wide', SECRET)}")
+                page.wait_for_function("document.querySelectorAll('#rows tr').length === 40")
+                page.click('#rows tr[data-key="note n-7"]')
+                page.locator("#note-detail").wait_for()
+                found[f"import-{width}"] = (
+                    page.evaluate(OVERFLOW),
+                    page.evaluate(CONTRASTS, SHOWN_TEXT),
+                )
+                page.screenshot(path=str(tmp_path / f"import-{width}.png"), full_page=True)
+                page.close()
+        finally:
+            browser.close()
+    print(f"screenshots: {sorted(p.name for p in tmp_path.glob('*.png'))} in {tmp_path}")
+    assert hidden == {1280: 0, 390: 0}  # on a phone, an import a card
+    for view, (overflow, contrasts) in found.items():
+        assert overflow <= 0, f"{view}: {overflow} px wider than the window"
+        labels = [name for name, _ in contrasts if name.startswith("status ")]
+        # Every status's label on the import's page (its counts), two on the overview.
+        assert len(labels) >= (5 if view.startswith("import-") else 2), (view, labels)
+        low = [(name, round(ratio, 2)) for name, ratio in contrasts if ratio < 4.5]
+        assert not low, f"{view}: below WCAG AA's 4.5:1: {low}"
+    assert len(list(tmp_path.glob("*.png"))) == 4

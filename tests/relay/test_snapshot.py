@@ -8,16 +8,19 @@ import time
 from typing import Any
 
 import aiohttp
+import dramatiq
 import peewee
+import pytest
 import redis
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from dramatiq_shared import NoteStatus, RedisTransport, StatusEvent
+from dramatiq_shared import DatabaseConfig, NoteStatus, RedisTransport, StatusEvent
+from dramatiq_shared.db import create_tables, init_database
 from dramatiq_shared.relay import RedisSource, create_app
 from dramatiq_shared.relay.auth import sign
-from dramatiq_shared.relay.snapshot import TERMINAL, ImportState
-from dramatiq_shared.stores import StatusHistory
+from dramatiq_shared.relay.snapshot import TERMINAL, ImportState, progress
+from dramatiq_shared.stores import DeadLetterStore, StatusHistory
 
 from .conftest import SECRET, RunningRelay, an_import, collect, publish_all
 
@@ -91,6 +94,7 @@ def test_a_late_joiner_gets_the_snapshot_then_only_newer_events(
     # n-3's last event is a line's PROCESSING, after its COMPLETED: it stays COMPLETED.
     assert snapshot["notes"]["n-3"] == {
         "status": "COMPLETED",
+        "title": "Recipe 3",
         "message": "4 lines",
         "lines_done": 4,
         "lines_total": 4,
@@ -120,6 +124,22 @@ def test_folding_never_takes_a_note_back_from_its_end() -> None:
     ]
     assert raw_back  # the import does hold PROCESSING events after a note's end...
     assert steps_back(wire) == []  # ...and the fold never shows one
+
+
+def test_a_notes_title_comes_from_its_events_metadata_and_stays() -> None:
+    state = ImportState("imp-t")
+    titled = {"title": "Weeknight Tomato Soup"}
+    events = [
+        {"id": 1, "status": "PROCESSING", "noteId": "n-1", "context": "note", "metadata": titled},
+        {"id": 2, "status": "PROCESSING", "noteId": "n-1", "context": "line", "currentCount": 1},
+        {"id": 3, "status": "COMPLETED", "noteId": "n-1", "context": "note", "metadata": {}},
+        {"id": 4, "status": "PROCESSING", "noteId": "n-2", "context": "note"},
+    ]
+    for event in events:
+        state.apply(event)
+    notes = state.as_dict()["notes"]
+    assert notes["n-1"]["title"] == "Weeknight Tomato Soup"  # kept past events without one
+    assert notes["n-2"]["title"] == ""
 
 
 def test_the_snapshot_reads_what_the_stream_trimmed_from_the_database(
@@ -203,10 +223,105 @@ def test_the_imports_overview_gives_each_imports_counts_elapsed_time_and_rate(
     assert (ended_line["status"], ended_line["done"], ended_line["failed"]) == ("FAILED", 18, 2)
     assert ended_line["elapsed"] == 8.0
     assert ended_line["rate"] == 2.5  # 20 notes in 8 s
+    assert ended_line["lines_rate"] == 5.0  # their 40 lines
+    assert ended_line["eta"] == 0.0
+    assert ended_line["dead_lettered"] is None  # this relay has no dead-letters table
     running_line = by_id["imp-running"]
     assert running_line["status"] == "PROCESSING"
     assert (running_line["done"], running_line["processing"]) == (7, 1)
     assert running_line["current_count"] == 7
+    # The 3 notes left, at 7 notes in its elapsed time (to a tenth of a second).
+    assert running_line["eta"] == pytest.approx(3 * running_line["elapsed"] / 7, abs=0.051)
+
+
+def test_an_imports_eta_is_what_is_left_at_the_rate_so_far() -> None:
+    state = ImportState("imp-eta")
+    events: list[dict[str, Any]] = [
+        {"id": 1, "status": "PROCESSING", "context": "import", "totalCount": 10},
+        *(
+            {
+                "id": 1 + n,
+                "status": "COMPLETED",
+                "noteId": f"n-{n}",
+                "currentCount": 3,
+                "totalCount": 3,
+            }
+            for n in range(1, 5)
+        ),
+    ]
+    for n, event in enumerate(events):
+        state.apply(event | {"timestamp": 1_000_000 + 1_000 * n})  # one event a second
+    line = progress(state.as_dict(), now_ms=1_000_000 + 8_000)
+    # 4 notes (12 lines) finished in 8 s: the 6 left take 12 s more at that rate.
+    assert (line["elapsed"], line["rate"], line["lines_rate"]) == (8.0, 0.5, 1.5)
+    assert line["eta"] == 12.0
+    assert progress(state.as_dict(), now_ms=1_000_000 + 16_000)["eta"] == 24.0
+    state.apply({"id": 9, "status": "PROCESSING", "noteId": "n-5", "timestamp": 1_000_000})
+    no_total = state.as_dict() | {"total_count": None}
+    assert progress(no_total, now_ms=1_000_000 + 8_000)["eta"] is None
+
+
+def test_a_snapshot_counts_the_notes_ended_each_second_of_its_last_five_minutes() -> None:
+    state = ImportState("imp-chart")
+    start = 1_700_000_000_000
+    ends = [
+        ("n-1", "COMPLETED", start + 100),
+        ("n-2", "FAILED", start + 900),
+        ("n-1", "COMPLETED", start + 1_500),  # a redelivery: n-1 ended once
+        ("n-3", "COMPLETED", start + 2_000),
+    ]
+    for n, (note, status, stamp) in enumerate(ends, 1):
+        state.apply({"id": n, "status": status, "noteId": note, "timestamp": stamp})
+    second = start // 1000
+    assert state.as_dict()["ended_by_second"] == [(second, 2), (second + 2, 1)]
+    # Ten minutes later, one a second for 700 s: only the last 300 s are kept.
+    for n in range(700):
+        state.apply(
+            {
+                "id": 10 + n,
+                "status": "COMPLETED",
+                "noteId": f"m-{n}",
+                "timestamp": start + 600_000 + 1_000 * n,
+            }
+        )
+    kept = state.as_dict()["ended_by_second"]
+    assert kept == [(second + 600 + n, 1) for n in range(400, 700)]
+    assert progress(state.as_dict(), now_ms=start)["ended_by_second"] == kept
+
+
+def test_the_overview_counts_each_imports_dead_letters_not_replayed_yet(
+    redis_client: redis.Redis, redis_url: str, sqlite_url: str
+) -> None:
+    database = init_database(DatabaseConfig(url=sqlite_url))
+    create_tables(database)
+    store = DeadLetterStore(database)
+    for n, (import_id, note) in enumerate(
+        [("imp-dl", "n-1"), ("imp-dl", "n-2"), ("imp-ok", "n-1")]
+    ):
+        message = dramatiq.Message(
+            queue_name="default",
+            actor_name="parse_note",
+            args=(import_id, note),
+            kwargs={},
+            options={},
+            message_id=f"m-{n}",
+        )
+        store.record(
+            message.asdict(), error_type="builtins.KeyError", error_message="x", reason="exhausted"
+        )
+    transport = RedisTransport(redis_client)
+    publish_all(transport, an_import("imp-dl", notes=3, lines=1, failing=frozenset({1, 2})))
+    publish_all(transport, an_import("imp-clean", notes=2, lines=1))
+
+    def make() -> web.Application:
+        client = aioredis.from_url(redis_url)
+        return create_app(RedisSource(client), secret=SECRET, dead_letters=store)
+
+    with RunningRelay(make) as relay:
+        status, lines = asyncio.run(call_json(relay.url, "/imports/overview", sign("*", SECRET)))
+    assert status == 200
+    by_id = {line["import_id"]: line["dead_lettered"] for line in lines}
+    assert by_id == {"imp-dl": 2, "imp-clean": 0}
 
 
 async def call_json(url: str, path: str, token: str) -> tuple[int, Any]:
