@@ -14,8 +14,11 @@ def test_an_import_completes_once_every_note_is_enriched(dramatiq_suite: Suite):
     dramatiq_suite.run()
 
     progress = [e for e in dramatiq_suite.events("imp-1") if e.context == "import"]
-    assert [(e.status, e.current_count) for e in progress][-1] == ("COMPLETED", 2)
-    assert [e.status for e in progress].count("COMPLETED") == 1
+    # Two workers' progress events may arrive in either order (a reader folds them by
+    # count); the import ends exactly once, counting both notes.
+    assert [(e.status, e.current_count) for e in progress if e.status == "COMPLETED"] == [
+        ("COMPLETED", 2)
+    ]
     enriched = [e for e in dramatiq_suite.events("imp-1") if e.message and "kcal" in e.message]
     assert sorted(e.message for e in enriched) == ["egg: 30 kcal", "flour: 50 kcal"]
     assert dramatiq_suite.errors == []
