@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from scratch import scratch_postgres
+from scratch import scratch_postgres, shared_data
 
 from dramatiq_shared import DatabaseConfig
 from dramatiq_shared.db import (
@@ -44,7 +44,7 @@ from dramatiq_shared.db import (
 from dramatiq_shared.db.models import MODELS, IngredientLine, Segment
 from dramatiq_shared.stores import bound_model
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "labelled_lines.jsonl"
+DATA = shared_data("labelled_lines.jsonl")
 NOTE = "bench-note"
 
 Line = tuple[str, ParsedIngredientLineData, list[ParsedSegment]]

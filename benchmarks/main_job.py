@@ -30,12 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scratch import shared_data
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_recipes() -> Path:
-    folder = os.environ.get("DRAMATIQ_SHARED_TEST_DATA") or str(ROOT.parent / "shared" / "data")
-    return Path(folder) / "recipes.jsonl"
 
 
 def export(revision: str, into: Path) -> Path:
@@ -78,7 +75,7 @@ def run_job(tree: Path, recipes: Path, limit: int | None, scratch: Path) -> dict
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("recipes", nargs="?", type=Path, default=shared_recipes())
+    parser.add_argument("recipes", nargs="?", type=Path, default=shared_data("recipes.jsonl"))
     parser.add_argument("--against", required=True, metavar="REV", help="the baseline revision")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each version (3)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N recipes")

@@ -33,9 +33,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the examples package, when run as a script
 
+from scratch import shared_data  # noqa: E402
+
 from examples.recipe_import.parser import canonical_unit, parse_line  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "labelled_lines.jsonl"
+DATA = shared_data("labelled_lines.jsonl")
 FIELDS = ("quantity", "unit", "name")
 
 

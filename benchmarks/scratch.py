@@ -1,5 +1,6 @@
 """What benchmark runs share: a scratch PostgreSQL database next to ``TEST_POSTGRES_URL``,
-dropped after, a private Redis server, and Redis's own command counter."""
+dropped after, a private Redis server, Redis's own command counter, and where the
+shared test data is."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -19,6 +21,14 @@ import redis
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://dramatiq_shared:dramatiq_shared@127.0.0.1:5432/postgres"
 )
+
+
+def shared_data(name: str) -> Path:
+    """A file of the team's shared test data: in ``DRAMATIQ_SHARED_TEST_DATA``, else in
+    ``../shared/data`` beside the repository, where the tests look too."""
+    folder = os.environ.get("DRAMATIQ_SHARED_TEST_DATA")
+    beside = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return (Path(folder) if folder else beside) / name
 
 
 @contextmanager
