@@ -25,6 +25,9 @@ __all__ = ["PatternRef", "PatternTracker"]
 #: Most rules a pattern may have.
 MAX_RULES = 256
 
+# The rules column's encoding, made once: a peewee field is not free to build per line.
+_RULES = JSONField()
+
 
 @dataclass(frozen=True)
 class PatternRef:
@@ -69,7 +72,7 @@ class PatternTracker(DomainOperations):
         line_id = check_id("example_line_id", example_line_id)
         encoded = json.dumps(names, separators=(",", ":"), ensure_ascii=False)
         key = hashlib.sha256(encoded.encode()).hexdigest()
-        stored = JSONField().db_value(names)
+        stored = _RULES.db_value(names)
         now = utcnow()
         insert_pattern = self._statement(
             lambda m: (
