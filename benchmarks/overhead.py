@@ -29,6 +29,11 @@ a worker that does real work pays in full), and the commands Redis ran per messa
     python benchmarks/overhead.py                       # 4,000 messages, 3 rounds each
     python benchmarks/overhead.py --messages 500 --rounds 1 --variants plain,cpu
     python benchmarks/overhead.py --max-deaths none     # B without DeathLimit's count
+    python benchmarks/overhead.py --by-thread           # and the CPU of each kind of thread
+
+``--by-thread`` splits each median's CPU a message by the thread that spent it: Dramatiq's
+worker threads, its consumer thread, and each background thread by name (the suite's
+broadcaster, heartbeat, death-limit flusher...), read from each thread's own CPU clock.
 
 Redis is a private ``redis-server`` it starts on a free port, so no other client's
 commands are counted; ``BENCH_REDIS_URL`` names another (flushed!). PostgreSQL is a
@@ -63,10 +68,15 @@ class Round(NamedTuple):
     rate: float  # messages per second
     cpu_us: float  # CPU microseconds per message
     commands: float  # Redis commands per message
+    threads: dict[str, float]  # CPU microseconds per message, by kind of thread
 
 
 def median(rounds: list[Round]) -> Round:
-    return Round(*(statistics.median(figures) for figures in zip(*rounds, strict=True)))
+    kinds = sorted({kind for measured in rounds for kind in measured.threads})
+    return Round(
+        *(statistics.median(figures) for figures in zip(*(r[:3] for r in rounds), strict=True)),
+        {kind: statistics.median(r.threads.get(kind, 0.0) for r in rounds) for kind in kinds},
+    )
 
 
 def burn(seconds: float) -> None:
@@ -79,6 +89,37 @@ def burn(seconds: float) -> None:
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def thread_seconds() -> dict[int, tuple[str, float]]:
+    """Each live thread's kind (Dramatiq's worker or consumer thread, else its name)
+    and the CPU seconds it has spent, by thread id."""
+    spent = {}
+    for thread in threading.enumerate():
+        kind = type(thread).__name__
+        if kind not in ("WorkerThread", "ConsumerThread"):
+            kind = thread.name.rstrip("0123456789").rstrip("-") or kind
+        try:
+            clock = time.pthread_getcpuclockid(thread.ident or 0)
+            spent[thread.ident or 0] = (kind, time.clock_gettime(clock))
+        except OSError:  # ended between enumerate() and the read
+            continue
+    return spent
+
+
+def by_kind(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds spent between the two readings, summed by kind of thread."""
+    kinds: dict[str, float] = {}
+    for ident, (kind, seconds) in after.items():
+        kinds[kind] = kinds.get(kind, 0.0) + seconds - before.get(ident, (kind, 0.0))[1]
+    return kinds
+
+
+def wait_for_dead_letters(client: redis.Redis, queue: str, messages: int) -> None:
+    while client.zcard(queue) < messages:
+        time.sleep(0.005)
 
 
 def run_round(
@@ -135,24 +176,29 @@ def run_round(
     for n in range(messages):
         noop.send(n, import_id=f"imp-{n % 20}" if variant == "import" else None)
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+    threads = thread_seconds()
     commands, cpu, started = commands_processed(client), cpu_seconds(), time.perf_counter()
     worker.start()
     if not done.wait(900):
         raise RuntimeError(f"only {finished[0]} of {messages} messages were processed")
     if variant == "dead":  # done counts failures as they start: wait for the dead letters
-        dead = f"{broker.namespace}:default.XQ"
-        while client.zcard(dead) < messages:
-            time.sleep(0.005)
+        wait_for_dead_letters(client, f"{broker.namespace}:default.XQ", messages)
     if full:
         get_stack(broker).broadcaster.flush()
     elapsed = time.perf_counter() - started
     cpu, commands = cpu_seconds() - cpu, commands_processed(client) - commands
+    spent = by_kind(threads, thread_seconds())  # before stop(): the threads still live
     worker.stop()
     if full:
         get_stack(broker).broadcaster.close()
     broker.close()
     client.flushdb()
-    return Round(messages / elapsed, cpu / messages * 1e6, commands / messages)
+    return Round(
+        messages / elapsed,
+        cpu / messages * 1e6,
+        commands / messages,
+        {kind: seconds / messages * 1e6 for kind, seconds in spent.items()},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda text: None if text == "none" else int(text),
         default=3,
         help="B's max_deaths: 'none' leaves out DeathLimit's count, a command a message (3)",
+    )
+    parser.add_argument(
+        "--by-thread", action="store_true", help="split each median's CPU by kind of thread"
     )
     args = parser.parse_args(argv)
     # Both sides log the same way, to nowhere: the terminal is not what is measured.
@@ -202,6 +251,15 @@ def main(argv: list[str] | None = None) -> int:
                 f" {b.cpu_us / a.cpu_us:.3f}; Redis A {a.commands:.2f}, B {b.commands:.2f} cmd/msg",
                 flush=True,
             )
+            if args.by_thread:
+                for kind in sorted(set(a.threads) | set(b.threads)):
+                    spent_a, spent_b = a.threads.get(kind, 0.0), b.threads.get(kind, 0.0)
+                    if max(spent_a, spent_b) >= 0.5:
+                        print(
+                            f"{variant:<6}   {kind:<16} CPU A {spent_a:6.1f}, B {spent_b:6.1f}"
+                            f" us/msg, B-A {spent_b - spent_a:+6.1f}",
+                            flush=True,
+                        )
     print("\nvariant  msg/s A   msg/s B   B/A    CPU us A  CPU us B  B/A    cmd/msg A  cmd/msg B")
     for variant, a, b in summary:
         print(

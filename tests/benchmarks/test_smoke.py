@@ -83,10 +83,15 @@ def test_relay_fanout(
 
 @pytest.mark.usefixtures("bench_redis", "bench_postgres")
 def test_overhead(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    run_benchmark("overhead.py", "--messages", "60", "--rounds", "1", monkeypatch=monkeypatch)
+    run_benchmark(
+        "overhead.py", "--messages", "60", "--rounds", "1", "--by-thread", monkeypatch=monkeypatch
+    )
     out = capsys.readouterr().out
     for variant in ("plain", "import", "retry", "cpu", "dead"):
         assert f"{variant:<6} median A" in out
+        # Dramatiq's worker threads spend CPU on both sides; only B has the suite's threads.
+        assert re.search(rf"^{variant} +WorkerThread +CPU A +\d", out, re.MULTILINE)
+    assert re.search(r"^import +status-broadcaster +CPU A +0\.0, B +\d", out, re.MULTILINE)
 
 
 def test_parser_accuracy(
